@@ -1,0 +1,71 @@
+"""Entry point: python -m pipeline stage=<stage> [key=value ...]
+
+    python -m pipeline stage=generate                          # answers from the embedded model -> runs/<id>/
+    python -m pipeline stage=judge                             # newest run, embedded judge -> CSVs
+    python -m pipeline stage=judge run_id=<id> judge=llama70b-8bit
+    python -m pipeline stage=report run_id=<id>                # rewrite the CSVs from stored records
+    python -m pipeline --cfg job                               # print the composed config
+
+Configuration is Hydra: conf/config.yaml plus the groups conf/{generator,judge,judge_prompt,dataset}/, checked
+against the typed schema in config.py.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+
+from .config import STAGES, register
+from .errors import PipelineError
+
+
+def conf_dir() -> Path:
+    """conf/ of the checkout this package runs from, or $PIPELINE_CONF_DIR."""
+    path = Path(os.environ.get("PIPELINE_CONF_DIR") or Path(__file__).resolve().parents[2] / "conf")
+    if not (path / "config.yaml").is_file():
+        sys.exit(f"error: no Hydra config at {path}/config.yaml. Run from a checkout of the repository "
+                 "(pip install -e .), or set PIPELINE_CONF_DIR to its conf/ folder.")
+    return path
+
+
+def setup_logging() -> None:
+    logger = logging.getLogger("pipeline")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", datefmt="%H:%M:%S"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def run_stage(cfg):
+    """Run the stage module named by cfg.stage; PipelineError becomes a one-line message and exit status 2."""
+    if cfg.stage not in STAGES:
+        raise PipelineError(f"stage={cfg.stage!r} is not a stage; choose one of: {', '.join(STAGES)}.")
+    module = importlib.import_module(f"pipeline.{cfg.stage}")
+    return module.run(cfg)
+
+
+register()
+
+
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
+def main(cfg) -> None:
+    setup_logging()
+    try:
+        run_stage(cfg)
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: finished batches are kept; run the same command again to resume.", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

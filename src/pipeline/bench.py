@@ -1,0 +1,120 @@
+"""Speed benchmarks, measured in one process on the same prompts and model (run with `make bench`).
+
+    python -m pipeline.bench generate [--n 64]   the generate stage's decoding vs one prompt at a time
+
+`generate` compares, on the embedded generator preset (its prompts, stop rule and max_new_tokens):
+  one-at-a-time  `model.generate` per prompt, greedy, stopping at EOS or a newline token (the baseline);
+  batched HF     `model.generate` on padded batches of the preset's batch size (plain batching);
+  stage          the generate stage's path: prompts sorted by length, `greedy_batch` (shared prefix computed once,
+                 finished rows dropped from the batch).
+It prints questions/s, generated tokens/s, and each method's speed-up over one-at-a-time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+# lm-evaluation-harness 0.4.13, HF backend, batch 64, SmolLM2-135M-Instruct on a 2-core build machine
+# (../shared/notes/anchors.md, "Throughput of today's tools on this machine"): its best measured rate.
+LM_EVAL_BEST_QPS = 4.59
+
+
+def compose_config(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    from .__main__ import conf_dir
+    from .config import register
+
+    register()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def bench_generate(n: int, overrides: list[str]) -> dict:
+    from .data import load_items
+    from .decoding import StopRule, greedy_batch
+    from .generate import generator_messages
+    from .models import cache_root, encode_chat, load_causal_lm, load_tokenizer, resolve_model, resolve_precision
+
+    cfg = compose_config(overrides)
+    g = cfg.generator
+    items, _ = load_items(cfg.dataset)
+    items = items[:n]
+    source = resolve_model(g.model, cache_root(cfg.cache_dir))
+    tok = load_tokenizer(source, g)
+    model = load_causal_lm(source, g, resolve_precision(g, on_gpu=False), {"": "cpu"})
+    prompts = [encode_chat(tok, generator_messages(cfg, it.question), True)[1] for it in items]
+    stop = StopRule.build(tok, model, g.stop_at_newline)
+    stop_ids = sorted(set(stop.is_eos.nonzero()[:, 0].tolist()) | set(stop.has_newline.nonzero()[:, 0].tolist()))
+    print(f"benchmark: {len(prompts)} questions from {cfg.dataset.name}, {g.name} (fp32, CPU, "
+          f"{torch.get_num_threads()} threads), greedy, max_new_tokens={g.max_new_tokens}, batch size {g.batch_size}")
+
+    def hf_generate(batch: list[list[int]]) -> list[list[int]]:
+        width = max(len(p) for p in batch)
+        ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in batch])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=g.max_new_tokens, do_sample=False,
+                                 eos_token_id=stop_ids, pad_token_id=tok.pad_token_id)
+        rows = []
+        for row in out[:, width:].tolist():  # generated tokens up to and including the first stop token
+            cut = next((i + 1 for i, t in enumerate(row) if t in stop_ids), len(row))
+            rows.append(row[:cut])
+        return rows
+
+    def stage_path() -> list[list[int]]:
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+        result: list[list[int]] = [[] for _ in prompts]
+        for s in range(0, len(order), g.batch_size):
+            idx = order[s:s + g.batch_size]
+            for i, gen in zip(idx, greedy_batch(model, [prompts[i] for i in idx], g.max_new_tokens, stop,
+                                                tok.pad_token_id)):
+                result[i] = gen.token_ids
+        return result
+
+    methods = {
+        "one-at-a-time": lambda: [hf_generate([p])[0] for p in prompts],
+        f"batched HF generate (batch {g.batch_size})": lambda: [
+            row for s in range(0, len(prompts), g.batch_size) for row in hf_generate(prompts[s:s + g.batch_size])],
+        "stage (greedy_batch)": stage_path,
+    }
+    hf_generate(prompts[:2])  # warm-up: first-call allocations are not part of any method
+    results, outputs = {}, {}
+    for name, fn in methods.items():
+        t = time.perf_counter()
+        outputs[name] = fn()
+        dt = time.perf_counter() - t
+        tokens = sum(len(r) for r in outputs[name])
+        results[name] = {"seconds": dt, "qps": len(prompts) / dt, "tps": tokens / dt, "tokens": tokens}
+
+    base = results["one-at-a-time"]["qps"]
+    print(f"{'method':38} {'questions/s':>12} {'tokens/s':>10} {'seconds':>8} {'vs one-at-a-time':>17}")
+    for name, r in results.items():
+        print(f"{name:38} {r['qps']:12.2f} {r['tps']:10.1f} {r['seconds']:8.1f} {r['qps'] / base:16.1f}x")
+    stage = results["stage (greedy_batch)"]["qps"]
+    same = sum(a == b for a, b in zip(outputs["one-at-a-time"], outputs["stage (greedy_batch)"]))
+    print(f"stage vs one-at-a-time: {stage / base:.1f}x (target >= 8x); same tokens for {same}/{len(prompts)} "
+          "questions (differences come from float rounding in batched matmuls, or from a newline before any text, "
+          "which the stage does not count as the end of the answer)")
+    print(f"stage vs lm-evaluation-harness at its best batch size ({LM_EVAL_BEST_QPS} questions/s, anchors.md): "
+          f"{stage / LM_EVAL_BEST_QPS:.1f}x")
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("which", nargs="?", default="all", choices=["all", "generate"])
+    parser.add_argument("--n", type=int, default=64, help="questions in the generate benchmark (default 64)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. generator.batch_size=32")
+    args = parser.parse_args(argv)
+    if args.which in ("all", "generate"):
+        bench_generate(args.n, args.overrides)
+
+
+if __name__ == "__main__":
+    main()

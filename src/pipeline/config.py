@@ -1,0 +1,150 @@
+"""Typed schema behind the Hydra config.
+
+The YAML files under `conf/` only set values; the dataclasses here say which keys exist and what type each has,
+so a misspelt key (`generator.batchsize=8`) or a wrong type fails when the config is composed, before any model
+is loaded. Config groups mirror code: `generator` -> generate.py, `judge` + `judge_prompt` -> judge.py,
+`dataset` -> data.py, `judge.placement` -> plan.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+STAGES = ("generate", "judge", "report")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8", "nf4", "fp4")
+
+
+@dataclass
+class ModelConfig:
+    """What both the generator and the judge need to load a causal language model."""
+
+    # Preset name; used in paths (runs/<id>/judge/<name>/) and in the result CSVs.
+    name: str = MISSING
+    # A Hugging Face id ("meta-llama/Llama-3.1-8B-Instruct"), a local model folder, or a GGUF file converted once
+    # into a cached safetensors folder: "gguf:<python package>/<file>.gguf" (file shipped inside an installed
+    # package) or "gguf:/path/to/file.gguf".
+    model: str = MISSING
+    revision: Optional[str] = None
+    # auto: bf16 on a GPU (fp16 where bf16 is unsupported), fp32 on CPU. int8/nf4/fp4 use bitsandbytes.
+    precision: str = "auto"
+    # Compute dtype of the int8/nf4/fp4 layers; auto: bf16 on GPU, fp32 on CPU.
+    compute_dtype: str = "auto"
+    # nf4/fp4 only: quantise the quantisation constants too (saves ~0.4 bit per parameter).
+    double_quant: bool = True
+    trust_remote_code: bool = False
+    # null: use the tokenizer's chat template when it has one.
+    use_chat_template: Optional[bool] = None
+    batch_size: int = 32
+    max_new_tokens: int = 32
+
+
+@dataclass
+class GeneratorConfig(ModelConfig):
+    # auto: cuda:0 when a GPU is visible, else cpu. Or "cpu", "cuda", "cuda:1", ...
+    device: str = "auto"
+    # System message for chat models (null: the template's own default).
+    system_prompt: Optional[str] = None
+    # User message; {question} is replaced by the question.
+    prompt_template: str = "{question}"
+    # Stop a row at the end of its first non-empty line (and always at EOS).
+    stop_at_newline: bool = True
+
+
+@dataclass
+class PlacementConfig:
+    """How the judge is spread over the devices of one node."""
+
+    # auto: every visible GPU, or the CPU when there is none; gpu: refuse to run without GPUs; cpu: CPU only.
+    devices: str = "auto"
+    # balanced | sequential | balanced_low_0 (the strategies of transformers' device_map planning).
+    strategy: str = "balanced"
+    # Explicit per-device budget, e.g. {"0": "30GiB", "1": "40GiB", "cpu": "64GiB"}; overrides the detected one.
+    max_memory: Optional[Dict[str, str]] = None
+    # Fraction of each device's memory kept out of the budget (KV cache, activations, CUDA context).
+    headroom: float = 0.10
+
+
+@dataclass
+class JudgeConfig(ModelConfig):
+    # generate: the judge writes a reply whose verdict is parsed.
+    mode: str = "generate"
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+
+
+@dataclass
+class JudgePromptConfig:
+    """The judge's instructions; versioned, and recorded with every verdict."""
+
+    name: str = MISSING
+    version: int = MISSING
+    system: Optional[str] = None
+    # User message with {question}, {references} and {candidate} (the fenced, length-capped answer).
+    template: str = MISSING
+    # Words that count as each verdict; matching is case-insensitive and on whole words.
+    correct_words: List[str] = field(default_factory=lambda: ["correct"])
+    incorrect_words: List[str] = field(default_factory=lambda: ["incorrect"])
+    # Marker before the verdict word in longer replies ("Verdict: correct"); the last one counts.
+    marker: str = "verdict:"
+    # Text the judge's reply starts with, put in its mouth (e.g. "Verdict:"): the judge then only writes the
+    # verdict word. Stored replies include it. null: the judge writes the whole reply.
+    reply_prefix: Optional[str] = None
+    # Longer candidate answers are cut to this many characters inside the prompt (the record keeps them whole).
+    max_candidate_chars: int = 600
+    stop_at_newline: bool = False
+
+
+@dataclass
+class DatasetFields:
+    """Where each field lives in the data set's rows (dotted paths reach into nested fields)."""
+
+    # null: ids are made from the row index, "<dataset.name>-000042".
+    id: Optional[str] = None
+    question: str = "question"
+    # One or more fields; each may hold a string or a list of strings; all are collected as references.
+    answers: List[str] = field(default_factory=lambda: ["answers"])
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    # A local .json/.jsonl/.csv/.parquet file, "package:<file>" for data shipped with this package,
+    # or a Hugging Face Hub data set name (with `config` and `split`).
+    path: str = MISSING
+    config: Optional[str] = None
+    split: str = "train"
+    revision: Optional[str] = None
+    fields: DatasetFields = field(default_factory=DatasetFields)
+    # Take only the first N rows (after loading, before sharding); null: all.
+    limit: Optional[int] = None
+
+
+@dataclass
+class Config:
+    stage: str = "generate"
+    # generate: null makes a new timestamped id; judge/report: null means the newest run.
+    run_id: Optional[str] = None
+    runs_dir: str = "runs"
+    # Converted models and other caches; null: $PIPELINE_CACHE_DIR or ~/.cache/pipeline.
+    cache_dir: Optional[str] = None
+    # Replace a finished stage's outputs (the old ones are moved aside under runs/<id>/replaced/, not deleted).
+    overwrite: bool = False
+    # CPU threads for torch; null: torch's default.
+    threads: Optional[int] = None
+    # Show a progress bar (tqdm); set false for log files.
+    progress: bool = True
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    judge_prompt: JudgePromptConfig = field(default_factory=JudgePromptConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    # Free-form notes stored in the manifest (e.g. +meta.purpose=ablation).
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+
+def register() -> None:
+    """Put the schema in Hydra's ConfigStore; conf/config.yaml names it first in its defaults list."""
+    cs = ConfigStore.instance()
+    cs.store(name="schema", node=Config)

@@ -1,0 +1,180 @@
+"""QA data sets: any source `datasets.load_dataset` reads, mapped onto (id, question, references).
+
+`dataset.path` is one of
+  - "package:<file>"   data shipped inside this package (the embedded default, package:factoids.jsonl);
+  - a local file       .json / .jsonl / .csv / .parquet;
+  - a Hub name         with dataset.config and dataset.split (needs the Hugging Face Hub or its local cache).
+All three go through `datasets.load_dataset`, the path hub data sets take too. `dataset.fields` says where the
+question, the answers and the id live; dotted paths reach into nested fields ("answer.aliases").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .config import DatasetConfig
+from .errors import PipelineError, plural, preview
+
+log = logging.getLogger(__name__)
+
+LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+@dataclass(frozen=True)
+class QAItem:
+    id: str
+    question: str
+    references: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "question": self.question, "references": list(self.references)}
+
+
+def resolve_source(path: str) -> tuple[str, Path | None]:
+    """('local', file) or ('hub', None) for a dataset.path value."""
+    if path.startswith("package:"):
+        name = path.removeprefix("package:")
+        file = Path(str(resources.files("pipeline") / "data" / name))
+        if not file.is_file():
+            shipped = sorted(p.name for p in (resources.files("pipeline") / "data").iterdir())
+            raise PipelineError(f"dataset.path={path!r}: no file {name!r} is shipped in the package "
+                                f"(shipped: {', '.join(shipped)}).")
+        return "local", file
+    p = Path(path).expanduser()
+    if p.suffix.lower() in LOCAL_BUILDERS or path.startswith((".", "/", "~")):
+        if not p.is_file():
+            raise PipelineError(f"dataset.path={path!r}: no such file ({p.resolve()}).")
+        if p.suffix.lower() not in LOCAL_BUILDERS:
+            raise PipelineError(f"dataset.path={path!r}: unsupported file type {p.suffix!r}; use one of "
+                                f"{', '.join(LOCAL_BUILDERS)}.")
+        return "local", p
+    return "hub", None
+
+
+def load_rows(cfg: DatasetConfig):
+    """The raw `datasets.Dataset` and a short description of where it came from."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    kind, file = resolve_source(cfg.path)
+    if kind == "local":
+        builder = LOCAL_BUILDERS[file.suffix.lower()]
+        where = str(file)
+        try:
+            ds = datasets.load_dataset(builder, data_files=str(file), split="train")
+        except Exception as e:  # the datasets builders raise many types for unreadable files
+            raise PipelineError(f"{where}: could not read it as {builder} ({type(e).__name__}: {e}).") from None
+        return ds, where
+    where = f"Hugging Face Hub data set {cfg.path!r} (config={cfg.config!r}, split={cfg.split!r})"
+    try:
+        ds = datasets.load_dataset(cfg.path, cfg.config, split=cfg.split, revision=cfg.revision)
+    except Exception as e:  # network, missing config or split, gated data set, ...
+        raise PipelineError(
+            f"could not load the {where}: {type(e).__name__}: {e}. Where the Hub cannot be reached, load it on a "
+            f"machine that can (datasets.load_dataset({cfg.path!r}, {cfg.config!r}, split={cfg.split!r})"
+            ".to_json('data.jsonl')) and pass dataset.path=/path/to/data.jsonl, or set HF_DATASETS_OFFLINE=1 to "
+            "use a copy already in the local datasets cache."
+        ) from None
+    return ds, where
+
+
+def get_field(row: dict, dotted: str):
+    value = row
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(dotted)
+        value = value[part]
+    return value
+
+
+def check_fields(ds, cfg: DatasetConfig, where: str) -> None:
+    """Every mapped field must exist; the error lists the columns that do."""
+    wanted = {"dataset.fields.question": cfg.fields.question}
+    wanted |= {f"dataset.fields.answers[{i}]": f for i, f in enumerate(cfg.fields.answers)}
+    if cfg.fields.id is not None:
+        wanted["dataset.fields.id"] = cfg.fields.id
+    first = ds[0]
+    for key, dotted in wanted.items():
+        try:
+            get_field(first, dotted)
+        except KeyError:
+            raise PipelineError(
+                f"{where}: has no field {dotted!r} (set by {key}). Its columns are: {', '.join(ds.column_names)}. "
+                f"Map the right one with {key.split('[')[0]}=<column>"
+                + (" (a list: dataset.fields.answers=[col1,col2])" if "answers" in key else "") + "."
+            ) from None
+
+
+def as_references(value, dotted: str, row_no: int, where: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float)) for v in value):
+        return [str(v) for v in value]
+    if isinstance(value, (int, float)):
+        return [str(value)]
+    raise PipelineError(f"{where}, row {row_no}: field {dotted!r} holds {type(value).__name__} {value!r:.80}; "
+                        "answers must be a string or a list of strings.")
+
+
+def load_items(cfg: DatasetConfig) -> tuple[list[QAItem], dict]:
+    """The data set as QA items, checked; plus a description for the manifest."""
+    ds, where = load_rows(cfg)
+    if len(ds) == 0:
+        raise PipelineError(f"{where}: the data set is empty (0 rows); there is nothing to evaluate.")
+    check_fields(ds, cfg, where)
+    total = len(ds)
+    if cfg.limit is not None:
+        if cfg.limit < 1:
+            raise PipelineError(f"dataset.limit={cfg.limit}: must be a positive number of rows, or null for all.")
+        ds = ds.select(range(min(cfg.limit, total)))
+
+    items, problems = [], []
+    for i, row in enumerate(ds):
+        row_no = i + 1
+        raw_id = get_field(row, cfg.fields.id) if cfg.fields.id else f"{cfg.name}-{i:06d}"
+        question = get_field(row, cfg.fields.question)
+        refs: list[str] = []
+        for dotted in cfg.fields.answers:
+            refs += as_references(get_field(row, dotted), dotted, row_no, where)
+        refs = list(dict.fromkeys(r.strip() for r in refs if r and r.strip()))
+        if raw_id is None or str(raw_id).strip() == "":
+            problems.append(f"row {row_no}: empty id")
+        if not isinstance(question, str) or not question.strip():
+            problems.append(f"row {row_no} (id {raw_id}): empty question")
+        if not refs:
+            problems.append(f"row {row_no} (id {raw_id}): no reference answers")
+        items.append(QAItem(str(raw_id).strip(), str(question).strip(), tuple(refs)))
+    if problems:
+        raise PipelineError(f"{where}: {plural(len(problems), 'row')} cannot be used: {preview(problems, 8)}. "
+                            "Fix the data, or map other fields with dataset.fields.*.")
+
+    counts = Counter(item.id for item in items)
+    dups = {k: n for k, n in counts.items() if n > 1}
+    if dups:
+        rows = {k: [i + 1 for i, it in enumerate(items) if it.id == k] for k in list(dups)[:5]}
+        detail = "; ".join(f"{k!r} at rows {v}" for k, v in rows.items())
+        raise PipelineError(
+            f"{where}: {plural(len(dups), 'id')} appear more than once ({detail}"
+            f"{' ...' if len(dups) > 5 else ''}). Ids must be unique: fix the data, or set dataset.fields.id=null "
+            "to number the rows instead."
+        )
+    description = {"name": cfg.name, "source": where, "rows_in_source": total, "rows_used": len(items),
+                   "content_sha256": content_hash(items)}
+    return items, description
+
+
+def content_hash(items: list[QAItem]) -> str:
+    """Identifies the evaluated content (ids, questions, references), whatever file it came from."""
+    h = hashlib.sha256()
+    for it in items:
+        h.update(json.dumps(it.to_dict(), sort_keys=True, ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()

@@ -1,0 +1,153 @@
+"""Batched greedy decoding that spends compute only on rows still producing tokens.
+
+Compared with `model.generate` on a padded batch, three things are not wasted:
+  1. The prompt prefix every row shares (the chat template's system turn, an instruction) is run once and its
+     KV cache copied to every row, instead of once per row.
+  2. A row that has finished (EOS, or the end of its first non-empty line) leaves the batch at once: its KV cache
+     rows are dropped, so later steps run on the remaining rows only. `generate` keeps computing finished rows
+     until every row has stopped.
+  3. Callers sort prompts by length, so the left padding between prefix and suffix stays short.
+Every step also records the log-probability of the chosen token (full-vocabulary log-softmax in float32).
+
+Rows may differ in length: each row's suffix is left-padded after the shared prefix, the padding is masked out,
+and position ids continue from the prefix, so each row sees exactly its own prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+
+@dataclass
+class Generation:
+    token_ids: list[int]
+    token_logprobs: list[float]
+    finish_reason: str  # "eos" | "newline" | "length"
+
+
+@dataclass
+class StopRule:
+    """Per-vocabulary lookup tables that decide, on the token just chosen, whether a row is finished."""
+
+    is_eos: torch.Tensor  # [V] bool
+    has_newline: torch.Tensor | None  # [V] bool, None when rows do not stop at newlines
+    text_before_newline: torch.Tensor | None  # [V] bool: non-blank text before the token's first "\n"
+    has_text: torch.Tensor | None  # [V] bool: any non-blank text at all
+
+    @classmethod
+    def build(cls, tokenizer, model, stop_at_newline: bool) -> "StopRule":
+        vocab = model.get_output_embeddings().weight.shape[0]
+        eos = {tokenizer.eos_token_id}
+        gen_eos = getattr(model.generation_config, "eos_token_id", None)
+        eos |= set(gen_eos) if isinstance(gen_eos, (list, tuple)) else {gen_eos}
+        is_eos = torch.zeros(vocab, dtype=torch.bool)
+        is_eos[[i for i in eos if i is not None and 0 <= i < vocab]] = True
+        if not stop_at_newline:
+            return cls(is_eos, None, None, None)
+        n = min(vocab, len(tokenizer))
+        texts = tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=False)
+        texts += [""] * (vocab - n)
+        has_newline = torch.tensor(["\n" in t for t in texts])
+        before = torch.tensor([bool(t.split("\n", 1)[0].strip()) for t in texts])
+        has_text = torch.tensor([bool(t.strip()) for t in texts])
+        return cls(is_eos, has_newline, before, has_text)
+
+
+def shared_prefix_length(prompts: list[list[int]]) -> int:
+    """Length of the longest common token prefix, leaving every row at least one token of its own."""
+    limit = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    n = 0
+    while n < limit and all(p[n] == first[n] for p in prompts):
+        n += 1
+    return n
+
+
+def input_device(model) -> torch.device:
+    """Inputs go to the device of the model's first module (the input embeddings), whatever the device map."""
+    return model.get_input_embeddings().weight.device
+
+
+@torch.inference_mode()
+def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop: StopRule, pad_id: int,
+                 share_prefix: bool = True) -> list[Generation]:
+    """Greedy-decode one batch of tokenised prompts; results in the order of `prompts`."""
+    if not prompts:
+        return []
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be at least 1")
+    device = input_device(model)
+    rows_total = len(prompts)
+    cache = DynamicCache(config=model.config)
+
+    prefix = shared_prefix_length(prompts) if share_prefix else 0
+    if prefix:
+        model(input_ids=torch.tensor([prompts[0][:prefix]], device=device), past_key_values=cache, use_cache=True,
+              logits_to_keep=1)
+        cache.batch_repeat_interleave(rows_total)
+
+    suffixes = [p[prefix:] for p in prompts]
+    width = max(len(s) for s in suffixes)
+    ids = torch.full((rows_total, width), pad_id, dtype=torch.long)
+    suffix_mask = torch.zeros((rows_total, width), dtype=torch.long)
+    for i, s in enumerate(suffixes):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        suffix_mask[i, width - len(s):] = 1
+    attention = torch.cat([torch.ones((rows_total, prefix), dtype=torch.long), suffix_mask], dim=1).to(device)
+    positions = (prefix + suffix_mask.cumsum(dim=1) - 1).clamp(min=0).to(device)
+    out = model(input_ids=ids.to(device), attention_mask=attention, position_ids=positions, past_key_values=cache,
+                use_cache=True, logits_to_keep=1)
+
+    active = torch.arange(rows_total)  # original row index of each row still in the batch
+    last_position = positions[:, -1]
+    seen_text = torch.zeros(rows_total, dtype=torch.bool)
+    token_ids: list[list[int]] = [[] for _ in range(rows_total)]
+    logprobs: list[list[float]] = [[] for _ in range(rows_total)]
+    reasons = ["length"] * rows_total
+
+    for step in range(max_new_tokens):
+        logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+        chosen = logp.argmax(dim=-1)
+        chosen_logp = logp.gather(1, chosen[:, None])[:, 0].cpu()
+        chosen = chosen.cpu()
+
+        finished = stop.is_eos[chosen]
+        newline_stop = torch.zeros_like(finished)
+        if stop.has_newline is not None:
+            newline_stop = stop.has_newline[chosen] & (seen_text | stop.text_before_newline[chosen]) & ~finished
+            seen_text |= stop.has_text[chosen]
+            finished = finished | newline_stop
+        for j, row in enumerate(active.tolist()):
+            token_ids[row].append(int(chosen[j]))
+            logprobs[row].append(float(chosen_logp[j]))
+            if finished[j]:
+                reasons[row] = "newline" if newline_stop[j] else "eos"
+
+        keep = ~finished
+        if step == max_new_tokens - 1 or not keep.any():
+            break
+        if not keep.all():
+            kept = keep.nonzero()[:, 0]
+            cache.batch_select_indices(kept)  # a CPU index works for cache layers on any device
+            active, chosen, seen_text = active[kept], chosen[kept], seen_text[kept]
+            attention, last_position = attention[kept.to(device)], last_position[kept.to(device)]
+        attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
+        last_position = last_position + 1
+        out = model(input_ids=chosen[:, None].to(device), attention_mask=attention,
+                    position_ids=last_position[:, None], past_key_values=cache, use_cache=True)
+
+    return [Generation(t, lp, r) for t, lp, r in zip(token_ids, logprobs, reasons)]
+
+
+def generated_text(tokenizer, gen: Generation, first_line_only: bool, strip: bool = True) -> str:
+    """The generated text: EOS dropped, special tokens removed, cut to the first non-empty line if asked,
+    surrounding whitespace removed if `strip` (else only trailing whitespace)."""
+    ids = gen.token_ids[:-1] if gen.finish_reason == "eos" else gen.token_ids
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    if first_line_only:
+        lead = text[: len(text) - len(text.lstrip())].replace("\n", "")
+        text = lead + text.lstrip().split("\n", 1)[0]
+    return text.strip() if strip else text.rstrip()

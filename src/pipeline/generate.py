@@ -1,0 +1,153 @@
+"""stage=generate: greedy answers from the generator over a QA data set.
+
+    python -m pipeline stage=generate                                  # embedded model and data set
+    python -m pipeline stage=generate generator=llama32-1b dataset=nq_open run_id=nq-1b
+
+Writes runs/<run_id>/generate/generations.jsonl, one record per question (schema "generation/1"):
+    id, question, references, prompt, prediction, finish_reason ("eos" | "newline" | "length"),
+    num_generated_tokens, token_ids, tokens, token_logprobs, sequence_nll, mean_nll
+plus manifest.json (resolved config, versions, git commit, hardware, timings). An interrupted run resumes
+where it stopped when the same command is run again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from .config import Config
+from .data import QAItem, load_items
+from .decoding import Generation, StopRule, generated_text, greedy_batch
+from .errors import PipelineError
+from .manifest import environment_manifest
+from .models import (cache_root, encode_chat, load_causal_lm, load_tokenizer, resolve_model, resolve_precision,
+                     source_info, use_chat_template)
+from .runs import StageDir, create_run, new_run_id
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "generation/1"
+FINGERPRINT_KEYS = ("model", "revision", "precision", "compute_dtype", "double_quant", "use_chat_template",
+                    "max_new_tokens", "system_prompt", "prompt_template", "stop_at_newline")
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device("cuda:0" if setting == "cuda" else setting)
+    except RuntimeError:
+        raise PipelineError(f"generator.device={setting!r} is not a device; use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or device.index >= torch.cuda.device_count()):
+        raise PipelineError(f"generator.device={setting!r}, but torch sees {torch.cuda.device_count()} CUDA GPU(s) "
+                            "here; use generator.device=auto (GPU if present, else CPU) or cpu.")
+    return device
+
+
+def generator_messages(cfg: Config, question: str) -> list[dict]:
+    g = cfg.generator
+    user = g.prompt_template.replace("{question}", question)
+    return ([{"role": "system", "content": g.system_prompt}] if g.system_prompt else []) + \
+        [{"role": "user", "content": user}]
+
+
+def make_record(item: QAItem, prompt: str, gen: Generation, tokenizer, first_line_only: bool) -> dict:
+    nll = -sum(gen.token_logprobs)
+    n = len(gen.token_ids)
+    return {
+        "schema": SCHEMA,
+        "id": item.id,
+        "question": item.question,
+        "references": list(item.references),
+        "prompt": prompt,
+        "prediction": generated_text(tokenizer, gen, first_line_only),
+        "finish_reason": gen.finish_reason,
+        "num_generated_tokens": n,
+        "token_ids": gen.token_ids,
+        "tokens": tokenizer.convert_ids_to_tokens(gen.token_ids),
+        "token_logprobs": [round(x, 6) for x in gen.token_logprobs],
+        "sequence_nll": round(nll, 6),
+        "mean_nll": round(nll / n, 6) if n else None,
+    }
+
+
+def run(cfg: Config) -> Path:
+    """Generate answers for every question not yet answered in this run; returns the stage directory."""
+    started = time.perf_counter()
+    g = cfg.generator
+    if g.batch_size < 1 or g.max_new_tokens < 1:
+        raise PipelineError("generator.batch_size and generator.max_new_tokens must be at least 1.")
+    items, data_info = load_items(cfg.dataset)
+
+    run_id = cfg.run_id or new_run_id(g.name, cfg.dataset.name)
+    run_dir = create_run(Path(cfg.runs_dir), run_id)
+    stage = StageDir(run_dir / "generate", "generations.jsonl")
+    fingerprint = {"generator": {k: getattr(g, k) for k in FINGERPRINT_KEYS},
+                   "dataset": {"name": cfg.dataset.name, "content_sha256": data_info["content_sha256"]}}
+    done = stage.begin(fingerprint, cfg.overwrite, OmegaConf.to_yaml(cfg, resolve=True), run_dir,
+                       also_replace=(run_dir / "judge",))
+    with stage.log_to_file():
+        log.info("run %s: generating answers with %s for %d questions from %s", run_id, g.name, len(items),
+                 data_info["source"])
+        done_ids = {r["id"] for r in done}
+        todo = [it for it in items if it.id not in done_ids]
+        if done:
+            log.info("resuming an interrupted attempt: %d answers already written, %d to go", len(done), len(todo))
+
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        device = pick_device(g.device)
+        precision = resolve_precision(g, on_gpu=device.type == "cuda")
+        t0 = time.perf_counter()
+        source = resolve_model(g.model, cache_root(cfg.cache_dir))
+        tokenizer = load_tokenizer(source, g)
+        model = load_causal_lm(source, g, precision, {"": str(device)})
+        load_s = time.perf_counter() - t0
+
+        chat = use_chat_template(tokenizer, g.use_chat_template)
+        stop = StopRule.build(tokenizer, model, g.stop_at_newline)
+        prompts = {}
+        for it in todo:
+            text, ids = encode_chat(tokenizer, generator_messages(cfg, it.question), chat)
+            prompts[it.id] = (text, ids)
+        # Longest first: similar lengths share a batch (little padding), and memory peaks show up at once.
+        todo.sort(key=lambda it: len(prompts[it.id][1]), reverse=True)
+
+        t1 = time.perf_counter()
+        new_tokens = 0
+        with stage.appender() as out, tqdm(total=len(items), initial=len(done), desc=f"generate {g.name}",
+                                           unit="q", disable=not cfg.progress) as bar:
+            for start in range(0, len(todo), g.batch_size):
+                batch = todo[start:start + g.batch_size]
+                gens = greedy_batch(model, [prompts[it.id][1] for it in batch], g.max_new_tokens, stop,
+                                    tokenizer.pad_token_id)
+                out.append(make_record(it, prompts[it.id][0], gen, tokenizer, g.stop_at_newline)
+                           for it, gen in zip(batch, gens))
+                new_tokens += sum(len(gen.token_ids) for gen in gens)
+                bar.update(len(batch))
+        gen_s = time.perf_counter() - t1
+
+        stage.finish({
+            "stage": "generate",
+            "run_id": run_id,
+            "schema": SCHEMA,
+            "records": len(items),
+            "resumed_with": len(done),
+            "dataset": data_info,
+            "generator": {"name": g.name, "precision": precision.describe(), "device": str(device),
+                          "chat_template": chat, **source_info(g.model, source)},
+            "timings": {"load_s": round(load_s, 3), "generate_s": round(gen_s, 3),
+                        "total_s": round(time.perf_counter() - started, 3),
+                        "questions_per_s": round(len(todo) / gen_s, 3) if gen_s else None,
+                        "tokens_per_s": round(new_tokens / gen_s, 3) if gen_s else None,
+                        "generated_tokens": new_tokens},
+            **environment_manifest(),
+        })
+        log.info("run %s: %d answers in %s (%.1f s generating, %.2f questions/s)", run_id, len(items),
+                 stage.records_path, gen_s, len(todo) / gen_s if gen_s else float("nan"))
+    return stage.path

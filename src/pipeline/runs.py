@@ -1,0 +1,249 @@
+"""Run directories and the state of each stage inside them.
+
+    runs/
+      latest -> 20261121-143000-smollm2-135m-factoids      (symlink to the newest run)
+      <run_id>/
+        run.json                       id and creation time
+        generate/                      one StageDir per stage
+          stage.json                   what the stage was started with (its fingerprint), when
+          config.yaml                  the fully resolved config
+          generations.jsonl.partial    records appended batch by batch while running
+          generations.jsonl            the same file, renamed once every record is in
+          manifest.json                written last: status "complete", versions, hardware, timings
+        judge/<judge name>/ ...        likewise, plus plan.json and the result CSVs
+        replaced/<time>/...            what `overwrite=true` moved out of the way (never deleted)
+
+A stage is finished exactly when its manifest.json says status "complete". A stage directory without one is
+unfinished: re-running the same command resumes it, skipping the records already written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import PipelineError, preview
+from .files import JsonlAppender, fsync_dir, iter_jsonl, read_json, repair_jsonl_tail, write_atomic, write_json
+
+log = logging.getLogger(__name__)
+
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+LATEST = "latest"
+
+
+def check_run_id(run_id: str) -> str:
+    """A run id is a single folder name: no path separators, no '..', nothing that escapes runs/."""
+    run_id = str(run_id)
+    if run_id == LATEST or ".." in run_id or not RUN_ID_PATTERN.fullmatch(run_id):
+        raise PipelineError(
+            f"run_id={run_id!r} is not allowed: a run id is one folder name under the runs directory, made of "
+            "letters, digits, '.', '_' and '-' (at most 128, starting with a letter or digit), with no path "
+            f"separators and no '..'; '{LATEST}' names the newest run. Example: run_id=nq-smollm2-try1"
+        )
+    return run_id
+
+
+def new_run_id(*parts: str) -> str:
+    """A fresh, sortable id: '20261121-143000-smollm2-135m-factoids'."""
+    tail = "-".join(re.sub(r"[^A-Za-z0-9._-]+", "-", p).strip("-.") for p in parts if p)
+    return check_run_id(f"{time.strftime('%Y%m%d-%H%M%S')}-{tail}"[:128])
+
+
+def list_runs(runs_dir: Path) -> list[str]:
+    """Run ids under `runs_dir`, oldest first (by creation time recorded in run.json)."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    found = []
+    for p in runs_dir.iterdir():
+        if p.is_dir() and not p.is_symlink() and (p / "run.json").is_file():
+            try:
+                created = read_json(p / "run.json").get("created", 0)
+            except PipelineError:
+                created = 0
+            found.append((created, p.name))
+    return [name for _, name in sorted(found)]
+
+
+def resolve_run(runs_dir: Path, run_id: str | None) -> Path:
+    """The directory of an existing run; None or 'latest' means the newest one."""
+    runs_dir = Path(runs_dir)
+    existing = list_runs(runs_dir)
+    if run_id is None or run_id == LATEST:
+        if not existing:
+            raise PipelineError(
+                f"no runs in {runs_dir}/ yet: run `python -m pipeline stage=generate` first, or pass "
+                "runs_dir=<folder> if your runs are elsewhere."
+            )
+        link = runs_dir / LATEST
+        if link.is_symlink() and (link / "run.json").is_file():
+            return runs_dir / os.readlink(link)
+        return runs_dir / existing[-1]
+    run_id = check_run_id(run_id)
+    path = runs_dir / run_id
+    if not (path / "run.json").is_file():
+        listing = preview(reversed(existing), 15) if existing else "none"
+        raise PipelineError(
+            f"unknown run_id={run_id!r}: there is no run {path}/. Runs in {runs_dir}/ (newest first): {listing}."
+        )
+    return path
+
+
+def create_run(runs_dir: Path, run_id: str) -> Path:
+    """Make (or reuse) the directory of run `run_id` and point runs/latest at it."""
+    runs_dir = Path(runs_dir)
+    path = runs_dir / check_run_id(run_id)
+    path.mkdir(parents=True, exist_ok=True)
+    if not (path / "run.json").exists():
+        write_json(path / "run.json", {"run_id": run_id, "created": time.time(),
+                                       "created_iso": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    point_latest(runs_dir, run_id)
+    return path
+
+
+def point_latest(runs_dir: Path, run_id: str) -> None:
+    """Atomically re-point runs/latest (a relative symlink) at `run_id`."""
+    tmp = runs_dir / f".{LATEST}.tmp-{os.getpid()}"
+    try:
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        os.symlink(run_id, tmp)
+        os.replace(tmp, runs_dir / LATEST)
+    except OSError as e:  # a filesystem without symlinks still works: 'latest' then falls back to run.json times
+        log.debug("could not update %s/%s: %s", runs_dir, LATEST, e)
+
+
+def move_aside(run_dir: Path, paths: list[Path]) -> Path | None:
+    """Move finished outputs into run_dir/replaced/<time>/ so that an overwrite never destroys results."""
+    paths = [p for p in paths if p.exists()]
+    if not paths:
+        return None
+    dest_root = run_dir / "replaced" / time.strftime("%Y%m%d-%H%M%S")
+    for p in paths:
+        dest = dest_root / p.relative_to(run_dir)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(p), dest)
+        log.info("moved the previous %s to %s", p.relative_to(run_dir), dest.relative_to(run_dir))
+    return dest_root
+
+
+def diff_fingerprints(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Human-readable differences between two nested dicts: ['generator.max_new_tokens: 32 -> 16']."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += diff_fingerprints(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+@dataclass
+class StageDir:
+    """One stage's output folder: a records file that grows batch by batch, and a manifest written last."""
+
+    path: Path
+    records_name: str  # e.g. "generations.jsonl"
+
+    @property
+    def records_path(self) -> Path:
+        return self.path / self.records_name
+
+    @property
+    def partial_path(self) -> Path:
+        return self.path / f"{self.records_name}.partial"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "manifest.json"
+
+    def is_complete(self) -> bool:
+        if not self.manifest_path.is_file():
+            return False
+        try:
+            return read_json(self.manifest_path).get("status") == "complete"
+        except PipelineError:
+            return False
+
+    def manifest(self) -> dict:
+        return read_json(self.manifest_path)
+
+    def begin(self, fingerprint: dict, overwrite: bool, config_yaml: str, run_dir: Path,
+              also_replace: tuple[Path, ...] = ()) -> list[dict]:
+        """Start or resume the stage; returns the records an earlier, interrupted attempt already wrote.
+
+        A finished stage is refused unless `overwrite` (then it, and `also_replace`, are moved aside).
+        An unfinished one is resumed if it was started with the same fingerprint, else refused.
+        """
+        label = str(self.path)
+        if self.is_complete():
+            if not overwrite:
+                raise PipelineError(
+                    f"{label}/ already holds a finished stage (manifest.json says complete); its results are "
+                    "kept. Pass overwrite=true to redo it (the old outputs are moved to "
+                    f"{run_dir}/replaced/, not deleted), or choose another run_id."
+                )
+            move_aside(run_dir, [self.path, *also_replace])
+        elif self.path.exists() and overwrite:
+            move_aside(run_dir, [self.path, *also_replace])
+
+        stage_file = self.path / "stage.json"
+        done: list[dict] = []
+        if stage_file.is_file():
+            started = read_json(stage_file)
+            changes = diff_fingerprints(started.get("fingerprint", {}), fingerprint)
+            if changes:
+                raise PipelineError(
+                    f"{label}/ holds an unfinished stage started with different settings "
+                    f"({'; '.join(changes)}). Re-run with the same settings to resume it, or pass overwrite=true "
+                    "to start it again (the partial outputs are moved aside)."
+                )
+            done = repair_jsonl_tail(self.partial_path)
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
+            if self.partial_path.exists():  # left by a crash before stage.json was written: nothing to trust
+                self.partial_path.unlink()
+            write_json(stage_file, {"fingerprint": fingerprint, "started": time.time(), "pid": os.getpid()})
+        write_atomic(self.path / "config.yaml", config_yaml)
+        return done
+
+    def appender(self) -> JsonlAppender:
+        return JsonlAppender(self.partial_path)
+
+    def finish(self, manifest: dict[str, Any]) -> None:
+        """Publish the records file, then the manifest; after this the stage counts as finished."""
+        os.replace(self.partial_path, self.records_path)
+        fsync_dir(self.path)
+        write_json(self.manifest_path, {"status": "complete", **manifest})
+
+    @contextmanager
+    def log_to_file(self, name: str = "log.txt") -> Iterator[None]:
+        """Also write the package's log records to <stage>/log.txt while the stage runs (appending on resume)."""
+        handler = logging.FileHandler(self.path / name, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(logging.INFO)
+        root = logging.getLogger("pipeline")
+        level = root.level
+        if root.getEffectiveLevel() > logging.INFO:
+            root.setLevel(logging.INFO)
+        root.addHandler(handler)
+        try:
+            yield
+        except BaseException as e:
+            root.error("stage stopped: %s: %s", type(e).__name__, e)
+            raise
+        finally:
+            root.removeHandler(handler)
+            root.setLevel(level)
+            handler.close()
+
+    def read_records(self) -> list[dict]:
+        return list(iter_jsonl(self.records_path))

