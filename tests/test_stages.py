@@ -17,7 +17,7 @@ from conftest import make_cfg, read_jsonl, run_cli
 
 pytestmark = pytest.mark.slow
 
-RECORD_KEYS = {"schema", "id", "question", "references", "prompt", "prediction", "finish_reason",
+RECORD_KEYS = {"schema", "id", "index", "question", "references", "prompt", "prediction", "finish_reason",
                "num_generated_tokens", "token_ids", "tokens", "token_logprobs", "sequence_nll", "mean_nll"}
 
 
@@ -25,6 +25,7 @@ def test_generation_records(judged_run):
     records = read_jsonl(judged_run / "generate/generations.jsonl")
     factoids = read_jsonl(Path(generate.__file__).parent / "data/factoids.jsonl")[:16]
     assert sorted(r["id"] for r in records) == sorted(f["id"] for f in factoids)
+    assert {r["id"]: r["index"] for r in records} == {f["id"]: i for i, f in enumerate(factoids)}
     for r in records:
         assert set(r) == RECORD_KEYS and r["schema"] == "generation/1"
         n = r["num_generated_tokens"]
@@ -73,6 +74,7 @@ def test_samples_csv_matches_the_records(judged_run):
     samples = pd.read_csv(stage / "samples.csv", keep_default_na=False)
     assert list(samples.columns) == SAMPLE_COLUMNS and len(samples) == 16
     gens = {r["id"]: r for r in read_jsonl(judged_run / "generate/generations.jsonl")}
+    assert list(samples["id"]) == sorted(gens, key=lambda i: gens[i]["index"])  # data set order
     verdicts = {v["id"]: v for v in read_jsonl(stage / "verdicts.jsonl")}
     for row in samples.itertuples():
         g = gens[row.id]

@@ -4,7 +4,8 @@
     python -m pipeline stage=generate generator=llama32-1b dataset=nq_open run_id=nq-1b
 
 Writes runs/<run_id>/generate/generations.jsonl, one record per question (schema "generation/1"):
-    id, question, references, prompt, prediction, finish_reason ("eos" | "newline" | "length"),
+    id, index (position in the data set), question, references, prompt, prediction,
+    finish_reason ("eos" | "newline" | "length"),
     num_generated_tokens, token_ids, tokens, token_logprobs, sequence_nll, mean_nll
 plus manifest.json (resolved config, versions, git commit, hardware, timings). An interrupted run resumes
 where it stopped when the same command is run again.
@@ -56,12 +57,13 @@ def generator_messages(cfg: Config, question: str) -> list[dict]:
         [{"role": "user", "content": user}]
 
 
-def make_record(item: QAItem, prompt: str, gen: Generation, tokenizer, first_line_only: bool) -> dict:
+def make_record(item: QAItem, index: int, prompt: str, gen: Generation, tokenizer, first_line_only: bool) -> dict:
     nll = -sum(gen.token_logprobs)
     n = len(gen.token_ids)
     return {
         "schema": SCHEMA,
         "id": item.id,
+        "index": index,
         "question": item.question,
         "references": list(item.references),
         "prompt": prompt,
@@ -95,6 +97,7 @@ def run(cfg: Config) -> Path:
         log.info("run %s: generating answers with %s for %d questions from %s", run_id, g.name, len(items),
                  data_info["source"])
         done_ids = {r["id"] for r in done}
+        position = {it.id: i for i, it in enumerate(items)}
         todo = [it for it in items if it.id not in done_ids]
         if done:
             log.info("resuming an interrupted attempt: %d answers already written, %d to go", len(done), len(todo))
@@ -126,7 +129,7 @@ def run(cfg: Config) -> Path:
                 batch = todo[start:start + g.batch_size]
                 gens = greedy_batch(model, [prompts[it.id][1] for it in batch], g.max_new_tokens, stop,
                                     tokenizer.pad_token_id)
-                out.append(make_record(it, prompts[it.id][0], gen, tokenizer, g.stop_at_newline)
+                out.append(make_record(it, position[it.id], prompts[it.id][0], gen, tokenizer, g.stop_at_newline)
                            for it, gen in zip(batch, gens))
                 new_tokens += sum(len(gen.token_ids) for gen in gens)
                 bar.update(len(batch))
