@@ -48,6 +48,7 @@ def test_generate_manifest_and_config(judged_run):
     assert t["questions_per_s"] > 0 and t["generated_tokens"] > 0 and t["total_s"] >= t["generate_s"]
     assert len(manifest["generator"]["converted_from"]["sha256"]) == 64
     assert len(manifest["dataset"]["content_sha256"]) == 64
+    assert manifest["config"]["generator"]["max_new_tokens"] == 24 and manifest["config"]["stage"] == "generate"
     config = yaml.safe_load((judged_run / "generate/config.yaml").read_text())
     assert config["generator"]["name"] == "smollm2-135m" and config["dataset"]["limit"] == 16
     assert not list(judged_run.glob("generate/*.partial"))
@@ -67,6 +68,20 @@ def test_judge_outputs_plan_and_verdicts(judged_run):
     manifest = json.loads((stage / "manifest.json").read_text())
     assert manifest["placement"]["params_per_device"] == {"cpu": 134_515_008}
     assert manifest["prompt"]["template"].startswith("Question: {question}")
+
+
+@pytest.mark.parametrize("precision", ["int8", "nf4"])
+def test_quantised_judges_run_the_whole_stage_on_cpu(judged_run, precision):
+    cfg = make_cfg(judged_run.parent, "run_id=shared", f"judge.precision={precision}", f"judge.name=smollm2-{precision}")
+    stage = judge.run(cfg)
+    manifest = json.loads((stage / "manifest.json").read_text())
+    assert manifest["judge"]["precision"].startswith(precision)
+    plan = json.loads((stage / "plan.json").read_text())
+    assert plan["precision"].startswith(precision) and plan["fits"]
+    assert plan["total_weight_bytes"] < 0.5 * 538_060_288  # quantised, unlike the fp32 plan
+    assert len(read_jsonl(stage / "verdicts.jsonl")) == 16
+    summary = pd.read_csv(stage / "summary.csv").iloc[0]
+    assert summary["judge"] == f"smollm2-{precision}" and summary["n"] == 16
 
 
 def test_samples_csv_matches_the_records(judged_run):

@@ -149,6 +149,7 @@ def run(cfg: Config) -> Path:
                         "questions_per_s": round(len(todo) / gen_s, 3) if gen_s else None,
                         "tokens_per_s": round(new_tokens / gen_s, 3) if gen_s else None,
                         "generated_tokens": new_tokens},
+            "config": OmegaConf.to_container(cfg, resolve=True),
             **environment_manifest(),
         })
         log.info("run %s: %d answers in %s (%.1f s generating, %.2f questions/s)", run_id, len(items),

@@ -166,6 +166,7 @@ def run(cfg: Config) -> Path:
             "timings": {"load_s": round(load_s, 3), "judge_s": round(judge_s, 3),
                         "total_s": round(time.perf_counter() - started, 3),
                         "answers_per_s": round(len(todo) / judge_s, 3) if judge_s else None},
+            "config": OmegaConf.to_container(cfg, resolve=True),
             **environment_manifest(),
         })
         samples, summary = report.write(run_dir, j.name)

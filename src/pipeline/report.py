@@ -35,7 +35,8 @@ def sample_rows(generations: list[dict], verdicts: list[dict], run_dir: Path, ju
         raise PipelineError(f"run {run_dir.name}: judge {judge} has no verdict for {len(missing)} answers "
                             f"(first: {missing[:5]}); re-run stage=judge to finish it.")
     rows = []
-    for g in sorted(generations, key=lambda g: g["index"]):  # data set order, whatever order they were made in
+    # data set order, whatever order they were made in (file order for records without an index)
+    for g in sorted(generations, key=lambda g: g.get("index", 0)):
         v = by_id[g["id"]]
         rows.append({
             "id": g["id"],
