@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.decoding import StopRule, generated_text, greedy_batch, shared_prefix_length
+from pipeline.decoding import StopRule, generated_text, greedy_batch, input_device, shared_prefix_length
 from pipeline.models import encode_chat
 
 pytestmark = pytest.mark.slow
@@ -74,3 +74,15 @@ def test_length_limit_is_reported(tokenizer_and_model):
     [gen] = greedy_batch(model, prompts(tok, ["Write a long story about a dragon."]), 3,
                          StopRule.build(tok, model, stop_at_newline=True), tok.pad_token_id)
     assert len(gen.token_ids) == 3 and gen.finish_reason == "length"
+
+
+def test_inputs_go_to_the_device_of_the_input_embeddings():
+    """The seam a multi-GPU map depends on: token ids go where the first module (the embeddings) lives."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, vocab_size=64)
+    model = AutoModelForCausalLM.from_config(config)
+    assert input_device(model) == torch.device("cpu")
+    model.get_input_embeddings().to("meta")  # stands in for "cuda:0" while the rest stays elsewhere
+    assert input_device(model) == torch.device("meta")

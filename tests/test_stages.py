@@ -170,3 +170,28 @@ def test_cli_bad_inputs_give_one_clear_line(tmp_path):
     assert out.returncode == 2 and "not allowed" in out.stderr
     out = run_cli("stage=generate", "generator.batchsize=4", cwd=tmp_path)
     assert out.returncode == 1 and "batchsize" in out.stderr  # caught by the typed schema before any work
+
+
+def test_judge_with_layers_offloaded_to_disk_gives_the_same_verdicts(judged_run, tmp_path):
+    """Real accelerate offload hooks move each layer in when it runs, as they do across GPUs on a cluster."""
+    cfg = make_cfg(judged_run.parent, "run_id=shared", "judge.name=smollm2-offload", "judge.placement.devices=cpu",
+                   "judge.placement.max_memory={cpu: 400MB}", "judge.placement.allow_offload=true",
+                   "judge.batch_size=4", "judge.placement.max_seq_len=256", f"cache_dir={tmp_path}")
+    stage = judge.run(cfg)
+    plan = json.loads((stage / "plan.json").read_text())
+    assert plan["fits"] and plan["offloaded"] and {r["device"] for r in plan["rows"]} == {"cpu", "disk"}
+    offloaded = {v["id"]: v["reply"] for v in read_jsonl(stage / "verdicts.jsonl")}
+    direct = {v["id"]: v["reply"] for v in read_jsonl(judged_run / "judge/smollm2-135m/verdicts.jsonl")}
+    assert offloaded == direct
+    assert "OFFLOAD" in (stage / "log.txt").read_text()
+    assert not list((tmp_path / "offload").glob("*"))  # the scratch copy of the offloaded weights is gone
+
+
+def test_cli_doctor_reports_the_node_and_fails_for_a_judge_that_cannot_run(tmp_path, model_dir):
+    out = run_cli("stage=doctor", "doctor.smoke=true", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "int8  usable" in out.stdout and "nf4   usable" in out.stdout
+    assert "llama70b-8bit" in out.stdout and "smollm2-135m" in out.stdout
+    assert "Paris" in out.stdout  # the smoke test really answered
+    out = run_cli("stage=doctor", "judge=llama70b-8bit", cwd=tmp_path)
+    assert out.returncode == 2 and "cannot run on this node" in out.stderr

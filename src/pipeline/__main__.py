@@ -4,9 +4,11 @@
     python -m pipeline stage=judge                             # newest run, embedded judge -> CSVs
     python -m pipeline stage=judge run_id=<id> judge=llama70b-8bit
     python -m pipeline stage=report run_id=<id>                # rewrite the CSVs from stored records
+    python -m pipeline stage=plan judge=llama70b-8bit hardware=4xA100-40GB   # placement plan, no weights read
+    python -m pipeline stage=doctor                            # what this node can run
     python -m pipeline --cfg job                               # print the composed config
 
-Configuration is Hydra: conf/config.yaml plus the groups conf/{generator,judge,judge_prompt,dataset}/, checked
+Configuration is Hydra: conf/config.yaml plus the groups conf/{generator,judge,judge_prompt,dataset,hardware}/, checked
 against the typed schema in config.py.
 """
 

@@ -1,6 +1,7 @@
 """Speed benchmarks, measured in one process on the same prompts and model (run with `make bench`).
 
     python -m pipeline.bench generate [--n 64]   the generate stage's decoding vs one prompt at a time
+    python -m pipeline.bench plan                 how long planning a 70B judge takes (no weights are read)
 
 `generate` compares, on the embedded generator preset (its prompts, stop rule and max_new_tokens):
   one-at-a-time  `model.generate` per prompt, greedy, stopping at EOS or a newline token (the baseline);
@@ -105,13 +106,43 @@ def bench_generate(n: int, overrides: list[str]) -> dict:
     return results
 
 
+def bench_plan(overrides: list[str]) -> dict:
+    """Wall time of planning the 70B presets on declared hardware: one plan, and a plan with recommendations."""
+    from .hardware import from_profile
+    from .plan import _META_CACHE, plan_for
+
+    results = {}
+    print("benchmark: planning Llama-3.1-70B (meta device, all reserves counted)")
+    print(f"{'judge':15} {'hardware':14} {'plan (cold)':>12} {'plan (warm)':>12} {'+ recommendations':>18}  verdict")
+    for judge, profile in [("llama70b", "4xA100-40GB"), ("llama70b-8bit", "4xA100-40GB"),
+                           ("llama70b-4bit", "1xA100-80GB"), ("llama70b", "8xH100-80GB")]:
+        cfg = compose_config([f"judge={judge}", f"hardware={profile}", *overrides])
+        hw = from_profile(cfg.hardware)
+        _META_CACHE.clear()
+        t = time.perf_counter()
+        plan_for(cfg.judge, hw)
+        cold = time.perf_counter() - t
+        t = time.perf_counter()
+        plan_for(cfg.judge, hw)
+        warm = time.perf_counter() - t
+        t = time.perf_counter()
+        plan = plan_for(cfg.judge, hw, recommendations=True)
+        full = time.perf_counter() - t
+        results[(judge, profile)] = {"cold_s": cold, "warm_s": warm, "with_recommendations_s": full}
+        print(f"{judge:15} {profile:14} {cold:11.2f}s {warm:11.2f}s {full:17.2f}s  {'fits' if plan.fits else 'no'}")
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", nargs="?", default="all", choices=["all", "generate"])
+    parser.add_argument("which", nargs="?", default="all", choices=["all", "generate", "plan"])
     parser.add_argument("--n", type=int, default=64, help="questions in the generate benchmark (default 64)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. generator.batch_size=32")
     args = parser.parse_args(argv)
+    if args.which in ("all", "plan"):
+        bench_plan(args.overrides)
+        print()
     if args.which in ("all", "generate"):
         bench_generate(args.n, args.overrides)
 

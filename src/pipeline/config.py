@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-STAGES = ("generate", "judge", "report")
+STAGES = ("generate", "judge", "report", "plan", "doctor")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8", "nf4", "fp4")
 
 
@@ -28,6 +28,9 @@ class ModelConfig:
     # into a cached safetensors folder: "gguf:<python package>/<file>.gguf" (file shipped inside an installed
     # package) or "gguf:/path/to/file.gguf".
     model: str = MISSING
+    # The Hugging Face id of the same model, when `model` is a GGUF or local copy of it: stage=plan then uses the
+    # config shipped for that id instead of converting or reading the weights.
+    hub_id: Optional[str] = None
     revision: Optional[str] = None
     # auto: bf16 on a GPU (fp16 where bf16 is unsupported), fp32 on CPU. int8/nf4/fp4 use bitsandbytes.
     precision: str = "auto"
@@ -56,16 +59,53 @@ class GeneratorConfig(ModelConfig):
 
 @dataclass
 class PlacementConfig:
-    """How the judge is spread over the devices of one node."""
+    """How the judge is spread over the devices of one node (see plan.py)."""
 
     # auto: every visible GPU, or the CPU when there is none; gpu: refuse to run without GPUs; cpu: CPU only.
     devices: str = "auto"
-    # balanced | sequential | balanced_low_0 (the strategies of transformers' device_map planning).
+    # Use only the first N GPUs; null: all of them.
+    gpus: Optional[int] = None
+    # balanced | sequential | balanced_low_0 (keeps GPU 0 light), as in transformers' device_map planning.
     strategy: str = "balanced"
-    # Explicit per-device budget, e.g. {"0": "30GiB", "1": "40GiB", "cpu": "64GiB"}; overrides the detected one.
-    max_memory: Optional[Dict[str, str]] = None
-    # Fraction of each device's memory kept out of the budget (KV cache, activations, CUDA context).
-    headroom: float = 0.10
+    # Explicit per-device memory, e.g. {0: 30GiB, 1: 40GiB, cpu: 64GiB}: replaces each device's capacity (what
+    # the plan may use there, reserves included). 40GiB is 40 x 2^30 bytes, 40GB is 40 x 10^9. Empty: detected.
+    max_memory: Any = None
+    # Count what the stock plan leaves out (KV cache, activations, logits, quantisation state, CUDA context).
+    # false: weights only, exactly as transformers' own device_map planning (for comparison).
+    reserves: bool = True
+    # Tokens per row (prompt + reply) the KV cache and activations are sized for.
+    max_seq_len: int = 512
+    # Per GPU: the CUDA context, cuBLAS workspaces and the allocator's slack.
+    cuda_context: str = "512MiB"
+    # Fraction of each device's capacity kept free on top of everything counted.
+    margin: float = 0.05
+    # Let layers that do not fit on the GPUs go to CPU RAM or disk (slow; bf16/fp16/fp32 and int8 only).
+    allow_offload: bool = False
+
+
+@dataclass
+class GpuSpec:
+    name: str = MISSING
+    # Total memory per GPU, as torch reports it (e.g. "79.6GiB").
+    memory: str = MISSING
+    count: int = 1
+
+
+@dataclass
+class HardwareConfig:
+    """A node to plan for: this machine (auto) or a declared profile (conf/hardware/)."""
+
+    name: str = "auto"
+    # true: detect this machine's GPUs (CUDA_VISIBLE_DEVICES and SLURM's allocation apply) and free RAM.
+    detect: bool = True
+    gpus: List[GpuSpec] = field(default_factory=list)
+    cpu_memory: Optional[str] = None
+
+
+@dataclass
+class DoctorConfig:
+    # Also load the generator and answer one question.
+    smoke: bool = False
 
 
 @dataclass
@@ -140,6 +180,8 @@ class Config:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     judge_prompt: JudgePromptConfig = field(default_factory=JudgePromptConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    doctor: DoctorConfig = field(default_factory=DoctorConfig)
     # Free-form notes stored in the manifest (e.g. +meta.purpose=ablation).
     meta: Dict[str, Any] = field(default_factory=dict)
 

@@ -1,4 +1,9 @@
-"""The devices a plan can use: detected on this machine, or declared (for planning elsewhere)."""
+"""The devices a plan can use: detected on this machine (hardware=auto), or declared in conf/hardware/.
+
+Detection sees what torch sees: CUDA GPUs (NVIDIA, or AMD through ROCm, which torch exposes through the same
+torch.cuda API) after CUDA_VISIBLE_DEVICES / HIP_VISIBLE_DEVICES, which SLURM sets to the job's allocation, and
+Apple's MPS device. It also records what SLURM says was allocated, so a mismatch can be reported.
+"""
 
 from __future__ import annotations
 
@@ -25,19 +30,34 @@ class Hardware:
     gpus: list[Gpu] = field(default_factory=list)
     cpu_bytes: int = 0  # memory the CPU side may use (available RAM on a detected machine)
     source: str = "detected"
+    backend: str = "cuda"  # cuda | rocm | mps | none
+    notes: list[str] = field(default_factory=list)  # what detection found worth saying
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def gpu_kind(self) -> tuple[str, int] | None:
+        """(name, memory) of the first GPU: the kind recommendations count in."""
+        return (self.gpus[0].name, self.gpus[0].total_bytes) if self.gpus else None
+
     def describe(self) -> str:
         if not self.gpus:
             return f"{self.name}: no GPU, {self.cpu_bytes / GiB:.1f} GiB RAM available"
-        kinds = {}
+        kinds: dict[tuple[str, int], int] = {}
         for g in self.gpus:
-            kinds.setdefault((g.name, g.total_bytes), 0)
-            kinds[(g.name, g.total_bytes)] += 1
+            kinds[(g.name, g.total_bytes)] = kinds.get((g.name, g.total_bytes), 0) + 1
         gpus = ", ".join(f"{n}x {name} ({total / GiB:.1f} GiB)" for (name, total), n in kinds.items())
         return f"{self.name}: {gpus}"
+
+    def first(self, n: int | None) -> "Hardware":
+        """The same machine restricted to its first `n` GPUs (placement.gpus)."""
+        if n is None:
+            return self
+        if n < 1 or n > len(self.gpus):
+            raise PipelineError(f"judge.placement.gpus={n}, but {self.describe()} ({len(self.gpus)} GPU(s)). "
+                                "Ask for at most that many, or run where more GPUs are allocated.")
+        return Hardware(self.name, self.gpus[:n], self.cpu_bytes, self.source, self.backend, list(self.notes))
 
 
 def available_ram_bytes() -> int:
@@ -55,12 +75,27 @@ def available_ram_bytes() -> int:
         return 0
 
 
+def slurm_gpu_allocation() -> dict[str, str]:
+    keys = ("SLURM_JOB_ID", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE", "SLURM_GPUS",
+            "SLURM_GPUS_PER_TASK")
+    return {k: os.environ[k] for k in keys if k in os.environ}
+
+
 def detect() -> Hardware:
-    """The CUDA GPUs torch can see (CUDA_VISIBLE_DEVICES and SLURM's allocation apply) and available RAM."""
+    """This machine's accelerators as torch sees them, and its available RAM."""
     import torch
 
-    gpus = []
+    notes = []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        notes.append(f"CUDA_VISIBLE_DEVICES={visible!r}")
+    slurm = slurm_gpu_allocation()
+    if slurm:
+        notes.append("SLURM allocation: " + ", ".join(f"{k}={v}" for k, v in slurm.items()))
+    gpus: list[Gpu] = []
+    backend = "none"
     if torch.cuda.is_available():
+        backend = "rocm" if getattr(torch.version, "hip", None) else "cuda"
         for i in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(i)
             try:
@@ -68,7 +103,39 @@ def detect() -> Hardware:
             except RuntimeError:
                 free = None
             gpus.append(Gpu(i, props.name, props.total_memory, free))
-    return Hardware(name="this machine", gpus=gpus, cpu_bytes=available_ram_bytes(), source="detected")
+        on_node = slurm.get("SLURM_GPUS_ON_NODE")
+        if on_node and on_node.isdigit() and int(on_node) != len(gpus):
+            notes.append(f"torch sees {len(gpus)} GPU(s) but SLURM allocated {on_node} on this node")
+    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        backend = "mps"
+        total = int(torch.mps.recommended_max_memory()) if hasattr(torch.mps, "recommended_max_memory") else 0
+        gpus.append(Gpu(0, "Apple MPS", total, None))
+        notes.append("Apple MPS: one device sharing the system memory; bitsandbytes int8/nf4 need CUDA")
+    elif torch.version.cuda is None and not getattr(torch.version, "hip", None):
+        notes.append(f"torch {torch.__version__} is a CPU-only build")
+    else:
+        notes.append("torch was built with CUDA but finds no GPU (driver missing, or none visible)")
+    return Hardware(name="this machine", gpus=gpus, cpu_bytes=available_ram_bytes(), source="detected",
+                    backend=backend, notes=notes)
+
+
+def from_profile(profile) -> Hardware:
+    """A declared hardware profile (a conf/hardware/*.yaml node) as Hardware."""
+    gpus: list[Gpu] = []
+    for spec in profile.gpus:
+        if spec.count < 1:
+            raise PipelineError(f"hardware {profile.name}: gpu count {spec.count} must be at least 1.")
+        size = parse_bytes(spec.memory, f"hardware.gpus[{spec.name}].memory")
+        for _ in range(spec.count):
+            gpus.append(Gpu(len(gpus), spec.name, size))
+    cpu = parse_bytes(profile.cpu_memory, "hardware.cpu_memory") if profile.cpu_memory else 0
+    return Hardware(name=profile.name, gpus=gpus, cpu_bytes=cpu, source="declared",
+                    backend="cuda" if gpus else "none")
+
+
+def resolve(profile) -> Hardware:
+    """hardware=auto detects this machine; any other profile is declared."""
+    return detect() if profile.detect else from_profile(profile)
 
 
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,

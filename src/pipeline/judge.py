@@ -12,7 +12,10 @@ runs/<id>/judge/<judge>/verdicts.jsonl (schema "verdict/1") and the result CSVs 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -24,11 +27,11 @@ from .config import Config
 from .decoding import StopRule, generated_text, greedy_batch
 from .errors import PipelineError
 from .files import write_json
-from .hardware import GiB, Hardware, detect
+from .hardware import GiB, detect
 from .manifest import environment_manifest
 from .models import (cache_root, encode_chat, load_causal_lm, load_tokenizer, resolve_model, resolve_precision,
                      source_info, use_chat_template)
-from .plan import Plan, check_loaded, load_model_config, plan_placement
+from .plan import Plan, check_loaded, plan_for, recommendation_text, uses_gpus
 from .runs import RUN_ID_PATTERN, StageDir, resolve_run
 from .verdict import judge_messages, parse_verdict
 
@@ -55,18 +58,24 @@ def judge_stage(run_dir: Path, judge_name: str) -> StageDir:
     return StageDir(run_dir / "judge" / judge_name, "verdicts.jsonl")
 
 
-def refuse_unfit(cfg: Config, plan: Plan, hardware: Hardware) -> None:
-    """Stop before loading anything, saying why and what would be needed."""
-    need = plan.total_weight_bytes / (1 - cfg.judge.placement.headroom)
+def refuse_unfit(cfg: Config, plan: Plan) -> None:
+    """Stop before loading anything, saying why and what would fit."""
     raise PipelineError(
         f"judge {cfg.judge.name!r} cannot run here: {' '.join(plan.problems)} Nothing was loaded. "
         f"Its weights alone are {plan.total_weight_bytes / GiB:.1f} GiB ({plan.total_params / 1e9:.2f} B parameters "
-        f"in {plan.precision}), so with judge.placement.headroom={cfg.judge.placement.headroom} it needs GPUs with at "
-        f"least {need / GiB:.0f} GiB in total (for example {-(-need // (80 * GiB * 0.9)):.0f}x 80 GiB or "
-        f"{-(-need // (40 * GiB * 0.9)):.0f}x 40 GiB, whole layers per GPU), plus room for the KV cache. "
-        "Run it on a GPU node (slurm/), pick a smaller precision (judge=llama70b-4bit) or judge "
-        "(judge=llama8b), or judge on CPU with the embedded judge=smollm2-135m."
+        f"in {plan.precision}). {recommendation_text(plan.recommendations)}\n"
+        "Run it on a node with enough GPUs (see slurm/ and `python -m pipeline stage=plan`), choose a precision or "
+        "judge that fits, or judge on CPU with the embedded judge=smollm2-135m."
     )
+
+
+def plan_or_refuse(cfg: Config, hardware, source: str | None = None, seq_len: int | None = None) -> Plan:
+    plan = plan_for(cfg.judge, hardware, source, seq_len)
+    if not plan.fits:
+        plan = plan_for(cfg.judge, hardware, source, seq_len, recommendations=True)
+        print(plan.table(), flush=True)
+        refuse_unfit(cfg, plan)
+    return plan
 
 
 def memory_snapshot() -> dict:
@@ -89,46 +98,63 @@ def run(cfg: Config) -> Path:
     records = generations_of(run_dir)
     stage = judge_stage(run_dir, j.name)
 
+    if not cfg.hardware.detect:
+        raise PipelineError(f"hardware={cfg.hardware.name} declares a node to plan for (stage=plan); stage=judge runs "
+                            "on this machine's own devices: leave hardware=auto.")
     hardware = detect()
+    for note in hardware.notes:
+        log.info("hardware: %s", note)
+    plan = plan_or_refuse(cfg, hardware)  # from the config alone: a misfit stops before any download or load
     source = resolve_model(j.model, cache_root(cfg.cache_dir))
-    model_config = load_model_config(source, j)
-    use_gpus = j.placement.devices == "gpu" or (j.placement.devices == "auto" and bool(hardware.gpus))
-    precision = resolve_precision(j, on_gpu=use_gpus)
-    plan = plan_placement(model_config, j.model, precision, hardware, j.placement)
+    precision = resolve_precision(j, on_gpu=uses_gpus(j.placement, hardware))
+    tokenizer = load_tokenizer(source, j)
+    chat = use_chat_template(tokenizer, j.use_chat_template)
+    prompts = {}
+    for r in records:
+        messages = judge_messages(prompt, r["question"], r["references"], r["prediction"])
+        prompts[r["id"]] = encode_chat(tokenizer, messages, chat, prompt.reply_prefix or "")
+    longest = max(len(ids) for _, ids in prompts.values()) + j.max_new_tokens
+    if longest > j.placement.max_seq_len:  # the plan assumed shorter rows: plan again for the real length
+        log.warning("the longest judge prompt plus reply is %d tokens > judge.placement.max_seq_len=%d; "
+                    "planning again for %d", longest, j.placement.max_seq_len, longest)
+    plan = plan_or_refuse(cfg, hardware, source, max(longest, j.placement.max_seq_len))
     print(plan.table(), flush=True)
-    if not plan.fits:
-        refuse_unfit(cfg, plan, hardware)
 
     fingerprint = {"judge": {k: getattr(j, k) for k in FINGERPRINT_KEYS}, "prompt": OmegaConf.to_container(prompt)}
     done = stage.begin(fingerprint, cfg.overwrite, OmegaConf.to_yaml(cfg, resolve=True), run_dir)
-    with stage.log_to_file():
+    with stage.log_to_file(), ExitStack() as stack:
         write_json(stage.path / "plan.json", plan.to_dict())
         done_ids = {r["id"] for r in done}
         todo = [r for r in records if r["id"] not in done_ids]
         log.info("run %s: judging %d answers with %s", run_dir.name, len(todo), j.name)
         if done:
             log.info("resuming an interrupted attempt: %d verdicts already written", len(done))
+        if plan.offloaded:
+            log.warning("OFFLOAD: part of the judge is on %s (judge.placement.allow_offload=true); every forward pass "
+                        "copies those layers to the GPU, which is many times slower than a plan that fits.",
+                        "/".join(r.device for r in plan.rows if r.device in ("cpu", "disk")))
 
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         memory_before = memory_snapshot()
+        for dev, mem in memory_before.items():
+            log.info("%s before loading: %.2f GiB allocated, %.2f GiB reserved", dev, mem["allocated_bytes"] / GiB,
+                     mem["reserved_bytes"] / GiB)
         t0 = time.perf_counter()
-        tokenizer = load_tokenizer(source, j)
-        model = load_causal_lm(source, j, precision, plan.device_map)
+        # weights offloaded to disk go to a scratch folder in the cache (tens of GB for a 70B), removed at the end
+        offload_dir = cache_root(cfg.cache_dir) / "offload" / f"{run_dir.name}--{j.name}--{os.getpid()}"
+        stack.callback(shutil.rmtree, offload_dir, ignore_errors=True)
+        model = load_causal_lm(source, j, precision, plan.device_map, offload_folder=offload_dir)
         params_per_device = check_loaded(model, plan)
         load_s = time.perf_counter() - t0
         memory_after = memory_snapshot()
         for dev, n in sorted(params_per_device.items()):
             mem = memory_after.get(dev)
-            extra = f", {mem['allocated_bytes'] / GiB:.2f} GiB allocated" if mem else ""
+            extra = (f", {mem['allocated_bytes'] / GiB:.2f} GiB allocated, {mem['reserved_bytes'] / GiB:.2f} GiB "
+                     "reserved") if mem else ""
             log.info("%s: %d parameters%s (as planned)", dev, n, extra)
 
-        chat = use_chat_template(tokenizer, j.use_chat_template)
         stop = StopRule.build(tokenizer, model, prompt.stop_at_newline)
-        prompts = {}
-        for r in todo:
-            messages = judge_messages(prompt, r["question"], r["references"], r["prediction"])
-            prompts[r["id"]] = encode_chat(tokenizer, messages, chat, prompt.reply_prefix or "")
         todo.sort(key=lambda r: len(prompts[r["id"]][1]), reverse=True)
 
         t1 = time.perf_counter()

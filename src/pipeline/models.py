@@ -167,13 +167,14 @@ class Precision:
     def quantized(self) -> bool:
         return self.name in ("int8", "nf4", "fp4")
 
-    def quantization_config(self):
+    def quantization_config(self, cpu_offload: bool = False):
+        """bitsandbytes settings; `cpu_offload` lets int8 keep offloaded layers on the CPU in float32."""
         if not self.quantized:
             return None
         from transformers import BitsAndBytesConfig
 
         if self.name == "int8":
-            return BitsAndBytesConfig(load_in_8bit=True)
+            return BitsAndBytesConfig(load_in_8bit=True, llm_int8_enable_fp32_cpu_offload=cpu_offload)
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=self.name,
                                   bnb_4bit_use_double_quant=self.double_quant, bnb_4bit_compute_dtype=self.dtype)
 
@@ -239,14 +240,23 @@ def load_tokenizer(source: str, cfg: ModelConfig):
     return tok
 
 
-def load_causal_lm(source: str, cfg: ModelConfig, precision: Precision, device_map: dict | str):
-    """`from_pretrained` with an explicit device map and the precision's dtype / quantisation."""
+def load_causal_lm(source: str, cfg: ModelConfig, precision: Precision, device_map: dict | str,
+                   offload_folder: Path | None = None):
+    """`from_pretrained` with an explicit device map and the precision's dtype / quantisation.
+
+    A map that sends modules to "disk" needs `offload_folder`; int8 with modules on "cpu" keeps those in float32.
+    """
     from transformers import AutoModelForCausalLM
 
     kwargs = {"dtype": precision.dtype, "device_map": device_map, "revision": cfg.revision,
               "trust_remote_code": cfg.trust_remote_code}
+    places = set(device_map.values()) if isinstance(device_map, dict) else {device_map}
+    if "disk" in places:
+        if offload_folder is None:
+            raise ValueError("a device map with 'disk' needs an offload folder")
+        kwargs["offload_folder"] = str(offload_folder)
     if precision.quantized:
-        kwargs["quantization_config"] = precision.quantization_config()
+        kwargs["quantization_config"] = precision.quantization_config(cpu_offload="cpu" in places and len(places) > 1)
     started = time.perf_counter()
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
