@@ -38,9 +38,9 @@ def make_cfg(runs_dir: Path, *overrides: str):
         return compose("config", overrides=[f"runs_dir={runs_dir}", "progress=false", *overrides])
 
 
-def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m pipeline <args>` in a subprocess, as a user runs it."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**(env or os.environ), "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 

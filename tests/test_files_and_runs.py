@@ -70,9 +70,24 @@ def finished_stage(tmp_path):
 
 def test_a_finished_stage_is_never_overwritten_silently(tmp_path):
     run_dir, stage = finished_stage(tmp_path)
-    with pytest.raises(PipelineError, match="already holds a finished stage.*overwrite=true"):
-        stage.begin({"k": 1}, overwrite=False, config_yaml="", run_dir=run_dir)
+    before = {p.name: p.read_bytes() for p in stage.path.iterdir()}
+    assert stage.begin({"k": 1}, overwrite=False, config_yaml="k: 1\n", run_dir=run_dir) is None  # nothing to do
+    with pytest.raises(PipelineError, match=r"already holds a finished stage made with other settings \(k: 1 -> 2\)"
+                                            r".*overwrite=true"):
+        stage.begin({"k": 2}, overwrite=False, config_yaml="", run_dir=run_dir)
+    assert {p.name: p.read_bytes() for p in stage.path.iterdir()} == before
     assert stage.is_complete() and stage.read_records() == [{"id": "a"}]
+
+
+def test_killed_between_publishing_records_and_manifest_resumes_without_redoing(tmp_path):
+    run_dir = create_run(tmp_path / "runs", "r1")
+    stage = StageDir(run_dir / "generate", "generations.jsonl")
+    stage.begin({"k": 1}, False, "", run_dir)
+    with stage.appender() as out:
+        out.append([{"id": "a"}, {"id": "b"}])
+    os.replace(stage.partial_path, stage.records_path)  # the rename of finish(), then a crash before the manifest
+    assert not stage.is_complete()
+    assert [r["id"] for r in stage.begin({"k": 1}, False, "", run_dir)] == ["a", "b"]
 
 
 def test_overwrite_moves_old_results_aside(tmp_path):

@@ -141,10 +141,13 @@ def test_interrupted_generate_resumes_without_redoing_finished_records(tmp_path,
     assert "resuming" in (stage / "log.txt").read_text()
 
 
-def test_judge_refuses_a_finished_judge_and_an_unfinished_generation(judged_run, tmp_path):
-    cfg = make_cfg(judged_run.parent, "run_id=shared")
-    with pytest.raises(PipelineError, match="already holds a finished stage"):
-        judge.run(cfg)
+def test_rerunning_a_finished_judge_does_nothing_and_other_settings_are_refused(judged_run, tmp_path):
+    stage = judged_run / "judge/smollm2-135m"
+    before = (stage / "verdicts.jsonl").read_bytes(), (stage / "manifest.json").read_bytes()
+    assert judge.run(make_cfg(judged_run.parent, "run_id=shared")) == stage  # same settings: nothing to do
+    assert ((stage / "verdicts.jsonl").read_bytes(), (stage / "manifest.json").read_bytes()) == before
+    with pytest.raises(PipelineError, match=r"other settings \(judge.max_new_tokens: 6 -> 5\).*overwrite=true"):
+        judge.run(make_cfg(judged_run.parent, "run_id=shared", "judge.max_new_tokens=5"))
     cfg2 = make_cfg(tmp_path / "runs", "run_id=half")
     (tmp_path / "runs/half/generate").mkdir(parents=True)
     (tmp_path / "runs/half/run.json").write_text('{"created": 1}')

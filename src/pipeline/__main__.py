@@ -6,6 +6,8 @@
     python -m pipeline stage=report run_id=<id>                # rewrite the CSVs from stored records
     python -m pipeline stage=plan judge=llama70b-8bit hardware=4xA100-40GB   # placement plan, no weights read
     python -m pipeline stage=doctor                            # what this node can run
+    python -m pipeline stage=submit slurm.partition=gpu ...    # generate array -> judge array -> report on SLURM
+    python -m pipeline stage=merge run_id=<id>                 # merge the shards of array tasks
     python -m pipeline --cfg job                               # print the composed config
 
 Configuration is Hydra: conf/config.yaml plus the groups conf/{generator,judge,judge_prompt,dataset,hardware}/, checked
@@ -17,6 +19,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -24,6 +27,7 @@ import hydra
 
 from .config import STAGES, register
 from .errors import PipelineError
+from .interrupts import StageStopped, requeue_this_job
 
 
 def conf_dir() -> Path:
@@ -64,6 +68,13 @@ def main(cfg) -> None:
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except StageStopped as e:
+        print(f"{e}.", file=sys.stderr)
+        if e.signum == signal.SIGUSR1:  # SLURM's warning before the time limit: come back in a new allocation
+            outcome = requeue_this_job()
+            if outcome:
+                print(outcome, file=sys.stderr)
+        sys.exit(128 + e.signum)
     except KeyboardInterrupt:
         print("interrupted: finished batches are kept; run the same command again to resume.", file=sys.stderr)
         sys.exit(130)

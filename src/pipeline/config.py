@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-STAGES = ("generate", "judge", "report", "plan", "doctor")
+STAGES = ("generate", "judge", "report", "merge", "plan", "doctor", "submit")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8", "nf4", "fp4")
 
 
@@ -103,6 +103,52 @@ class HardwareConfig:
 
 
 @dataclass
+class ShardConfig:
+    """Which slice of the data set this process handles (generate and judge)."""
+
+    # null: from the SLURM array (SLURM_ARRAY_TASK_ID minus SLURM_ARRAY_TASK_MIN), else 0.
+    index: Optional[int] = None
+    # null: SLURM_ARRAY_TASK_COUNT inside an array job, else 1 (unsharded).
+    count: Optional[int] = None
+
+
+@dataclass
+class SlurmConfig:
+    """What `stage=submit` asks SLURM for: generate array -> judge array -> report, chained with afterok."""
+
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    # Array sizes: data-set shards for the generate and judge stages.
+    generate_shards: int = 4
+    judge_shards: int = 4
+    # At most this many array tasks at once (sbatch --array=...%N); null: no limit.
+    max_parallel: Optional[int] = None
+    generate_time: str = "02:00:00"
+    judge_time: str = "04:00:00"
+    report_time: str = "00:30:00"
+    # GPUs per generate task (0 for a CPU-only partition).
+    generate_gpus: int = 1
+    # GPUs per judge task; null: the fewest GPUs of the `hardware` profile's kind that fit the judge's plan.
+    judge_gpus: Optional[int] = None
+    # GRES type (gpu:<type>:N), for partitions with several GPU kinds; null: any.
+    gpu_type: Optional[str] = None
+    cpus_per_task: int = 8
+    # Memory per node for generate / judge tasks, and for the report job.
+    mem: str = "64G"
+    report_cpus: int = 2
+    report_mem: str = "8G"
+    # Seconds before the time limit at which SLURM sends SIGUSR1; the task then stops cleanly and requeues itself.
+    signal_seconds: int = 120
+    # Further sbatch options for every job, e.g. ["--constraint=a100", "--mail-type=FAIL"].
+    extra_args: List[str] = field(default_factory=list)
+    # The interpreter the jobs run; null: this one (sys.executable).
+    python: Optional[str] = None
+    # Print the sbatch commands instead of submitting them.
+    dry_run: bool = False
+
+
+@dataclass
 class DoctorConfig:
     # Also load the generator and answer one question.
     smoke: bool = False
@@ -181,6 +227,8 @@ class Config:
     judge_prompt: JudgePromptConfig = field(default_factory=JudgePromptConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
     doctor: DoctorConfig = field(default_factory=DoctorConfig)
     # Free-form notes stored in the manifest (e.g. +meta.purpose=ablation).
     meta: Dict[str, Any] = field(default_factory=dict)

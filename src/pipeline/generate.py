@@ -24,7 +24,9 @@ from tqdm import tqdm
 from .config import Config
 from .data import QAItem, load_items
 from .decoding import Generation, StopRule, generated_text, greedy_batch
+from . import shards
 from .errors import PipelineError
+from .interrupts import GracefulStop
 from .manifest import environment_manifest
 from .models import (cache_root, encode_chat, load_causal_lm, load_tokenizer, resolve_model, resolve_precision,
                      source_info, use_chat_template)
@@ -79,26 +81,41 @@ def make_record(item: QAItem, index: int, prompt: str, gen: Generation, tokenize
 
 
 def run(cfg: Config) -> Path:
-    """Generate answers for every question not yet answered in this run; returns the stage directory."""
+    """Generate answers for every question of this shard not yet answered; returns the stage directory."""
     started = time.perf_counter()
     g = cfg.generator
     if g.batch_size < 1 or g.max_new_tokens < 1:
         raise PipelineError("generator.batch_size and generator.max_new_tokens must be at least 1.")
+    shard = shards.resolve(cfg.shard)
+    if shard.count > 1 and cfg.overwrite:
+        raise PipelineError("overwrite=true cannot be used by one shard of an array (the others would still hold "
+                            "the old results): pass it to stage=submit, or redo the stage unsharded.")
     items, data_info = load_items(cfg.dataset)
+    assigned = shard.select([it.id for it in items])
+    mine = set(assigned)
+    items_here = [it for it in items if it.id in mine]
 
     run_id = cfg.run_id or new_run_id(g.name, cfg.dataset.name)
     run_dir = create_run(Path(cfg.runs_dir), run_id)
-    stage = StageDir(run_dir / "generate", "generations.jsonl")
+    root = StageDir(run_dir / "generate", "generations.jsonl")
+    stage = shard.stage(root.path, root.records_name)
     fingerprint = {"generator": {k: getattr(g, k) for k in FINGERPRINT_KEYS},
                    "dataset": {"name": cfg.dataset.name, "content_sha256": data_info["content_sha256"]}}
-    done = stage.begin(fingerprint, cfg.overwrite, OmegaConf.to_yaml(cfg, resolve=True), run_dir,
-                       also_replace=(run_dir / "judge",))
-    with stage.log_to_file():
-        log.info("run %s: generating answers with %s for %d questions from %s", run_id, g.name, len(items),
-                 data_info["source"])
-        done_ids = {r["id"] for r in done}
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    if shard.count > 1 and root.finished_with(fingerprint, run_dir):
+        log.info("run %s: generate is already complete (merged) with these settings; nothing to do", run_id)
+        return root.path
+    done = stage.begin(fingerprint, cfg.overwrite, config_yaml, run_dir, also_replace=(run_dir / "judge",))
+    if done is None:
+        log.info("run %s: %s is already complete with these settings; nothing to do (overwrite=true redoes it)",
+                 run_id, stage.path)
+        return stage.path
+    with stage.log_to_file(), GracefulStop() as stopper:
         position = {it.id: i for i, it in enumerate(items)}
-        todo = [it for it in items if it.id not in done_ids]
+        log.info("run %s: generating answers with %s for %d questions from %s%s", run_id, g.name, len(items_here),
+                 data_info["source"], f" (shard {shard.name})" if shard.count > 1 else "")
+        done_ids = {r["id"] for r in done}
+        todo = [it for it in items_here if it.id not in done_ids]
         if done:
             log.info("resuming an interrupted attempt: %d answers already written, %d to go", len(done), len(todo))
 
@@ -114,24 +131,23 @@ def run(cfg: Config) -> Path:
 
         chat = use_chat_template(tokenizer, g.use_chat_template)
         stop = StopRule.build(tokenizer, model, g.stop_at_newline)
-        prompts = {}
-        for it in todo:
-            text, ids = encode_chat(tokenizer, generator_messages(cfg, it.question), chat)
-            prompts[it.id] = (text, ids)
+        prompts = {it.id: encode_chat(tokenizer, generator_messages(cfg, it.question), chat) for it in todo}
         # Longest first: similar lengths share a batch (little padding), and memory peaks show up at once.
         todo.sort(key=lambda it: len(prompts[it.id][1]), reverse=True)
 
         t1 = time.perf_counter()
-        new_tokens = 0
-        with stage.appender() as out, tqdm(total=len(items), initial=len(done), desc=f"generate {g.name}",
+        new_tokens, written = 0, len(done)
+        with stage.appender() as out, tqdm(total=len(items_here), initial=len(done), desc=f"generate {g.name}",
                                            unit="q", disable=not cfg.progress) as bar:
             for start in range(0, len(todo), g.batch_size):
+                stopper.check(written, len(items_here))
                 batch = todo[start:start + g.batch_size]
                 gens = greedy_batch(model, [prompts[it.id][1] for it in batch], g.max_new_tokens, stop,
                                     tokenizer.pad_token_id)
                 out.append(make_record(it, position[it.id], prompts[it.id][0], gen, tokenizer, g.stop_at_newline)
                            for it, gen in zip(batch, gens))
                 new_tokens += sum(len(gen.token_ids) for gen in gens)
+                written += len(batch)
                 bar.update(len(batch))
         gen_s = time.perf_counter() - t1
 
@@ -139,8 +155,11 @@ def run(cfg: Config) -> Path:
             "stage": "generate",
             "run_id": run_id,
             "schema": SCHEMA,
-            "records": len(items),
+            "records": len(items_here),
             "resumed_with": len(done),
+            "shard": {"index": shard.index, "count": shard.count, "name": shard.name},
+            "assigned_ids": assigned if shard.count > 1 else None,
+            "expected_total": len(items),
             "dataset": data_info,
             "generator": {"name": g.name, "precision": precision.describe(), "device": str(device),
                           "chat_template": chat, **source_info(g.model, source)},
@@ -152,6 +171,6 @@ def run(cfg: Config) -> Path:
             "config": OmegaConf.to_container(cfg, resolve=True),
             **environment_manifest(),
         })
-        log.info("run %s: %d answers in %s (%.1f s generating, %.2f questions/s)", run_id, len(items),
+        log.info("run %s: %d answers in %s (%.1f s generating, %.2f questions/s)", run_id, len(items_here),
                  stage.records_path, gen_s, len(todo) / gen_s if gen_s else float("nan"))
     return stage.path

@@ -22,12 +22,13 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from . import report
+from . import report, shards
 from .config import Config
 from .decoding import StopRule, generated_text, greedy_batch
 from .errors import PipelineError
 from .files import write_json
 from .hardware import GiB, detect
+from .interrupts import GracefulStop
 from .manifest import environment_manifest
 from .models import (cache_root, encode_chat, load_causal_lm, load_tokenizer, resolve_model, resolve_precision,
                      source_info, use_chat_template)
@@ -43,16 +44,17 @@ FINGERPRINT_KEYS = ("model", "revision", "precision", "compute_dtype", "double_q
 
 
 def generations_of(run_dir: Path) -> list[dict]:
-    stage = StageDir(run_dir / "generate", "generations.jsonl")
-    if not stage.is_complete():
+    """The run's answers: the finished generate stage, or all its array shards merged (and checked) in memory."""
+    root = run_dir / "generate"
+    if not StageDir(root, "generations.jsonl").is_complete() and not shards.shard_dirs(root):
         raise PipelineError(
-            f"run {run_dir.name} has no finished generate stage ({stage.manifest_path} is missing or not complete). "
+            f"run {run_dir.name} has no finished generate stage ({root}/manifest.json is missing or not complete). "
             f"Finish it first: python -m pipeline stage=generate run_id={run_dir.name} (it resumes where it stopped)."
         )
-    return stage.read_records()
+    return shards.stage_records(root, "generations.jsonl")
 
 
-def judge_stage(run_dir: Path, judge_name: str) -> StageDir:
+def judge_root(run_dir: Path, judge_name: str) -> StageDir:
     if not RUN_ID_PATTERN.fullmatch(judge_name):
         raise PipelineError(f"judge.name={judge_name!r} is used as a folder name: letters, digits, '.', '_', '-'.")
     return StageDir(run_dir / "judge" / judge_name, "verdicts.jsonl")
@@ -87,20 +89,35 @@ def memory_snapshot() -> dict:
 
 
 def run(cfg: Config) -> Path:
-    """Judge every stored answer of the run not yet judged by this judge; returns the judge's stage directory."""
+    """Judge every stored answer of this shard not yet judged by this judge; returns the stage directory."""
     started = time.perf_counter()
     j, prompt = cfg.judge, cfg.judge_prompt
     if j.mode != "generate":
         raise PipelineError(f"judge.mode={j.mode!r} is not supported; use judge.mode=generate.")
     if j.batch_size < 1 or j.max_new_tokens < 1:
         raise PipelineError("judge.batch_size and judge.max_new_tokens must be at least 1.")
-    run_dir = resolve_run(Path(cfg.runs_dir), cfg.run_id)
-    records = generations_of(run_dir)
-    stage = judge_stage(run_dir, j.name)
-
     if not cfg.hardware.detect:
         raise PipelineError(f"hardware={cfg.hardware.name} declares a node to plan for (stage=plan); stage=judge runs "
                             "on this machine's own devices: leave hardware=auto.")
+    shard = shards.resolve(cfg.shard)
+    if shard.count > 1 and cfg.overwrite:
+        raise PipelineError("overwrite=true cannot be used by one shard of an array (the others would still hold "
+                            "the old results): pass it to stage=submit, or redo the stage unsharded.")
+    run_dir = resolve_run(Path(cfg.runs_dir), cfg.run_id)
+    records = generations_of(run_dir)
+    assigned = shard.select([r["id"] for r in records])
+    mine = set(assigned)
+    records = [r for r in records if r["id"] in mine]
+    root = judge_root(run_dir, j.name)
+    stage = shard.stage(root.path, root.records_name)
+    fingerprint = {"judge": {k: getattr(j, k) for k in FINGERPRINT_KEYS}, "prompt": OmegaConf.to_container(prompt)}
+    already = not cfg.overwrite and ((shard.count > 1 and root.finished_with(fingerprint, run_dir))
+                                     or stage.finished_with(fingerprint, run_dir))
+    if already:  # a finished stage with other settings was refused just above
+        log.info("run %s: %s is already complete with these settings; nothing to do (overwrite=true redoes it)",
+                 run_dir.name, stage.path)
+        return stage.path
+
     hardware = detect()
     for note in hardware.notes:
         log.info("hardware: %s", note)
@@ -120,13 +137,16 @@ def run(cfg: Config) -> Path:
     plan = plan_or_refuse(cfg, hardware, source, max(longest, j.placement.max_seq_len))
     print(plan.table(), flush=True)
 
-    fingerprint = {"judge": {k: getattr(j, k) for k in FINGERPRINT_KEYS}, "prompt": OmegaConf.to_container(prompt)}
     done = stage.begin(fingerprint, cfg.overwrite, OmegaConf.to_yaml(cfg, resolve=True), run_dir)
+    if done is None:  # finished by another process since the check above
+        return stage.path
     with stage.log_to_file(), ExitStack() as stack:
+        stopper = stack.enter_context(GracefulStop())
         write_json(stage.path / "plan.json", plan.to_dict())
         done_ids = {r["id"] for r in done}
         todo = [r for r in records if r["id"] not in done_ids]
-        log.info("run %s: judging %d answers with %s", run_dir.name, len(todo), j.name)
+        log.info("run %s: judging %d answers with %s%s", run_dir.name, len(todo), j.name,
+                 f" (shard {shard.name})" if shard.count > 1 else "")
         if done:
             log.info("resuming an interrupted attempt: %d verdicts already written", len(done))
         if plan.offloaded:
@@ -156,11 +176,12 @@ def run(cfg: Config) -> Path:
 
         stop = StopRule.build(tokenizer, model, prompt.stop_at_newline)
         todo.sort(key=lambda r: len(prompts[r["id"]][1]), reverse=True)
-
         t1 = time.perf_counter()
+        written = len(done)
         with stage.appender() as out, tqdm(total=len(records), initial=len(done), desc=f"judge {j.name}",
                                            unit="answer", disable=not cfg.progress) as bar:
             for start in range(0, len(todo), j.batch_size):
+                stopper.check(written, len(records))
                 batch = todo[start:start + j.batch_size]
                 gens = greedy_batch(model, [prompts[r["id"]][1] for r in batch], j.max_new_tokens, stop,
                                     tokenizer.pad_token_id)
@@ -174,6 +195,7 @@ def run(cfg: Config) -> Path:
                                  "finish_reason": gen.finish_reason, "judge": j.name,
                                  "prompt_name": prompt.name, "prompt_version": prompt.version})
                 out.append(rows)
+                written += len(batch)
                 bar.update(len(batch))
         judge_s = time.perf_counter() - t1
 
@@ -183,6 +205,8 @@ def run(cfg: Config) -> Path:
             "schema": SCHEMA,
             "records": len(records),
             "resumed_with": len(done),
+            "shard": {"index": shard.index, "count": shard.count, "name": shard.name},
+            "assigned_ids": assigned if shard.count > 1 else None,
             "judge": {"name": j.name, "precision": precision.describe(), "mode": j.mode, "chat_template": chat,
                       **source_info(j.model, source)},
             "prompt": {"name": prompt.name, "version": prompt.version, "system": prompt.system,
@@ -195,6 +219,11 @@ def run(cfg: Config) -> Path:
             "config": OmegaConf.to_container(cfg, resolve=True),
             **environment_manifest(),
         })
-        samples, summary = report.write(run_dir, j.name)
-        log.info("run %s: verdicts in %s; results in %s and %s", run_dir.name, stage.records_path, samples, summary)
+        if shard.count == 1:
+            samples, summary = report.write(run_dir, j.name)
+            log.info("run %s: verdicts in %s; results in %s and %s", run_dir.name, stage.records_path, samples,
+                     summary)
+        else:
+            log.info("run %s: shard %s of judge %s done; stage=report merges the shards and writes the CSVs",
+                     run_dir.name, shard.name, j.name)
     return stage.path

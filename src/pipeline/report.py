@@ -96,8 +96,11 @@ def write(run_dir: Path, judge: str) -> tuple[Path, Path]:
 
 
 def run(cfg) -> list[Path]:
-    """stage=report: rewrite the CSVs of every finished judge of the run."""
+    """stage=report: merge the run's sharded stages, then (re)write the CSVs of every finished judge."""
+    from .merge import merge_run
+
     run_dir = resolve_run(Path(cfg.runs_dir), cfg.run_id)
+    merge_run(run_dir)
     judges = sorted(p.name for p in (run_dir / "judge").glob("*") if StageDir(p, "verdicts.jsonl").is_complete())
     if not judges:
         raise PipelineError(f"run {run_dir.name} has no finished judge yet; run python -m pipeline stage=judge "

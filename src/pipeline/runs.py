@@ -19,6 +19,7 @@ unfinished: re-running the same command resumes it, skipping the records already
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -176,21 +177,32 @@ class StageDir:
     def manifest(self) -> dict:
         return read_json(self.manifest_path)
 
-    def begin(self, fingerprint: dict, overwrite: bool, config_yaml: str, run_dir: Path,
-              also_replace: tuple[Path, ...] = ()) -> list[dict]:
-        """Start or resume the stage; returns the records an earlier, interrupted attempt already wrote.
+    def finished_with(self, fingerprint: dict, run_dir: Path) -> bool:
+        """True when the stage is finished with these settings; an error when finished with others. Read-only."""
+        if not self.is_complete():
+            return False
+        changes = diff_fingerprints(self.manifest().get("fingerprint", {}), fingerprint)
+        if changes:
+            raise PipelineError(
+                f"{self.path}/ already holds a finished stage made with other settings ({'; '.join(changes)}); its "
+                "results are kept. Pass overwrite=true to redo it (the old outputs are moved to "
+                f"{run_dir}/replaced/, not deleted), or choose another run_id."
+            )
+        return True
 
-        A finished stage is refused unless `overwrite` (then it, and `also_replace`, are moved aside).
-        An unfinished one is resumed if it was started with the same fingerprint, else refused.
+    def begin(self, fingerprint: dict, overwrite: bool, config_yaml: str, run_dir: Path,
+              also_replace: tuple[Path, ...] = ()) -> list[dict] | None:
+        """Start or resume the stage; returns the records an earlier, interrupted attempt already wrote, or None
+        when the stage is already finished with these settings (nothing to do).
+
+        A finished stage made with other settings is refused unless `overwrite` (then it, and `also_replace`, are
+        moved aside). An unfinished one is resumed if it was started with the same settings, else refused.
         """
         label = str(self.path)
         if self.is_complete():
             if not overwrite:
-                raise PipelineError(
-                    f"{label}/ already holds a finished stage (manifest.json says complete); its results are "
-                    "kept. Pass overwrite=true to redo it (the old outputs are moved to "
-                    f"{run_dir}/replaced/, not deleted), or choose another run_id."
-                )
+                self.finished_with(fingerprint, run_dir)  # refuses other settings
+                return None
             move_aside(run_dir, [self.path, *also_replace])
         elif self.path.exists() and overwrite:
             move_aside(run_dir, [self.path, *also_replace])
@@ -206,6 +218,9 @@ class StageDir:
                     f"({'; '.join(changes)}). Re-run with the same settings to resume it, or pass overwrite=true "
                     "to start it again (the partial outputs are moved aside)."
                 )
+            if self.records_path.exists() and not self.partial_path.exists():
+                # killed between publishing the records and writing the manifest: take the records back
+                os.replace(self.records_path, self.partial_path)
             done = repair_jsonl_tail(self.partial_path)
         else:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -219,9 +234,17 @@ class StageDir:
         return JsonlAppender(self.partial_path)
 
     def finish(self, manifest: dict[str, Any]) -> None:
-        """Publish the records file, then the manifest; after this the stage counts as finished."""
+        """Publish the records file, then the manifest (with the settings the stage was made with); after this
+        the stage counts as finished."""
         os.replace(self.partial_path, self.records_path)
         fsync_dir(self.path)
+        fingerprint = read_json(self.path / "stage.json").get("fingerprint", {})
+        write_json(self.manifest_path, {"status": "complete", "fingerprint": fingerprint, **manifest})
+
+    def publish(self, records: list[dict], manifest: dict[str, Any]) -> None:
+        """Write a finished stage in one go (a merge): records file, then manifest."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.records_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         write_json(self.manifest_path, {"status": "complete", **manifest})
 
     @contextmanager

@@ -1,0 +1,167 @@
+"""stage=submit: one command submits the whole chain to SLURM.
+
+    python -m pipeline stage=submit generator=llama31-8b dataset=nq_open judge=llama70b-8bit \\
+        hardware=4xA100-40GB slurm.partition=gpu slurm.account=myproj slurm.generate_shards=8
+    python -m pipeline stage=submit ... slurm.dry_run=true      # print the sbatch commands, submit nothing
+    slurm/submit.sh --dry-run ...                               # the same from a shell
+
+    generate array (slurm/generate.sbatch, one data-set shard per task, slurm.generate_gpus GPUs each)
+      -> judge array (slurm/judge.sbatch, afterok; GPUs per task from the judge's placement plan)
+      -> report (slurm/report.sbatch, afterok; merges the shards and writes the CSVs)
+
+Every job runs this checkout's `python -m pipeline` with the overrides given here and a fixed run_id, from the
+directory submit ran in, logging to runs/<run_id>/slurm/. Dependents are submitted with --kill-on-invalid-dep,
+so a failed task cancels what waits on it instead of leaving it pending forever. If SLURM refuses any job, its
+message is shown and the jobs of the chain already submitted are cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .errors import PipelineError
+from .files import write_json
+from .hardware import resolve as resolve_hardware
+from .runs import create_run, move_aside, new_run_id
+
+log = logging.getLogger(__name__)
+
+# Overrides that belong to this submit process, not to the jobs it submits.
+NOT_FORWARDED = ("stage", "slurm.", "shard.", "overwrite", "run_id", "runs_dir", "hydra.", "progress")
+
+
+def slurm_dir() -> Path:
+    from .__main__ import conf_dir
+
+    return conf_dir().parent / "slurm"
+
+
+def forwarded_overrides() -> list[str]:
+    """The command-line overrides of this submit, minus those that are submit's own."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        task = list(HydraConfig.get().overrides.task)
+    except ValueError:  # not started through the Hydra entry point
+        return []
+    return [o for o in task if not o.lstrip("+~").startswith(NOT_FORWARDED)]
+
+
+def judge_gpus(cfg) -> int:
+    """GPUs per judge task: slurm.judge_gpus, else the fewest GPUs of the hardware profile's kind that fit."""
+    from .models import resolve_precision
+    from .plan import Workload, fewest_gpus, load_model_config
+
+    if cfg.slurm.judge_gpus is not None:
+        return cfg.slurm.judge_gpus
+    j = cfg.judge
+    if j.placement.devices == "cpu":
+        return 0
+    hardware = resolve_hardware(cfg.hardware)
+    if not hardware.gpus:
+        raise PipelineError(
+            "cannot tell how many GPUs each judge task needs: hardware=auto found no GPU on this machine (a login "
+            "node?). Pass hardware=<one node of the partition> (profiles in conf/hardware/, e.g. hardware=4xA100-40GB) "
+            "or slurm.judge_gpus=N."
+        )
+    n = fewest_gpus(load_model_config(j.model, j), j.name, resolve_precision(j, on_gpu=True), hardware.gpu_kind,
+                    j.placement, Workload(j.batch_size, j.placement.max_seq_len))
+    if n is None or n > len(hardware.gpus):
+        raise PipelineError(f"judge {j.name!r} does not fit on one node of {hardware.describe()}; see "
+                            f"`python -m pipeline stage=plan judge={j.name} hardware={cfg.hardware.name}`.")
+    return n
+
+
+def common_args(s, job: str, time_limit: str, cpus: int, mem: str, gpus: int, output: Path) -> list[str]:
+    args = [f"--job-name={job}", f"--time={time_limit}", f"--cpus-per-task={cpus}", f"--mem={mem}",
+            f"--output={output}", f"--chdir={os.getcwd()}",
+            f"--export=ALL,PIPELINE_PYTHON={s.python or sys.executable}"]
+    if gpus:
+        args.append(f"--gres=gpu:{s.gpu_type + ':' if s.gpu_type else ''}{gpus}")
+    for flag, value in (("partition", s.partition), ("account", s.account), ("qos", s.qos)):
+        if value:
+            args.append(f"--{flag}={value}")
+    return args + list(s.extra_args)
+
+
+def array(n: int, max_parallel: int | None) -> str:
+    return f"--array=0-{n - 1}" + (f"%{max_parallel}" if max_parallel else "")
+
+
+def chain(cfg, run_id: str, run_dir: Path) -> list[tuple[str, list[str]]]:
+    """The three sbatch commands; '{generate}' and '{judge}' stand for the job ids they depend on."""
+    s = cfg.slurm
+    if s.generate_shards < 1 or s.judge_shards < 1:
+        raise PipelineError("slurm.generate_shards and slurm.judge_shards must be at least 1.")
+    logs = run_dir.resolve() / "slurm"
+    tail = [*forwarded_overrides(), f"run_id={run_id}", f"runs_dir={Path(cfg.runs_dir).resolve()}"]
+    signal = [f"--signal=B:USR1@{s.signal_seconds}", "--requeue"]
+    scripts = slurm_dir()
+    gen = ["sbatch", "--parsable", array(s.generate_shards, s.max_parallel), *signal,
+           *common_args(s, f"gen-{run_id}", s.generate_time, s.cpus_per_task, s.mem, s.generate_gpus,
+                        logs / "generate-%A_%a.out"),
+           str(scripts / "generate.sbatch"), *tail]
+    jud = ["sbatch", "--parsable", array(s.judge_shards, s.max_parallel), *signal,
+           "--dependency=afterok:{generate}", "--kill-on-invalid-dep=yes",
+           *common_args(s, f"judge-{run_id}", s.judge_time, s.cpus_per_task, s.mem, judge_gpus(cfg),
+                        logs / "judge-%A_%a.out"),
+           str(scripts / "judge.sbatch"), *tail]
+    rep = ["sbatch", "--parsable", "--dependency=afterok:{judge}", "--kill-on-invalid-dep=yes",
+           *common_args(s, f"report-{run_id}", s.report_time, s.report_cpus, s.report_mem, 0, logs / "report-%j.out"),
+           str(scripts / "report.sbatch"), *tail]
+    return [("generate", gen), ("judge", jud), ("report", rep)]
+
+
+def cancel(job_ids: list[str]) -> None:
+    if job_ids:
+        subprocess.run(["scancel", *job_ids], capture_output=True, text=True, timeout=60)
+
+
+def run(cfg) -> dict[str, str]:
+    run_id = cfg.run_id or new_run_id(cfg.generator.name, cfg.dataset.name)
+    run_dir = Path(cfg.runs_dir) / run_id
+    commands = chain(cfg, run_id, run_dir)
+    if cfg.slurm.dry_run:
+        print(f"# dry run: the chain for run {run_id} (nothing submitted)")
+        for name, cmd in commands:
+            print(f"# {name}\n{shlex.join(cmd)}")
+        return {}
+    if shutil.which("sbatch") is None:
+        raise PipelineError("sbatch is not on PATH: run stage=submit on a SLURM login node (or use "
+                            "slurm.dry_run=true to see the commands).")
+
+    run_dir = create_run(Path(cfg.runs_dir), run_id)
+    if cfg.overwrite:  # done here, once, so that no array task has to touch what the others share
+        judge_dir = run_dir / "judge" / cfg.judge.name
+        move_aside(run_dir, [p for p in (run_dir / "generate", judge_dir) if p.exists()])
+    (run_dir / "slurm").mkdir(exist_ok=True)
+    jobs: dict[str, str] = {}
+    for name, cmd in commands:
+        cmd = [part.format(**jobs) if "{" in part and part.startswith("--dependency") else part for part in cmd]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if out.returncode != 0:
+            cancel(list(jobs.values()))
+            already = f" The {', '.join(jobs)} job(s) already submitted ({', '.join(jobs.values())}) were cancelled." \
+                if jobs else ""
+            raise PipelineError(f"SLURM refused the {name} job: {out.stderr.strip() or out.stdout.strip()} "
+                                f"(command: {shlex.join(cmd)}).{already} Fix the request (slurm.* settings) and "
+                                "submit again.")
+        jobs[name] = out.stdout.strip().split(";")[0]
+    write_json(run_dir / "slurm" / "submit.json", {"run_id": run_id, "jobs": jobs, "submitted": time.time(),
+                                                   "commands": {n: c for n, c in commands}})
+    judge = cfg.judge.name
+    print(f"submitted run {run_id}:\n"
+          f"  generate  array job {jobs['generate']} ({cfg.slurm.generate_shards} tasks)\n"
+          f"  judge     array job {jobs['judge']} ({cfg.slurm.judge_shards} tasks, after generate succeeds)\n"
+          f"  report    job {jobs['report']} (after judge succeeds)\n"
+          f"watch:   squeue -j {','.join(jobs.values())}    logs: {run_dir}/slurm/\n"
+          f"results: {run_dir}/judge/{judge}/samples.csv and summary.csv once job {jobs['report']} completes\n"
+          f"a failed task cancels the jobs after it; resubmit the same command to resume (finished shards are kept)")
+    return jobs

@@ -1,0 +1,192 @@
+"""The pipeline on a real SLURM: a single-node cluster (Debian's slurmctld/slurmd/munge, fake GPU devices) started
+for this module by tests/slurm_local.py, and the real chain submitted by `python -m pipeline stage=submit`.
+
+Needs root (slurmd, mknod, apt-get); skipped with the reason otherwise. CI runs as root, so CI runs these.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from slurm_local import LocalSlurm, _cmdline, _environ, _is_running, is_available
+
+from conftest import read_jsonl, run_cli
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+# What every submitted job shares here: a small slice of the embedded data set, one CPU and little memory per task.
+SMALL = ["dataset.limit=16", "threads=1", "slurm.partition=debug", "slurm.cpus_per_task=1", "slurm.mem=2G",
+         "slurm.report_cpus=1", "slurm.report_mem=1G", "slurm.judge_gpus=1", "slurm.generate_gpus=1"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ok, why = is_available()
+    if not ok:
+        pytest.skip(why)
+    root = Path(tempfile.mkdtemp(prefix="sl", dir="/tmp"))  # short: munge's socket path must stay under ~107 bytes
+    slurm = LocalSlurm(root, gpus=4, cpus=8, memory_mb=16000).start()
+    yield slurm
+    slurm.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def submit(cluster, tmp_path, run_id, *overrides, check=True):
+    out = run_cli("stage=submit", f"run_id={run_id}", f"runs_dir={tmp_path}/runs", *SMALL, *overrides,
+                  cwd=tmp_path, env=cluster.env)
+    if check:
+        assert out.returncode == 0, out.stderr
+        return json.loads((tmp_path / "runs" / run_id / "slurm/submit.json").read_text())["jobs"], out
+    return None, out
+
+
+def states_of(cluster, jobs, timeout=600):
+    return cluster.wait_for_jobs(list(jobs.values()), timeout=timeout)
+
+
+def by_job(states, job):
+    return {k: v for k, v in states.items() if k == job or k.startswith(f"{job}_")}
+
+
+def test_the_whole_chain_runs_and_writes_the_csvs(cluster, tmp_path, model_dir):
+    started = time.monotonic()
+    jobs, out = submit(cluster, tmp_path, "chain", "slurm.generate_shards=4", "slurm.judge_shards=2")
+    assert "squeue -j" in out.stdout and jobs["generate"] in out.stdout
+    states = states_of(cluster, jobs)
+    elapsed = time.monotonic() - started
+    assert set(states.values()) == {"COMPLETED"}, states
+    assert len(by_job(states, jobs["generate"])) == 4 and len(by_job(states, jobs["judge"])) == 2
+
+    run = tmp_path / "runs/chain"
+    samples = pd.read_csv(run / "judge/smollm2-135m/samples.csv")
+    assert len(samples) == 16 and samples["id"].is_unique
+    gen = json.loads((run / "generate/manifest.json").read_text())
+    assert gen["merged_from"]["shard_count"] == 4 and gen["records"] == 16
+    judged = json.loads((run / "judge/smollm2-135m/manifest.json").read_text())
+    assert judged["merged_from"]["shard_count"] == 2
+    for shard in (run / "judge/smollm2-135m/shards").iterdir():  # each judge task planned for its own allocation
+        assert (shard / "plan.json").is_file()
+        assert json.loads((shard / "manifest.json").read_text())["slurm"]["SLURM_ARRAY_JOB_ID"] == jobs["judge"]
+    logs = sorted(p.name for p in (run / "slurm").glob("*.out"))
+    assert len(logs) == 4 + 2 + 1, logs
+    print(f"\n4-shard chain (generate x4 -> judge x2 -> report) on 16 questions: {elapsed:.0f} s wall")
+
+
+def task_process(run_id, task_id):
+    """The python process of one array task of `run_id`."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and _is_running(int(entry)):
+            pid = int(entry)
+            args = _cmdline(pid)
+            if "pipeline" in args and f"run_id={run_id}" in args and "stage=generate" in args \
+                    and _environ(pid).get("SLURM_ARRAY_TASK_ID") == str(task_id):
+                return pid
+    return None
+
+
+def test_a_killed_task_cancels_its_dependents_and_a_resubmit_completes(cluster, tmp_path, model_dir):
+    chain = ("slurm.generate_shards=4", "slurm.judge_shards=2", "generator.batch_size=1", "dataset.limit=24")
+    jobs, _ = submit(cluster, tmp_path, "killed", *chain)
+    partial = tmp_path / "runs/killed/generate/shards/00001-of-00004/generations.jsonl.partial"
+    deadline = time.monotonic() + 300
+    while not (partial.exists() and partial.read_bytes().count(b"\n") >= 1):
+        assert time.monotonic() < deadline, "shard 1 never started writing"
+        time.sleep(0.1)
+    pid = task_process("killed", 1)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)  # mid-way: it has written some answers, not all
+    states = states_of(cluster, jobs)
+    gen = by_job(states, jobs["generate"])
+    assert gen[f"{jobs['generate']}_1"] in ("FAILED", "CANCELLED"), states
+    assert set(by_job(states, jobs["judge"]).values()) == {"CANCELLED"}, states  # not pending forever
+    assert states[jobs["report"]] == "CANCELLED", states
+    kept = partial.read_bytes().count(b"\n")
+    assert 1 <= kept < 6
+
+    jobs2, _ = submit(cluster, tmp_path, "killed", *chain)  # the same command again
+    states = states_of(cluster, jobs2)
+    assert set(states.values()) == {"COMPLETED"}, states
+    run = tmp_path / "runs/killed"
+    ids = [r["id"] for r in read_jsonl(run / "generate/generations.jsonl")]
+    assert len(ids) == 24 and len(set(ids)) == 24
+    shard1 = json.loads((run / "generate/shards/00001-of-00004/manifest.json").read_text())
+    assert shard1["resumed_with"] == kept  # finished work was kept, not redone
+    assert len(pd.read_csv(run / "judge/smollm2-135m/samples.csv")) == 24
+
+
+def test_time_limit_warning_makes_the_task_stop_cleanly_and_requeue_itself(cluster, tmp_path, model_dir):
+    runs = tmp_path / "runs"
+    out = cluster.run("sbatch", "--parsable", "--requeue", f"--chdir={tmp_path}", f"--output={tmp_path}/usr1.out",
+                      f"--export=ALL,PIPELINE_PYTHON={sys.executable}", "--cpus-per-task=1", "--mem=2G",
+                      str(REPO / "slurm/generate.sbatch"), "run_id=usr1", f"runs_dir={runs}", "dataset.limit=16",
+                      "generator.batch_size=1", "threads=1")
+    job = out.stdout.strip()
+    partial = runs / "usr1/generate/generations.jsonl.partial"
+    deadline = time.monotonic() + 300
+    while not (partial.exists() and partial.read_bytes().count(b"\n") >= 2):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    cluster.run("scancel", "--signal=USR1", "--batch", job)  # what --signal=B:USR1@120 sends before the limit
+    deadline = time.monotonic() + 120
+    while "Restarts=1" not in (info := cluster.run("scontrol", "show", "job", job).stdout):  # the task requeued itself
+        assert time.monotonic() < deadline, info
+        time.sleep(0.2)
+    # SLURM makes a requeued batch job wait 120 s (reason BeginTime) before it may start again; skip that wait here
+    cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    states = cluster.wait_for_jobs([job], timeout=600)
+    assert states[job] == "COMPLETED", states
+    log = (tmp_path / "usr1.out").read_text()
+    assert "stopped by SIGUSR1" in log and f"requeued SLURM job {job}" in log
+    manifest = json.loads((runs / "usr1/generate/manifest.json").read_text())
+    assert manifest["resumed_with"] >= 2 and manifest["slurm"]["SLURM_RESTART_COUNT"] == "1"
+    ids = [r["id"] for r in read_jsonl(runs / "usr1/generate/generations.jsonl")]
+    assert len(ids) == 16 and len(set(ids)) == 16
+
+
+def test_a_request_the_cluster_rejects_stops_the_chain_with_slurms_message(cluster, tmp_path):
+    before = cluster.run("squeue", "-h", "-o", "%i").stdout.split()
+    _, out = submit(cluster, tmp_path, "bad1", "slurm.partition=nope", check=False)
+    assert out.returncode == 2 and "SLURM refused the generate job" in out.stderr
+    assert "invalid partition" in out.stderr.lower()
+    _, out = submit(cluster, tmp_path, "bad2", "slurm.judge_gpus=9", check=False)
+    assert out.returncode == 2 and "SLURM refused the judge job" in out.stderr
+    assert "Requested node configuration is not available" in out.stderr and "were cancelled" in out.stderr
+    time.sleep(1)
+    active = set(cluster.run("squeue", "-h", "-o", "%i").stdout.split()) - set(before)
+    assert not active  # the generate array submitted before the judge was refused is cancelled, not left queued
+
+
+def test_dry_run_prints_the_chain_and_submits_nothing(tmp_path):
+    out = run_cli("stage=submit", "slurm.dry_run=true", "judge=llama70b-8bit", "hardware=4xA100-40GB",
+                  "slurm.partition=gpu", "slurm.account=proj", "slurm.qos=high", f"runs_dir={tmp_path}/runs",
+                  cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = [x for x in out.stdout.splitlines() if x.startswith("sbatch")]
+    assert len(lines) == 3
+    assert all("--partition=gpu" in x and "--account=proj" in x and "--qos=high" in x for x in lines)
+    assert "--gres=gpu:3" in lines[1]  # from the 70B int8 plan on 40 GiB A100s
+    assert "--dependency=afterok:{generate}" in lines[1] and "--kill-on-invalid-dep=yes" in lines[1]
+    assert "judge=llama70b-8bit" in lines[1] and "--signal=B:USR1@120" in lines[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_hydra_multirun_through_the_submitit_launcher(cluster, tmp_path, model_dir):
+    """The shipped conf/hydra/launcher/slurm.yaml: a two-value sweep becomes two SLURM jobs, Hydra waits for both."""
+    out = run_cli("-m", "stage=generate", "dataset.limit=4", "run_id=sweep-a,sweep-b", f"runs_dir={tmp_path}/runs",
+                  "progress=false", "threads=1", "hydra/launcher=slurm", "hydra.launcher.partition=debug",
+                  "hydra.launcher.gpus_per_node=0", "hydra.launcher.mem_gb=2", "hydra.launcher.cpus_per_task=1",
+                  f"hydra.sweep.dir={tmp_path}/multirun", cwd=tmp_path, env=cluster.env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for run in ("sweep-a", "sweep-b"):  # whole runs: a sweep's array index is not mistaken for a data shard
+        manifest = json.loads((tmp_path / "runs" / run / "generate/manifest.json").read_text())
+        assert manifest["records"] == 4 and manifest["shard"]["count"] == 1
+        assert manifest["slurm"]["SLURM_JOB_ID"]
