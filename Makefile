@@ -13,8 +13,7 @@ setup:
 demo: setup
 	$(PY) -m pipeline stage=generate run_id=$(RUN_ID)
 	$(PY) -m pipeline stage=judge run_id=$(RUN_ID)
-	@echo; echo "Results: runs/$(RUN_ID)/judge/smollm2-135m/samples.csv and summary.csv"; echo
-	@cat runs/$(RUN_ID)/judge/smollm2-135m/summary.csv
+	@echo; echo "Results: runs/$(RUN_ID)/judge/smollm2-135m/ (samples.csv, summary.csv, accuracy.png, nll.png)"
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

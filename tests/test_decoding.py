@@ -31,7 +31,7 @@ def test_same_tokens_and_logprobs_as_transformers_generate(tokenizer_and_model):
     tok, model = tokenizer_and_model
     stop = StopRule.build(tok, model, stop_at_newline=False)
     ids = prompts(tok)
-    ours = greedy_batch(model, ids, 16, stop, tok.pad_token_id)
+    ours = greedy_batch(model, ids, 16, stop)
     for p, gen in zip(ids, ours):  # reference: one prompt at a time, no padding, no prefix sharing
         with torch.inference_mode():
             out = model.generate(torch.tensor([p]), max_new_tokens=16, do_sample=False, output_scores=True,
@@ -47,8 +47,8 @@ def test_results_do_not_depend_on_batching_or_prefix_sharing(tokenizer_and_model
     tok, model = tokenizer_and_model
     stop = StopRule.build(tok, model, stop_at_newline=True)
     ids = prompts(tok)
-    batched = greedy_batch(model, ids, 20, stop, tok.pad_token_id)
-    alone = [greedy_batch(model, [p], 20, stop, tok.pad_token_id, share_prefix=False)[0] for p in ids]
+    batched = greedy_batch(model, ids, 20, stop)
+    alone = [greedy_batch(model, [p], 20, stop, share_prefix=False)[0] for p in ids]
     assert [g.token_ids for g in batched] == [g.token_ids for g in alone]
     assert [g.finish_reason for g in batched] == [g.finish_reason for g in alone]
     # rows finish at different steps: the batch really shrank while others went on
@@ -59,8 +59,8 @@ def test_rows_stop_at_the_end_of_their_first_line(tokenizer_and_model):
     tok, model = tokenizer_and_model
     ids = prompts(tok, ["List three fruits, one per line.", "What are the steps to make tea? Use a list.",
                         "Write a short poem about cats."])
-    free = greedy_batch(model, ids, 40, StopRule.build(tok, model, stop_at_newline=False), tok.pad_token_id)
-    stopped = greedy_batch(model, ids, 40, StopRule.build(tok, model, stop_at_newline=True), tok.pad_token_id)
+    free = greedy_batch(model, ids, 40, StopRule.build(tok, model, stop_at_newline=False))
+    stopped = greedy_batch(model, ids, 40, StopRule.build(tok, model, stop_at_newline=True))
     for f, s in zip(free, stopped):
         assert "\n" in tok.decode(f.token_ids).strip()  # left alone, the model writes several lines
         assert s.finish_reason == "newline"
@@ -72,7 +72,7 @@ def test_rows_stop_at_the_end_of_their_first_line(tokenizer_and_model):
 def test_length_limit_is_reported(tokenizer_and_model):
     tok, model = tokenizer_and_model
     [gen] = greedy_batch(model, prompts(tok, ["Write a long story about a dragon."]), 3,
-                         StopRule.build(tok, model, stop_at_newline=True), tok.pad_token_id)
+                         StopRule.build(tok, model, stop_at_newline=True))
     assert len(gen.token_ids) == 3 and gen.finish_reason == "length"
 
 

@@ -64,7 +64,8 @@ def test_judge_outputs_plan_and_verdicts(judged_run):
         assert v["verdict"] in {"correct", "incorrect", "invalid"}
         assert v["reply"].startswith("Verdict:")
         assert (v["invalid_reason"] is None) == (v["verdict"] != "invalid")
-        assert v["prompt_name"] == "verdict" and v["prompt_version"] == 1
+        assert v["prompt_name"] == "verdict" and v["prompt_version"] == 2 and v["mode"] == "logprob"
+        assert 0.0 <= v["p_correct"] <= 1.0 and v["verdict"] == ("correct" if v["p_correct"] >= 0.5 else "incorrect")
     manifest = json.loads((stage / "manifest.json").read_text())
     assert manifest["placement"]["params_per_device"] == {"cpu": 134_515_008}
     assert manifest["prompt"]["template"].startswith("Question: {question}")
@@ -117,11 +118,17 @@ def test_summary_csv_is_consistent_with_samples(judged_run):
     assert summary["judge_em_agreement"] == pytest.approx(agree, rel=1e-5)
 
 
-def test_invalid_verdicts_are_counted_apart_never_as_wrong():
-    samples = pd.DataFrame({"judge_verdict": ["invalid"] * 3, "exact_match": [1, 0, 1], "token_f1": [1.0, 0.0, 1.0]})
+def test_invalid_verdicts_are_counted_apart_never_as_wrong(tmp_path):
+    gens = [{"id": f"q{i}", "index": i, "question": "Q?", "references": ["Paris"], "prediction": p,
+             "finish_reason": "eos", "num_generated_tokens": 3, "sequence_nll": 1.0 + i, "mean_nll": 0.3}
+            for i, p in enumerate(["Paris", "Lyon", "Paris"])]
+    verdicts = [{"id": f"q{i}", "judge": "j", "verdict": "invalid", "invalid_reason": "empty reply", "reply": ""}
+                for i in range(3)]
+    samples = report.sample_rows(gens, verdicts, tmp_path, "j")
     s = report.summarize(samples, "r", "j").iloc[0]
     assert s["judge_invalid"] == 3 and s["judge_incorrect"] == 0 and math.isnan(s["judge_accuracy"])
-    assert s["exact_match"] == pytest.approx(2 / 3)
+    assert s["n_judge"] == 0 and math.isnan(s["acc_judge"]) and math.isnan(s["kappa_exact_match_judge"])
+    assert s["exact_match"] == pytest.approx(2 / 3) and s["acc_exact_match"] == pytest.approx(2 / 3)
 
 
 def test_interrupted_generate_resumes_without_redoing_finished_records(tmp_path, model_dir):

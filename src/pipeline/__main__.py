@@ -3,6 +3,7 @@
     python -m pipeline stage=generate                          # answers from the embedded model -> runs/<id>/
     python -m pipeline stage=judge                             # newest run, embedded judge -> CSVs
     python -m pipeline stage=judge run_id=<id> judge=llama70b-8bit
+    python -m pipeline stage=import predictions=answers.jsonl  # answers made elsewhere become a run
     python -m pipeline stage=report run_id=<id>                # rewrite the CSVs from stored records
     python -m pipeline stage=plan judge=llama70b-8bit hardware=4xA100-40GB   # placement plan, no weights read
     python -m pipeline stage=doctor                            # what this node can run
@@ -49,11 +50,14 @@ def setup_logging() -> None:
     logger.propagate = False
 
 
+STAGE_MODULES = {"import": "importer"}  # "import" cannot be a module name
+
+
 def run_stage(cfg):
     """Run the stage module named by cfg.stage; PipelineError becomes a one-line message and exit status 2."""
     if cfg.stage not in STAGES:
         raise PipelineError(f"stage={cfg.stage!r} is not a stage; choose one of: {', '.join(STAGES)}.")
-    module = importlib.import_module(f"pipeline.{cfg.stage}")
+    module = importlib.import_module(f"pipeline.{STAGE_MODULES.get(cfg.stage, cfg.stage)}")
     return module.run(cfg)
 
 

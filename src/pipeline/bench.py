@@ -2,6 +2,7 @@
 
     python -m pipeline.bench generate [--n 64]   the generate stage's decoding vs one prompt at a time
     python -m pipeline.bench plan                 how long planning a 70B judge takes (no weights are read)
+    python -m pipeline.bench judge [--n 64]       judge throughput: logprob mode vs generate mode
 
 `generate` compares, on the embedded generator preset (its prompts, stop rule and max_new_tokens):
   one-at-a-time  `model.generate` per prompt, greedy, stopping at EOS or a newline token (the baseline);
@@ -72,8 +73,7 @@ def bench_generate(n: int, overrides: list[str]) -> dict:
         result: list[list[int]] = [[] for _ in prompts]
         for s in range(0, len(order), g.batch_size):
             idx = order[s:s + g.batch_size]
-            for i, gen in zip(idx, greedy_batch(model, [prompts[i] for i in idx], g.max_new_tokens, stop,
-                                                tok.pad_token_id)):
+            for i, gen in zip(idx, greedy_batch(model, [prompts[i] for i in idx], g.max_new_tokens, stop)):
                 result[i] = gen.token_ids
         return result
 
@@ -133,10 +133,58 @@ def bench_plan(overrides: list[str]) -> dict:
     return results
 
 
+def bench_judge(n: int, overrides: list[str]) -> dict:
+    """Answers judged per second by the embedded judge on the same answers: logprob vs generate mode.
+
+    The answers are the embedded questions' reference answers, every other one swapped for another question's
+    answer (so half are wrong). logprob uses judge_prompt=verdict-v2 (one forward pass, no decoding); generate
+    uses judge_prompt=reasoned-v2 (a one-sentence reasoning and a verdict, greedy, up to its reply_tokens).
+    """
+    from .data import load_items
+    from .decoding import StopRule, greedy_batch, next_token_logprobs
+    from .models import cache_root, encode_chat, load_causal_lm, load_tokenizer, resolve_model, resolve_precision
+    from .verdict import VerdictTokens, judge_messages
+
+    base = compose_config(overrides)
+    items, _ = load_items(base.dataset)
+    items = items[:n]
+    answers = [it.references[0] if i % 2 == 0 else items[(i + 7) % len(items)].references[0]
+               for i, it in enumerate(items)]
+    j = base.judge
+    source = resolve_model(j.model, cache_root(base.cache_dir))
+    tok = load_tokenizer(source, j)
+    model = load_causal_lm(source, j, resolve_precision(j, on_gpu=False), {"": "cpu"})
+    print(f"benchmark: judging {len(items)} answers with {j.name} (fp32, CPU, {torch.get_num_threads()} threads), "
+          f"batch size {j.batch_size}")
+    results = {}
+    for mode, prompt_name in (("logprob", "verdict-v2"), ("generate", "reasoned-v2"), ("generate", "verdict-v2")):
+        prompt = compose_config([f"judge_prompt={prompt_name}", *overrides]).judge_prompt
+        prompts = [encode_chat(tok, judge_messages(prompt, it.question, list(it.references), a), True,
+                               prompt.reply_prefix or "")[1] for it, a in zip(items, answers)]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+        batches = [[prompts[i] for i in order[s:s + j.batch_size]] for s in range(0, len(order), j.batch_size)]
+        tokens = VerdictTokens.build(tok, prompt) if mode == "logprob" else None
+        stop = StopRule.build(tok, model, prompt.stop_at_newline)
+        t = time.perf_counter()
+        for batch in batches:
+            if tokens:
+                next_token_logprobs(model, batch, tokens.ids)
+            else:
+                greedy_batch(model, batch, prompt.reply_tokens or j.max_new_tokens, stop)
+        dt = time.perf_counter() - t
+        results[(mode, prompt_name)] = len(items) / dt
+    print(f"{'mode':10} {'prompt':12} {'answers/s':>10}")
+    for (mode, prompt_name), rate in results.items():
+        print(f"{mode:10} {prompt_name:12} {rate:10.2f}")
+    ratio = results[("logprob", "verdict-v2")] / results[("generate", "reasoned-v2")]
+    print(f"logprob vs generate (a short reasoning, then the verdict): {ratio:.1f}x (target >= 5x)")
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", nargs="?", default="all", choices=["all", "generate", "plan"])
+    parser.add_argument("which", nargs="?", default="all", choices=["all", "generate", "plan", "judge"])
     parser.add_argument("--n", type=int, default=64, help="questions in the generate benchmark (default 64)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. generator.batch_size=32")
     args = parser.parse_args(argv)
@@ -145,6 +193,9 @@ def main(argv: list[str] | None = None) -> None:
         print()
     if args.which in ("all", "generate"):
         bench_generate(args.n, args.overrides)
+        print()
+    if args.which in ("all", "judge"):
+        bench_judge(args.n, args.overrides)
 
 
 if __name__ == "__main__":

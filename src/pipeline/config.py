@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-STAGES = ("generate", "judge", "report", "merge", "plan", "doctor", "submit")
+STAGES = ("generate", "import", "judge", "report", "merge", "plan", "doctor", "submit")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8", "nf4", "fp4")
 
 
@@ -156,8 +156,13 @@ class DoctorConfig:
 
 @dataclass
 class JudgeConfig(ModelConfig):
-    # generate: the judge writes a reply whose verdict is parsed.
-    mode: str = "generate"
+    # logprob: one forward pass per answer; P(correct) from the next-token probabilities of the verdict words.
+    # generate: the judge writes a reply (greedy) whose last verdict marker is parsed.
+    mode: str = "logprob"
+    # logprob mode: the verdict is correct when P(correct) >= threshold.
+    threshold: float = 0.5
+    # logprob mode: a verdict whose words get less than this share of the next-token probability is invalid.
+    min_verdict_mass: float = 0.001
     placement: PlacementConfig = field(default_factory=PlacementConfig)
 
 
@@ -181,6 +186,11 @@ class JudgePromptConfig:
     # Longer candidate answers are cut to this many characters inside the prompt (the record keeps them whole).
     max_candidate_chars: int = 600
     stop_at_newline: bool = False
+    # generate mode: tokens the judge may write with this prompt; null: judge.max_new_tokens.
+    reply_tokens: Optional[int] = None
+    # Worked examples shown before the real case, as earlier turns of the conversation: each a mapping with
+    # question, references (a list), candidate and reply (what the judge should answer).
+    examples: List[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -192,6 +202,35 @@ class DatasetFields:
     question: str = "question"
     # One or more fields; each may hold a string or a list of strings; all are collected as references.
     answers: List[str] = field(default_factory=lambda: ["answers"])
+
+
+@dataclass
+class ImportFields:
+    """Columns of a predictions file for stage=import (dotted paths reach into nested fields)."""
+
+    # null: ids are made from the row number.
+    id: Optional[str] = "id"
+    question: str = "question"
+    answers: List[str] = field(default_factory=lambda: ["references"])
+    prediction: str = "prediction"
+    # A human correctness label (true/false, 1/0, yes/no, correct/incorrect, right/wrong); null: none.
+    label: Optional[str] = None
+
+
+@dataclass
+class ReportConfig:
+    # Several runs for a leaderboard (one row per run x judge): [run_a, run_b], or [all]; null: run_id only.
+    runs: Optional[List[str]] = None
+    # Where the leaderboard goes; null: <runs_dir>/leaderboard.csv.
+    leaderboard: Optional[str] = None
+    # Bootstrap resamples for the 95% confidence intervals, and their seed.
+    bootstrap: int = 1000
+    seed: int = 0
+    # A prediction is correct by token F1 when F1 >= f1_threshold, by ROUGE-L when ROUGE-L > rouge_threshold.
+    f1_threshold: float = 0.5
+    rouge_threshold: float = 0.5
+    # Write PNG figures next to the CSVs.
+    plots: bool = True
 
 
 @dataclass
@@ -230,6 +269,10 @@ class Config:
     shard: ShardConfig = field(default_factory=ShardConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     doctor: DoctorConfig = field(default_factory=DoctorConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    # stage=import: a JSONL/JSON/CSV/Parquet file of answers produced elsewhere, and its columns.
+    predictions: Optional[str] = None
+    import_fields: ImportFields = field(default_factory=ImportFields)
     # Free-form notes stored in the manifest (e.g. +meta.purpose=ablation).
     meta: Dict[str, Any] = field(default_factory=dict)
 

@@ -99,6 +99,11 @@ def check_fields(ds, cfg: DatasetConfig, where: str) -> None:
     wanted |= {f"dataset.fields.answers[{i}]": f for i, f in enumerate(cfg.fields.answers)}
     if cfg.fields.id is not None:
         wanted["dataset.fields.id"] = cfg.fields.id
+    require_fields(ds, wanted, where)
+
+
+def require_fields(ds, wanted: dict[str, str], where: str) -> None:
+    """Each {setting: dotted field} must exist in the first row; the error names it and lists the columns."""
     first = ds[0]
     for key, dotted in wanted.items():
         try:
@@ -107,7 +112,7 @@ def check_fields(ds, cfg: DatasetConfig, where: str) -> None:
             raise PipelineError(
                 f"{where}: has no field {dotted!r} (set by {key}). Its columns are: {', '.join(ds.column_names)}. "
                 f"Map the right one with {key.split('[')[0]}=<column>"
-                + (" (a list: dataset.fields.answers=[col1,col2])" if "answers" in key else "") + "."
+                + (" (a list: ...=[col1,col2])" if "answers" in key else "") + "."
             ) from None
 
 

@@ -71,27 +71,24 @@ def input_device(model) -> torch.device:
     return model.get_input_embeddings().weight.device
 
 
-@torch.inference_mode()
-def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop: StopRule, pad_id: int,
-                 share_prefix: bool = True) -> list[Generation]:
-    """Greedy-decode one batch of tokenised prompts; results in the order of `prompts`."""
-    if not prompts:
-        return []
-    if max_new_tokens < 1:
-        raise ValueError("max_new_tokens must be at least 1")
+def prefill(model, prompts: list[list[int]], share_prefix: bool = True):
+    """Run a batch of prompts through the model once; returns (output, cache, attention mask, positions).
+
+    The prefix all rows share is computed once and its KV cache copied to every row; each row's own suffix is
+    left-padded after it, with the padding masked out and positions continuing from the prefix. Only the last
+    position's logits are computed.
+    """
     device = input_device(model)
     rows_total = len(prompts)
     cache = DynamicCache(config=model.config)
-
     prefix = shared_prefix_length(prompts) if share_prefix else 0
     if prefix:
         model(input_ids=torch.tensor([prompts[0][:prefix]], device=device), past_key_values=cache, use_cache=True,
               logits_to_keep=1)
         cache.batch_repeat_interleave(rows_total)
-
     suffixes = [p[prefix:] for p in prompts]
     width = max(len(s) for s in suffixes)
-    ids = torch.full((rows_total, width), pad_id, dtype=torch.long)
+    ids = torch.zeros((rows_total, width), dtype=torch.long)  # padding value is irrelevant: it is masked out
     suffix_mask = torch.zeros((rows_total, width), dtype=torch.long)
     for i, s in enumerate(suffixes):
         ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
@@ -100,6 +97,31 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop: Sto
     positions = (prefix + suffix_mask.cumsum(dim=1) - 1).clamp(min=0).to(device)
     out = model(input_ids=ids.to(device), attention_mask=attention, position_ids=positions, past_key_values=cache,
                 use_cache=True, logits_to_keep=1)
+    return out, cache, attention, positions
+
+
+@torch.inference_mode()
+def next_token_logprobs(model, prompts: list[list[int]], token_ids: list[int], share_prefix: bool = True):
+    """One forward pass, no decoding: log P(token | prompt) for each prompt and each of `token_ids` [rows, tokens],
+    and each prompt's most likely next token [rows]."""
+    if not prompts:
+        return torch.empty((0, len(token_ids))), torch.empty((0,), dtype=torch.long)
+    out, _, _, _ = prefill(model, prompts, share_prefix)
+    logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+    return logp[:, torch.tensor(token_ids, device=logp.device)].cpu(), logp.argmax(dim=-1).cpu()
+
+
+@torch.inference_mode()
+def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop: StopRule,
+                 share_prefix: bool = True) -> list[Generation]:
+    """Greedy-decode one batch of tokenised prompts; results in the order of `prompts`."""
+    if not prompts:
+        return []
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be at least 1")
+    device = input_device(model)
+    rows_total = len(prompts)
+    out, cache, attention, positions = prefill(model, prompts, share_prefix)
 
     active = torch.arange(rows_total)  # original row index of each row still in the batch
     last_position = positions[:, -1]

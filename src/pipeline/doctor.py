@@ -119,8 +119,7 @@ def smoke_test(cfg) -> str:
     model = load_causal_lm(source, g, resolve_precision(g, on_gpu=device.type == "cuda"), {"": str(device)})
     question = "What is the capital of France?"
     _, ids = encode_chat(tok, generator_messages(cfg, question), use_chat_template(tok, g.use_chat_template))
-    [gen] = greedy_batch(model, [ids], g.max_new_tokens, StopRule.build(tok, model, g.stop_at_newline),
-                         tok.pad_token_id)
+    [gen] = greedy_batch(model, [ids], g.max_new_tokens, StopRule.build(tok, model, g.stop_at_newline))
     answer = generated_text(tok, gen, g.stop_at_newline)
     return f"{g.name} on {device}: {question!r} -> {answer!r} ({time.perf_counter() - started:.1f} s with loading)"
 

@@ -142,8 +142,7 @@ def run(cfg: Config) -> Path:
             for start in range(0, len(todo), g.batch_size):
                 stopper.check(written, len(items_here))
                 batch = todo[start:start + g.batch_size]
-                gens = greedy_batch(model, [prompts[it.id][1] for it in batch], g.max_new_tokens, stop,
-                                    tokenizer.pad_token_id)
+                gens = greedy_batch(model, [prompts[it.id][1] for it in batch], g.max_new_tokens, stop)
                 out.append(make_record(it, position[it.id], prompts[it.id][0], gen, tokenizer, g.stop_at_newline)
                            for it, gen in zip(batch, gens))
                 new_tokens += sum(len(gen.token_ids) for gen in gens)

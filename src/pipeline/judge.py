@@ -5,26 +5,35 @@
 
 Steps: read runs/<id>/generate/generations.jsonl; plan the judge's placement (plan.json, printed as a table)
 and stop before loading anything if it does not fit; load the judge with exactly the plan's device map and
-check every parameter landed where planned; ask for a verdict on each answer; write
+check every parameter landed where planned; get a verdict on each answer; write
 runs/<id>/judge/<judge>/verdicts.jsonl (schema "verdict/1") and the result CSVs (report.py).
+
+Two modes (judge.mode):
+  logprob   (default) one forward pass per answer, no decoding: the prompt ends where the verdict starts, and
+            P(correct) is the next-token probability of the correct words over that of all verdict words;
+            the verdict is P(correct) >= judge.threshold.
+  generate  the judge writes a reply (greedy); the last verdict marker in it is the verdict, anything else is
+            invalid with the reason.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import time
 from contextlib import ExitStack
 from pathlib import Path
 
+import pandas as pd
 import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from . import report, shards
 from .config import Config
-from .decoding import StopRule, generated_text, greedy_batch
+from .decoding import StopRule, generated_text, greedy_batch, next_token_logprobs
 from .errors import PipelineError
 from .files import write_json
 from .hardware import GiB, detect
@@ -34,13 +43,14 @@ from .models import (cache_root, encode_chat, load_causal_lm, load_tokenizer, re
                      source_info, use_chat_template)
 from .plan import Plan, check_loaded, plan_for, recommendation_text, uses_gpus
 from .runs import RUN_ID_PATTERN, StageDir, resolve_run
-from .verdict import judge_messages, parse_verdict
+from .verdict import VerdictTokens, judge_messages, parse_verdict, verdict_from_logprobs
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "verdict/1"
 FINGERPRINT_KEYS = ("model", "revision", "precision", "compute_dtype", "double_quant", "use_chat_template",
-                    "max_new_tokens", "mode")
+                    "max_new_tokens", "mode", "threshold", "min_verdict_mass")
+MODES = ("logprob", "generate")
 
 
 def generations_of(run_dir: Path) -> list[dict]:
@@ -92,10 +102,13 @@ def run(cfg: Config) -> Path:
     """Judge every stored answer of this shard not yet judged by this judge; returns the stage directory."""
     started = time.perf_counter()
     j, prompt = cfg.judge, cfg.judge_prompt
-    if j.mode != "generate":
-        raise PipelineError(f"judge.mode={j.mode!r} is not supported; use judge.mode=generate.")
-    if j.batch_size < 1 or j.max_new_tokens < 1:
-        raise PipelineError("judge.batch_size and judge.max_new_tokens must be at least 1.")
+    if j.mode not in MODES:
+        raise PipelineError(f"judge.mode={j.mode!r} is not a judging mode; choose one of {', '.join(MODES)}.")
+    reply_tokens = prompt.reply_tokens or j.max_new_tokens
+    if j.batch_size < 1 or reply_tokens < 1:
+        raise PipelineError("judge.batch_size and judge.max_new_tokens (or judge_prompt.reply_tokens) must be >= 1.")
+    if not 0.0 <= j.threshold <= 1.0:
+        raise PipelineError(f"judge.threshold={j.threshold}: P(correct) thresholds lie in [0, 1].")
     if not cfg.hardware.detect:
         raise PipelineError(f"hardware={cfg.hardware.name} declares a node to plan for (stage=plan); stage=judge runs "
                             "on this machine's own devices: leave hardware=auto.")
@@ -130,7 +143,8 @@ def run(cfg: Config) -> Path:
     for r in records:
         messages = judge_messages(prompt, r["question"], r["references"], r["prediction"])
         prompts[r["id"]] = encode_chat(tokenizer, messages, chat, prompt.reply_prefix or "")
-    longest = max(len(ids) for _, ids in prompts.values()) + j.max_new_tokens
+    tokens = VerdictTokens.build(tokenizer, prompt) if j.mode == "logprob" else None  # checked before loading
+    longest = max(len(ids) for _, ids in prompts.values()) + (0 if tokens else reply_tokens)
     if longest > j.placement.max_seq_len:  # the plan assumed shorter rows: plan again for the real length
         log.warning("the longest judge prompt plus reply is %d tokens > judge.placement.max_seq_len=%d; "
                     "planning again for %d", longest, j.placement.max_seq_len, longest)
@@ -178,22 +192,33 @@ def run(cfg: Config) -> Path:
         todo.sort(key=lambda r: len(prompts[r["id"]][1]), reverse=True)
         t1 = time.perf_counter()
         written = len(done)
+        base = {"schema": SCHEMA, "judge": j.name, "mode": j.mode, "prompt_name": prompt.name,
+                "prompt_version": prompt.version}
         with stage.appender() as out, tqdm(total=len(records), initial=len(done), desc=f"judge {j.name}",
                                            unit="answer", disable=not cfg.progress) as bar:
             for start in range(0, len(todo), j.batch_size):
                 stopper.check(written, len(records))
                 batch = todo[start:start + j.batch_size]
-                gens = greedy_batch(model, [prompts[r["id"]][1] for r in batch], j.max_new_tokens, stop,
-                                    tokenizer.pad_token_id)
+                batch_prompts = [prompts[r["id"]][1] for r in batch]
                 rows = []
-                for r, gen in zip(batch, gens):
-                    text = generated_text(tokenizer, gen, first_line_only=prompt.stop_at_newline, strip=False)
-                    reply = (prompt.reply_prefix or "") + text
-                    verdict = parse_verdict(reply, prompt)
-                    rows.append({"schema": SCHEMA, "id": r["id"], "verdict": verdict.label,
-                                 "invalid_reason": verdict.reason, "reply": reply,
-                                 "finish_reason": gen.finish_reason, "judge": j.name,
-                                 "prompt_name": prompt.name, "prompt_version": prompt.version})
+                if tokens is not None:  # one forward pass: P(correct) from the next token
+                    logps, tops = next_token_logprobs(model, batch_prompts, tokens.ids)
+                    for r, logp, top in zip(batch, logps, tops):
+                        verdict, p_correct, mass = verdict_from_logprobs(logp, len(tokens.correct), j.threshold,
+                                                                         j.min_verdict_mass)
+                        rows.append({**base, "id": r["id"], "verdict": verdict.label, "invalid_reason": verdict.reason,
+                                     "p_correct": None if math.isnan(p_correct) else round(p_correct, 6),
+                                     "verdict_mass": round(mass, 6),
+                                     "reply": (prompt.reply_prefix or "") + tokenizer.decode([int(top)]),
+                                     "finish_reason": None})
+                else:  # the judge writes its reply; the last verdict marker counts
+                    for r, gen in zip(batch, greedy_batch(model, batch_prompts, reply_tokens, stop)):
+                        text = generated_text(tokenizer, gen, first_line_only=prompt.stop_at_newline, strip=False)
+                        reply = (prompt.reply_prefix or "") + text
+                        verdict = parse_verdict(reply, prompt)
+                        rows.append({**base, "id": r["id"], "verdict": verdict.label, "invalid_reason": verdict.reason,
+                                     "p_correct": None, "verdict_mass": None, "reply": reply,
+                                     "finish_reason": gen.finish_reason})
                 out.append(rows)
                 written += len(batch)
                 bar.update(len(batch))
@@ -208,6 +233,8 @@ def run(cfg: Config) -> Path:
             "shard": {"index": shard.index, "count": shard.count, "name": shard.name},
             "assigned_ids": assigned if shard.count > 1 else None,
             "judge": {"name": j.name, "precision": precision.describe(), "mode": j.mode, "chat_template": chat,
+                      "threshold": j.threshold if tokens else None,
+                      "verdict_tokens": {str(k): v for k, v in tokens.spellings.items()} if tokens else None,
                       **source_info(j.model, source)},
             "prompt": {"name": prompt.name, "version": prompt.version, "system": prompt.system,
                        "template": prompt.template, "reply_prefix": prompt.reply_prefix},
@@ -220,9 +247,10 @@ def run(cfg: Config) -> Path:
             **environment_manifest(),
         })
         if shard.count == 1:
-            samples, summary = report.write(run_dir, j.name)
+            samples, summary = report.write(run_dir, j.name, report.Settings(cfg))
             log.info("run %s: verdicts in %s; results in %s and %s", run_dir.name, stage.records_path, samples,
                      summary)
+            print("\n" + report.digest(pd.read_csv(summary).iloc[0].to_dict()), flush=True)
         else:
             log.info("run %s: shard %s of judge %s done; stage=report merges the shards and writes the CSVs",
                      run_dir.name, shard.name, j.name)

@@ -1,4 +1,4 @@
-"""Lexical answer metrics with the standard SQuAD definitions.
+"""Lexical answer metrics: exact match and token F1 (SQuAD definitions), reference containment, ROUGE-L.
 
 `normalize_answer` is the SQuAD v1.1 normalisation (lower-case, drop punctuation, drop the articles a/an/the,
 collapse whitespace); exact match and token F1 take the best score over all reference answers, as the SQuAD
@@ -42,3 +42,45 @@ def f1_pair(prediction: str, reference: str) -> float:
 
 def token_f1(prediction: str, references: list[str]) -> float:
     return max((f1_pair(prediction, ref) for ref in references), default=0.0)
+
+
+def rouge_tokens(text: str) -> list[str]:
+    """Tokens as the rouge-score package makes them (lower case, runs of letters and digits), but keeping
+    non-ASCII letters and digits, which its ASCII-only pattern drops; identical on ASCII text."""
+    return "".join(c if c.isalnum() else " " for c in text.lower()).split()
+
+
+def lcs_length(a: list[str], b: list[str]) -> int:
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b, 1):
+            cur.append(prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1]))
+        prev = cur
+    return prev[-1]
+
+
+def rouge_l_pair(prediction: str, reference: str) -> float:
+    """ROUGE-L F-measure: from the longest common subsequence of tokens (precision vs prediction, recall vs
+    reference), no stemming, as rouge-score's default."""
+    pred, ref = rouge_tokens(prediction), rouge_tokens(reference)
+    lcs = lcs_length(pred, ref)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(pred), lcs / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def rouge_l(prediction: str, references: list[str]) -> float:
+    """Best ROUGE-L F over the references; `> 0.5` is the correctness criterion of the uncertainty literature."""
+    return max((rouge_l_pair(prediction, ref) for ref in references), default=0.0)
+
+
+def contains_reference(prediction: str, references: list[str]) -> bool:
+    """A normalised reference appears in the normalised prediction as whole tokens ("8" is not in "1985")."""
+    pred = normalize_answer(prediction).split()
+    for ref in references:
+        tokens = normalize_answer(ref).split()
+        if tokens and any(pred[i:i + len(tokens)] == tokens for i in range(len(pred) - len(tokens) + 1)):
+            return True
+    return False
