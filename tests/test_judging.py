@@ -243,9 +243,12 @@ def test_leaderboard_keeps_different_data_sets_apart_and_says_so(clear_cut_run, 
     runs = tmp_path / "runs"
     for run in (clear_cut_run, judged_run):
         shutil.copytree(run, runs / run.name, symlinks=True)
+    (runs / "unfinished/generate").mkdir(parents=True)  # a run still generating is skipped, and named
+    (runs / "unfinished/run.json").write_text('{"created": 2}')
     out = run_cli("stage=report", "report.runs=[all]", f"runs_dir={runs}", "report.bootstrap=200", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "2 different data sets" in out.stdout and "compare rows within a group only" in out.stdout
+    assert "skipped unfinished:" in out.stdout
     board = pd.read_csv(runs / "leaderboard.csv")
     assert set(board["run_id"]) == {"clear", "shared"} and board["dataset"].nunique() == 2
     assert {"acc_judge", "acc_judge_lo", "acc_judge_hi", "kappa_judge_human", "judge_invalid"} <= set(board.columns)

@@ -310,10 +310,20 @@ def run(cfg) -> list[Path]:
     names = list(cfg.report.runs) if cfg.report.runs else None
     if names == ["all"]:
         names = list_runs(runs_dir)
-    run_dirs = [resolve_run(runs_dir, n) for n in names] if names else [resolve_run(runs_dir, cfg.run_id)]
-    rows = [row for d in run_dirs for row in report_run(d, s)]
     if not names:
-        return [d / "judge" for d in run_dirs]
+        run_dir = resolve_run(runs_dir, cfg.run_id)
+        report_run(run_dir, s)
+        return [run_dir / "judge"]
+    rows, skipped = [], []
+    for run_dir in [resolve_run(runs_dir, n) for n in names]:
+        try:
+            rows += report_run(run_dir, s)
+        except PipelineError as e:  # one unfinished run does not hold up the others' results
+            skipped.append(f"{run_dir.name}: {e}")
+    for line in skipped:
+        print(f"skipped {line}")
+    if not rows:
+        raise PipelineError(f"none of the runs has a finished judge to report ({len(skipped)} skipped, above).")
     board = pd.DataFrame(rows)[LEADERBOARD_COLUMNS].sort_values(["dataset", "dataset_sha256", "acc_judge"],
                                                                ascending=[True, True, False])
     out = Path(cfg.report.leaderboard) if cfg.report.leaderboard else runs_dir / "leaderboard.csv"
