@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import importer, judge, report
+from pipeline import importer, judge
 from pipeline.errors import PipelineError
 from pipeline.metrics import contains_reference, rouge_l, rouge_tokens
 from pipeline.models import encode_chat

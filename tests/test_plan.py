@@ -14,7 +14,7 @@ from pipeline.errors import PipelineError
 from pipeline.hardware import GiB, Gpu, Hardware, detect, from_profile, parse_bytes
 from pipeline.models import resolve_precision
 from pipeline.plan import (ModelFacts, Workload, load_model_config, meta_model, plan_for, plan_placement,
-                           summarize_modules, with_values)
+                           summarize_modules)
 
 from conftest import CONF, make_cfg, run_cli
 

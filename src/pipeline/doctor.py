@@ -135,7 +135,7 @@ def run(cfg) -> bool:
     for scheme, ok, detail in bitsandbytes_status(device):
         print(f"{scheme:5} {'usable' if ok else 'NOT USABLE'}: {detail}")
 
-    print(f"\n== judge presets on this node (batch x max_seq_len of each preset; * = the preset's precision)")
+    print("\n== judge presets on this node (batch x max_seq_len of each preset; * = the preset's precision)")
     matrix = fit_matrix(hardware)
     width = max(len(name) for name, _, _ in matrix)
     print(f"{'judge':{width}}  " + "  ".join(f"{p:12}" for p in PRECISION_LADDER))
