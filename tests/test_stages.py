@@ -205,3 +205,11 @@ def test_cli_doctor_reports_the_node_and_fails_for_a_judge_that_cannot_run(tmp_p
     assert "Paris" in out.stdout  # the smoke test really answered
     out = run_cli("stage=doctor", "judge=llama70b-8bit", cwd=tmp_path)
     assert out.returncode == 2 and "cannot run on this node" in out.stderr
+
+
+def test_judge_plans_again_when_real_prompts_are_longer_than_planned(judged_run):
+    stage = judge.run(make_cfg(judged_run.parent, "run_id=shared", "judge.name=short-plan",
+                               "judge.placement.max_seq_len=16"))
+    plan = json.loads((stage / "plan.json").read_text())
+    # sized for the longest real judge prompt (~150 tokens here), not the configured 16
+    assert 100 < plan["workload"]["seq_len"] < 400

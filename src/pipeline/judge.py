@@ -148,7 +148,7 @@ def run(cfg: Config) -> Path:
     if longest > j.placement.max_seq_len:  # the plan assumed shorter rows: plan again for the real length
         log.warning("the longest judge prompt plus reply is %d tokens > judge.placement.max_seq_len=%d; "
                     "planning again for %d", longest, j.placement.max_seq_len, longest)
-    plan = plan_or_refuse(cfg, hardware, source, max(longest, j.placement.max_seq_len))
+        plan = plan_or_refuse(cfg, hardware, source, longest)
     print(plan.table(), flush=True)
 
     done = stage.begin(fingerprint, cfg.overwrite, OmegaConf.to_yaml(cfg, resolve=True), run_dir)
