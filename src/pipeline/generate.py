@@ -86,10 +86,7 @@ def run(cfg: Config) -> Path:
     g = cfg.generator
     if g.batch_size < 1 or g.max_new_tokens < 1:
         raise PipelineError("generator.batch_size and generator.max_new_tokens must be at least 1.")
-    shard = shards.resolve(cfg.shard)
-    if shard.count > 1 and cfg.overwrite:
-        raise PipelineError("overwrite=true cannot be used by one shard of an array (the others would still hold "
-                            "the old results): pass it to stage=submit, or redo the stage unsharded.")
+    shard = shards.resolve(cfg.shard, overwrite=cfg.overwrite)
     items, data_info = load_items(cfg.dataset)
     assigned = shard.select([it.id for it in items])
     mine = set(assigned)

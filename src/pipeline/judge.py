@@ -112,10 +112,7 @@ def run(cfg: Config) -> Path:
     if not cfg.hardware.detect:
         raise PipelineError(f"hardware={cfg.hardware.name} declares a node to plan for (stage=plan); stage=judge runs "
                             "on this machine's own devices: leave hardware=auto.")
-    shard = shards.resolve(cfg.shard)
-    if shard.count > 1 and cfg.overwrite:
-        raise PipelineError("overwrite=true cannot be used by one shard of an array (the others would still hold "
-                            "the old results): pass it to stage=submit, or redo the stage unsharded.")
+    shard = shards.resolve(cfg.shard, overwrite=cfg.overwrite)
     run_dir = resolve_run(Path(cfg.runs_dir), cfg.run_id)
     records = generations_of(run_dir)
     assigned = shard.select([r["id"] for r in records])

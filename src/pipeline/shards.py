@@ -60,14 +60,20 @@ def from_slurm(env: dict[str, str] | None = None) -> Shard | None:
     return Shard((task - first) // step, count)
 
 
-def resolve(shard_cfg, env: dict[str, str] | None = None) -> Shard:
-    """shard.index / shard.count as given; unset ones come from the SLURM array; else 0 of 1."""
+def resolve(shard_cfg, env: dict[str, str] | None = None, overwrite: bool = False) -> Shard:
+    """shard.index / shard.count as given; unset ones come from the SLURM array; else 0 of 1.
+
+    `overwrite` is refused for one shard of an array: the other shards would still hold the old results.
+    """
     slurm = from_slurm(env)
     index = shard_cfg.index if shard_cfg.index is not None else (slurm.index if slurm else 0)
     count = shard_cfg.count if shard_cfg.count is not None else (slurm.count if slurm else 1)
     if count < 1 or not 0 <= index < count:
         raise PipelineError(f"shard.index={index}, shard.count={count}: the index must be in 0..count-1 "
                             f"(shard {index} of {count} does not exist).")
+    if count > 1 and overwrite:
+        raise PipelineError("overwrite=true cannot be used by one shard of an array (the others would still hold "
+                            "the old results): pass it to stage=submit, or redo the stage unsharded.")
     return Shard(index, count)
 
 
