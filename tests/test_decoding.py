@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from pipeline.decoding import StopRule, generated_text, greedy_batch, input_device, shared_prefix_length
+from pipeline.decoding import (PrefixCache, StopRule, generated_text, greedy_batch, input_device, next_token_logprobs,
+                               shared_prefix_length)
 from pipeline.models import encode_chat
 
 pytestmark = pytest.mark.slow
@@ -53,6 +54,35 @@ def test_results_do_not_depend_on_batching_or_prefix_sharing(tokenizer_and_model
     assert [g.finish_reason for g in batched] == [g.finish_reason for g in alone]
     # rows finish at different steps: the batch really shrank while others went on
     assert len({len(g.token_ids) for g in batched}) > 1
+
+
+def test_a_stage_prefix_is_run_once_and_changes_no_result(tokenizer_and_model):
+    """Batches reuse the stage-wide prefix's KV cache (the system turn) instead of running it again, and decode
+    exactly as without it, whether a batch's own shared prefix is longer than the stage's or equal to it."""
+    tok, model = tokenizer_and_model
+    stop = StopRule.build(tok, model, stop_at_newline=True)
+    ids = prompts(tok, QUESTIONS + ["What is the capital of Italy?", "What is the capital of Spain?"])
+    shared = PrefixCache(ids)
+    assert shared.ids == ids[0][:shared_prefix_length(ids)] and len(shared.ids) > 10
+    batches = [ids[-2:], ids[:3], ids[3:8]]  # the first batch shares more than the system turn ("What is the capital")
+    assert shared_prefix_length(batches[0]) > len(shared.ids)
+    reused = [g for b in batches for g in greedy_batch(model, b, 12, stop, stage_prefix=shared)]
+    assert shared.runs == 1  # computed for the first batch, copied into the other two
+    plain = [g for b in batches for g in greedy_batch(model, b, 12, stop)]
+    assert [g.token_ids for g in reused] == [g.token_ids for g in plain]
+    assert [g.finish_reason for g in reused] == [g.finish_reason for g in plain]
+    for a, b in zip(reused, plain):
+        assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-4)
+    yes_no = [tok.encode(" yes", add_special_tokens=False)[0], tok.encode(" no", add_special_tokens=False)[0]]
+    lp_reused, top_reused = next_token_logprobs(model, ids[:5], yes_no, stage_prefix=shared)
+    lp_plain, top_plain = next_token_logprobs(model, ids[:5], yes_no)
+    assert torch.allclose(lp_reused, lp_plain, atol=1e-4) and torch.equal(top_reused, top_plain)
+    assert shared.runs == 1
+    # prompts that do not start with the stage prefix leave it alone and are still right
+    other = [encode_chat(tok, [{"role": "user", "content": q}], True)[1] for q in QUESTIONS[:3]]
+    assert not shared.covers(other[0][:shared_prefix_length(other)])
+    assert [g.token_ids for g in greedy_batch(model, other, 12, stop, stage_prefix=shared)] == \
+        [g.token_ids for g in greedy_batch(model, other, 12, stop)]
 
 
 def test_rows_stop_at_the_end_of_their_first_line(tokenizer_and_model):

@@ -1,13 +1,14 @@
 """Model sources, precisions, and quantised loading exactly as planned (real SmolLM2, real bitsandbytes)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from pipeline.errors import PipelineError
 from pipeline.hardware import detect
-from pipeline.models import COMPLETE_MARKER, load_causal_lm, load_tokenizer, resolve_model, resolve_precision
+from pipeline.models import COMPLETE_MARKER, cpu_native, load_causal_lm, load_tokenizer, resolve_model, resolve_precision
 from pipeline.plan import Workload, check_loaded, load_model_config, plan_placement
 
 from conftest import EMBEDDED, make_cfg
@@ -49,6 +50,32 @@ def test_precision_resolution(tmp_path):
     assert q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_use_double_quant and q.bnb_4bit_compute_dtype == torch.bfloat16
     with pytest.raises(PipelineError, match="precision='int3'"):
         resolve_precision(replace_cfg(g, precision="int3"), on_gpu=False)
+
+
+def test_half_precision_on_cpu_is_advised_by_what_the_cpu_can_do(tmp_path, caplog):
+    """bf16 on a CPU with bf16 units (this build machine: AVX512-BF16) is the fast choice and is said to be; on one
+    without them it is many times slower than fp32, and the run warns."""
+    g = make_cfg(tmp_path).generator
+    for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="pipeline"):
+            assert resolve_precision(replace_cfg(g, precision=name), on_gpu=False).dtype == dtype
+        [record] = [r for r in caplog.records if name in r.getMessage()]
+        if cpu_native(name):
+            assert record.levelname == "INFO" and "faster than fp32" in record.getMessage()
+        else:
+            assert record.levelname == "WARNING" and "many times slower than fp32" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="pipeline"):
+        resolve_precision(g, on_gpu=False)  # auto: fp32 on CPU, nothing to advise
+    assert not caplog.records
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():  # the check agrees with the flags the kernel reports
+        flags = set(cpuinfo.read_text().split())
+        if "avx512_bf16" in flags:
+            assert cpu_native("bf16")
+        if not flags & {"avx512_bf16", "amx_tile"}:
+            assert not cpu_native("bf16")
 
 
 def replace_cfg(node, **values):

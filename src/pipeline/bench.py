@@ -37,7 +37,7 @@ def compose_config(overrides: list[str]):
 
 def bench_generate(n: int, overrides: list[str]) -> dict:
     from .data import load_items
-    from .decoding import StopRule, greedy_batch
+    from .decoding import PrefixCache, StopRule, greedy_batch
     from .generate import generator_messages
     from .models import cache_root, encode_chat, load_causal_lm, load_tokenizer, resolve_model, resolve_precision
 
@@ -70,9 +70,11 @@ def bench_generate(n: int, overrides: list[str]) -> dict:
     def stage_path() -> list[list[int]]:
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
         result: list[list[int]] = [[] for _ in prompts]
+        shared = PrefixCache(prompts)
         for s in range(0, len(order), g.batch_size):
             idx = order[s:s + g.batch_size]
-            for i, gen in zip(idx, greedy_batch(model, [prompts[i] for i in idx], g.max_new_tokens, stop)):
+            batch = [prompts[i] for i in idx]
+            for i, gen in zip(idx, greedy_batch(model, batch, g.max_new_tokens, stop, stage_prefix=shared)):
                 result[i] = gen.token_ids
         return result
 
@@ -137,11 +139,17 @@ def bench_judge(n: int, overrides: list[str]) -> dict:
 
     The answers are the embedded questions' reference answers, every other one swapped for another question's
     answer (so half are wrong). logprob uses judge_prompt=verdict-v2 (one forward pass, no decoding); generate
-    uses judge_prompt=reasoned-v2 (a one-sentence reasoning and a verdict, greedy, up to its reply_tokens).
+    uses judge_prompt=reasoned-v2 (a one-sentence reasoning and a verdict, greedy, up to its reply_tokens), and
+    verdict-v2 (the verdict word only). Every mode runs the judge stage's path: prompts sorted by length, batches
+    of judge.batch_size, the stage-wide prompt prefix run once. Measured in fp32 (precision=auto on CPU) and, on a
+    CPU with native bf16 units, in bf16 too; one warm-up batch per mode comes first.
     """
+    from omegaconf import OmegaConf
+
     from .data import load_items
-    from .decoding import StopRule, greedy_batch, next_token_logprobs
-    from .models import cache_root, encode_chat, load_causal_lm, load_tokenizer, resolve_model, resolve_precision
+    from .decoding import PrefixCache, StopRule, greedy_batch, next_token_logprobs
+    from .models import (cache_root, cpu_native, encode_chat, load_causal_lm, load_tokenizer, resolve_model,
+                         resolve_precision)
     from .verdict import VerdictTokens, judge_messages
 
     base = compose_config(overrides)
@@ -152,31 +160,50 @@ def bench_judge(n: int, overrides: list[str]) -> dict:
     j = base.judge
     source = resolve_model(j.model, cache_root(base.cache_dir))
     tok = load_tokenizer(source, j)
-    model = load_causal_lm(source, j, resolve_precision(j, on_gpu=False), {"": "cpu"})
-    print(f"benchmark: judging {len(items)} answers with {j.name} (fp32, CPU, {torch.get_num_threads()} threads), "
-          f"batch size {j.batch_size}")
-    results = {}
-    for mode, prompt_name in (("logprob", "verdict-v2"), ("generate", "reasoned-v2"), ("generate", "verdict-v2")):
+    modes = [("logprob", "verdict-v2"), ("generate", "reasoned-v2"), ("generate", "verdict-v2")]
+    work = {}
+    for mode, prompt_name in modes:
         prompt = compose_config([f"judge_prompt={prompt_name}", *overrides]).judge_prompt
         prompts = [encode_chat(tok, judge_messages(prompt, it.question, list(it.references), a), True,
                                prompt.reply_prefix or "")[1] for it, a in zip(items, answers)]
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
-        batches = [[prompts[i] for i in order[s:s + j.batch_size]] for s in range(0, len(order), j.batch_size)]
-        tokens = VerdictTokens.build(tok, prompt) if mode == "logprob" else None
-        stop = StopRule.build(tok, model, prompt.stop_at_newline)
-        t = time.perf_counter()
-        for batch in batches:
-            if tokens:
-                next_token_logprobs(model, batch, tokens.ids)
-            else:
-                greedy_batch(model, batch, prompt.reply_tokens or j.max_new_tokens, stop)
-        dt = time.perf_counter() - t
-        results[(mode, prompt_name)] = len(items) / dt
-    print(f"{'mode':10} {'prompt':12} {'answers/s':>10}")
-    for (mode, prompt_name), rate in results.items():
-        print(f"{mode:10} {prompt_name:12} {rate:10.2f}")
-    ratio = results[("logprob", "verdict-v2")] / results[("generate", "reasoned-v2")]
-    print(f"logprob vs generate (a short reasoning, then the verdict): {ratio:.1f}x (target >= 5x)")
+        prompts.sort(key=len, reverse=True)
+        work[(mode, prompt_name)] = (prompt, prompts)
+    precisions = ["fp32"] + (["bf16"] if cpu_native("bf16") else [])
+    print(f"benchmark: judging {len(items)} answers with {j.name} on CPU ({torch.get_num_threads()} threads), "
+          f"batch size {j.batch_size}, in {' and '.join(precisions)}"
+          + ("" if "bf16" in precisions else " (this CPU has no native bf16 units)"))
+    results = {}
+    for precision_name in precisions:
+        precision = resolve_precision(OmegaConf.merge(j, {"precision": precision_name}), on_gpu=False)
+        model = load_causal_lm(source, j, precision, {"": "cpu"})
+        for (mode, prompt_name), (prompt, prompts) in work.items():
+            tokens = VerdictTokens.build(tok, prompt) if mode == "logprob" else None
+            stop = StopRule.build(tok, model, prompt.stop_at_newline)
+            reply_tokens = prompt.reply_tokens or j.max_new_tokens
+
+            def judge_all(batch_prompts: list[list[int]], model=model, tokens=tokens, stop=stop,
+                          reply_tokens=reply_tokens) -> None:
+                shared = PrefixCache(batch_prompts)
+                for s in range(0, len(batch_prompts), j.batch_size):
+                    batch = batch_prompts[s:s + j.batch_size]
+                    if tokens:
+                        next_token_logprobs(model, batch, tokens.ids, stage_prefix=shared)
+                    else:
+                        greedy_batch(model, batch, reply_tokens, stop, stage_prefix=shared)
+
+            judge_all(prompts[-min(8, len(prompts)):])  # warm-up: first-call allocations are not measured
+            t = time.perf_counter()
+            judge_all(prompts)
+            results[(precision_name, mode, prompt_name)] = len(prompts) / (time.perf_counter() - t)
+        del model
+    print(f"{'precision':10} {'mode':10} {'prompt':12} {'answers/s':>10}")
+    for (precision_name, mode, prompt_name), rate in results.items():
+        print(f"{precision_name:10} {mode:10} {prompt_name:12} {rate:10.2f}")
+    for precision_name in precisions:
+        ratio = (results[(precision_name, "logprob", "verdict-v2")]
+                 / results[(precision_name, "generate", "reasoned-v2")])
+        print(f"{precision_name}: logprob vs generate (a short reasoning, then the verdict): {ratio:.1f}x "
+              "(target >= 5x)")
     return results
 
 

@@ -2,7 +2,8 @@
 
 Compared with `model.generate` on a padded batch, three things are not wasted:
   1. The prompt prefix every row shares (the chat template's system turn, an instruction) is run once and its
-     KV cache copied to every row, instead of once per row.
+     KV cache copied to every row, instead of once per row. With a `PrefixCache`, the prefix that every prompt of
+     the whole stage shares (the system turn, worked examples) is run once per stage, not once per batch.
   2. A row that has finished (EOS, or the end of its first non-empty line) leaves the batch at once: its KV cache
      rows are dropped, so later steps run on the remaining rows only. `generate` keeps computing finished rows
      until every row has stopped.
@@ -15,6 +16,7 @@ and position ids continue from the prefix, so each row sees exactly its own prom
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -66,25 +68,57 @@ def shared_prefix_length(prompts: list[list[int]]) -> int:
     return n
 
 
+class PrefixCache:
+    """The KV cache of the token prefix shared by every prompt of a stage, computed once and copied into each batch.
+
+    A judge's system turn and worked examples come before every answer (106 and 234 tokens with the shipped
+    verdict-v2 and reasoned-v2 prompts); without this, each batch runs them through the model again. Build it from
+    all the prompts the stage will send; a batch whose prompts do not start with these tokens ignores it.
+    """
+
+    def __init__(self, prompts: list[list[int]]):
+        self.ids = prompts[0][:shared_prefix_length(prompts)] if prompts else []
+        self.cache: DynamicCache | None = None
+        self.runs = 0  # forward passes spent on the prefix (1 once used)
+
+    def covers(self, head: list[int]) -> bool:
+        return 0 < len(self.ids) <= len(head) and head[:len(self.ids)] == self.ids
+
+    def one_row(self, model) -> DynamicCache:
+        """A fresh one-row cache holding the prefix (the first call computes it)."""
+        if self.cache is None:
+            self.cache = DynamicCache(config=model.config)
+            model(input_ids=torch.tensor([self.ids], device=input_device(model)), past_key_values=self.cache,
+                  use_cache=True, logits_to_keep=1)
+            self.runs += 1
+        return copy.deepcopy(self.cache)
+
+
 def input_device(model) -> torch.device:
     """Inputs go to the device of the model's first module (the input embeddings), whatever the device map."""
     return model.get_input_embeddings().weight.device
 
 
-def prefill(model, prompts: list[list[int]], share_prefix: bool = True):
+def prefill(model, prompts: list[list[int]], share_prefix: bool = True, stage_prefix: PrefixCache | None = None):
     """Run a batch of prompts through the model once; returns (output, cache, attention mask, positions).
 
-    The prefix all rows share is computed once and its KV cache copied to every row; each row's own suffix is
-    left-padded after it, with the padding masked out and positions continuing from the prefix. Only the last
-    position's logits are computed.
+    The prefix all rows share is computed once and its KV cache copied to every row (the part of it in
+    `stage_prefix` is not computed at all, but copied from there); each row's own suffix is left-padded after it,
+    with the padding masked out and positions continuing from the prefix. Only the last position's logits are
+    computed.
     """
     device = input_device(model)
     rows_total = len(prompts)
     cache = DynamicCache(config=model.config)
     prefix = shared_prefix_length(prompts) if share_prefix else 0
     if prefix:
-        model(input_ids=torch.tensor([prompts[0][:prefix]], device=device), past_key_values=cache, use_cache=True,
-              logits_to_keep=1)
+        head = prompts[0][:prefix]
+        if stage_prefix is not None and stage_prefix.covers(head):
+            cache = stage_prefix.one_row(model)
+            head = head[len(stage_prefix.ids):]
+        if head:  # positions continue from what the cache holds
+            model(input_ids=torch.tensor([head], device=device), past_key_values=cache, use_cache=True,
+                  logits_to_keep=1)
         cache.batch_repeat_interleave(rows_total)
     suffixes = [p[prefix:] for p in prompts]
     width = max(len(s) for s in suffixes)
@@ -101,19 +135,20 @@ def prefill(model, prompts: list[list[int]], share_prefix: bool = True):
 
 
 @torch.inference_mode()
-def next_token_logprobs(model, prompts: list[list[int]], token_ids: list[int], share_prefix: bool = True):
+def next_token_logprobs(model, prompts: list[list[int]], token_ids: list[int], share_prefix: bool = True,
+                        stage_prefix: PrefixCache | None = None):
     """One forward pass, no decoding: log P(token | prompt) for each prompt and each of `token_ids` [rows, tokens],
     and each prompt's most likely next token [rows]."""
     if not prompts:
         return torch.empty((0, len(token_ids))), torch.empty((0,), dtype=torch.long)
-    out, _, _, _ = prefill(model, prompts, share_prefix)
+    out, _, _, _ = prefill(model, prompts, share_prefix, stage_prefix)
     logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
     return logp[:, torch.tensor(token_ids, device=logp.device)].cpu(), logp.argmax(dim=-1).cpu()
 
 
 @torch.inference_mode()
 def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop: StopRule,
-                 share_prefix: bool = True) -> list[Generation]:
+                 share_prefix: bool = True, stage_prefix: PrefixCache | None = None) -> list[Generation]:
     """Greedy-decode one batch of tokenised prompts; results in the order of `prompts`."""
     if not prompts:
         return []
@@ -121,7 +156,7 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop: Sto
         raise ValueError("max_new_tokens must be at least 1")
     device = input_device(model)
     rows_total = len(prompts)
-    out, cache, attention, positions = prefill(model, prompts, share_prefix)
+    out, cache, attention, positions = prefill(model, prompts, share_prefix, stage_prefix)
 
     active = torch.arange(rows_total)  # original row index of each row still in the batch
     last_position = positions[:, -1]

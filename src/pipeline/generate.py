@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .config import Config
 from .data import QAItem, load_items
-from .decoding import Generation, StopRule, generated_text, greedy_batch
+from .decoding import Generation, PrefixCache, StopRule, generated_text, greedy_batch
 from . import shards
 from .errors import PipelineError
 from .interrupts import GracefulStop
@@ -131,6 +131,7 @@ def run(cfg: Config) -> Path:
         prompts = {it.id: encode_chat(tokenizer, generator_messages(cfg, it.question), chat) for it in todo}
         # Longest first: similar lengths share a batch (little padding), and memory peaks show up at once.
         todo.sort(key=lambda it: len(prompts[it.id][1]), reverse=True)
+        shared = PrefixCache([prompts[it.id][1] for it in todo])  # the system turn: run once, not per batch
 
         t1 = time.perf_counter()
         new_tokens, written = 0, len(done)
@@ -139,7 +140,8 @@ def run(cfg: Config) -> Path:
             for start in range(0, len(todo), g.batch_size):
                 stopper.check(written, len(items_here))
                 batch = todo[start:start + g.batch_size]
-                gens = greedy_batch(model, [prompts[it.id][1] for it in batch], g.max_new_tokens, stop)
+                gens = greedy_batch(model, [prompts[it.id][1] for it in batch], g.max_new_tokens, stop,
+                                    stage_prefix=shared)
                 out.append(make_record(it, position[it.id], prompts[it.id][0], gen, tokenizer, g.stop_at_newline)
                            for it, gen in zip(batch, gens))
                 new_tokens += sum(len(gen.token_ids) for gen in gens)

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from . import report, shards
 from .config import Config
-from .decoding import StopRule, generated_text, greedy_batch, next_token_logprobs
+from .decoding import PrefixCache, StopRule, generated_text, greedy_batch, next_token_logprobs
 from .errors import PipelineError
 from .files import write_json
 from .hardware import GiB, detect
@@ -187,6 +187,7 @@ def run(cfg: Config) -> Path:
 
         stop = StopRule.build(tokenizer, model, prompt.stop_at_newline)
         todo.sort(key=lambda r: len(prompts[r["id"]][1]), reverse=True)
+        shared = PrefixCache([prompts[r["id"]][1] for r in todo])  # system turn and examples: run once, not per batch
         t1 = time.perf_counter()
         written = len(done)
         base = {"schema": SCHEMA, "judge": j.name, "mode": j.mode, "prompt_name": prompt.name,
@@ -199,7 +200,7 @@ def run(cfg: Config) -> Path:
                 batch_prompts = [prompts[r["id"]][1] for r in batch]
                 rows = []
                 if tokens is not None:  # one forward pass: P(correct) from the next token
-                    logps, tops = next_token_logprobs(model, batch_prompts, tokens.ids)
+                    logps, tops = next_token_logprobs(model, batch_prompts, tokens.ids, stage_prefix=shared)
                     for r, logp, top in zip(batch, logps, tops):
                         verdict, p_correct, mass = verdict_from_logprobs(logp, len(tokens.correct), j.threshold,
                                                                          j.min_verdict_mass)
@@ -209,7 +210,8 @@ def run(cfg: Config) -> Path:
                                      "reply": (prompt.reply_prefix or "") + tokenizer.decode([int(top)]),
                                      "finish_reason": None})
                 else:  # the judge writes its reply; the last verdict marker counts
-                    for r, gen in zip(batch, greedy_batch(model, batch_prompts, reply_tokens, stop)):
+                    for r, gen in zip(batch, greedy_batch(model, batch_prompts, reply_tokens, stop,
+                                                                 stage_prefix=shared)):
                         text = generated_text(tokenizer, gen, first_line_only=prompt.stop_at_newline, strip=False)
                         reply = (prompt.reply_prefix or "") + text
                         verdict = parse_verdict(reply, prompt)
