@@ -5,13 +5,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import EMBEDDED, make_cfg
 
 from pipeline.errors import PipelineError
 from pipeline.hardware import detect
-from pipeline.models import COMPLETE_MARKER, cpu_native, load_causal_lm, load_tokenizer, resolve_model, resolve_precision
+from pipeline.models import (
+    COMPLETE_MARKER,
+    advise_cpu_precision,
+    cpu_native,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_model,
+    resolve_precision,
+)
 from pipeline.plan import Workload, check_loaded, load_model_config, plan_placement
-
-from conftest import EMBEDDED, make_cfg
 
 
 def test_embedded_gguf_becomes_a_cached_safetensors_folder(model_dir, tmp_path):
@@ -56,6 +63,7 @@ def test_half_precision_on_cpu_is_advised_by_what_the_cpu_can_do(tmp_path, caplo
     """bf16 on a CPU with bf16 units (this build machine: AVX512-BF16) is the fast choice and is said to be; on one
     without them it is many times slower than fp32, and the run warns."""
     g = make_cfg(tmp_path).generator
+    advise_cpu_precision.cache_clear()
     for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
         caplog.clear()
         with caplog.at_level("INFO", logger="pipeline"):
@@ -65,6 +73,10 @@ def test_half_precision_on_cpu_is_advised_by_what_the_cpu_can_do(tmp_path, caplo
             assert record.levelname == "INFO" and "faster than fp32" in record.getMessage()
         else:
             assert record.levelname == "WARNING" and "many times slower than fp32" in record.getMessage()
+        caplog.clear()
+        with caplog.at_level("INFO", logger="pipeline"):
+            resolve_precision(replace_cfg(g, precision=name), on_gpu=False)
+        assert not caplog.records  # said once per model and precision, not at every call
     caplog.clear()
     with caplog.at_level("INFO", logger="pipeline"):
         resolve_precision(g, on_gpu=False)  # auto: fp32 on CPU, nothing to advise

@@ -12,6 +12,7 @@ Precisions: fp32, bf16, fp16, and bitsandbytes int8, nf4 and fp4, all through `f
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -205,6 +206,17 @@ def cpu_native(precision: str) -> bool:
     return any(check() for check in checks if check is not None)
 
 
+@functools.lru_cache(maxsize=None)
+def advise_cpu_precision(model_name: str, precision: str) -> None:
+    """Say once per model and precision what a half precision costs or gains on this CPU."""
+    if cpu_native(precision):
+        log.info("%s: %s on a CPU with native %s units: faster than fp32, with %s rounding (results differ "
+                 "slightly from precision=auto, which is fp32 on CPU)", model_name, precision, precision, precision)
+    else:
+        log.warning("%s: %s on this CPU is many times slower than fp32 (it has no native %s units); use "
+                    "precision=fp32 (or auto) for CPU runs", model_name, precision, precision)
+
+
 def resolve_precision(cfg: ModelConfig, on_gpu: bool) -> Precision:
     """Turn precision/compute_dtype settings into a Precision for a GPU or a CPU placement."""
     name = cfg.precision
@@ -215,12 +227,8 @@ def resolve_precision(cfg: ModelConfig, on_gpu: bool) -> Precision:
         name = "bf16" if on_gpu and default == torch.bfloat16 else ("fp16" if on_gpu else "fp32")
     if name in DTYPES:
         dtype = DTYPES[name]
-        if not on_gpu and dtype != torch.float32 and cpu_native(name):
-            log.info("%s: %s on a CPU with native %s units: faster than fp32, with %s rounding (results differ "
-                     "slightly from precision=auto, which is fp32 on CPU)", cfg.name, name, name, name)
-        elif not on_gpu and dtype != torch.float32:
-            log.warning("%s: %s on this CPU is many times slower than fp32 (it has no native %s units); use "
-                        "precision=fp32 (or auto) for CPU runs", cfg.name, name, name)
+        if not on_gpu and dtype != torch.float32:
+            advise_cpu_precision(cfg.name, name)
         return Precision(name, dtype)
     if cfg.compute_dtype == "auto":
         dtype = default
