@@ -21,19 +21,19 @@ def test_write_atomic_replaces_whole_file_and_leaves_no_temporaries(tmp_path):
 def test_torn_last_line_is_cut_off_and_earlier_records_kept(tmp_path):
     path = tmp_path / "records.jsonl.partial"
     with JsonlAppender(path) as out:
-        out.append([{"id": "a"}, {"id": "b"}])
+        out.append([{"schema": "generation/1", "id": "a"}, {"schema": "generation/1", "id": "b"}])
     with open(path, "a") as f:
         f.write('{"id": "c", "predic')  # a writer killed mid-line
-    assert repair_jsonl_tail(path) == [{"id": "a"}, {"id": "b"}]
-    assert path.read_text() == '{"id": "a"}\n{"id": "b"}\n'
+    assert repair_jsonl_tail(path) == [{"schema": "generation/1", "id": "a"}, {"schema": "generation/1", "id": "b"}]
+    assert path.read_text() == '{"schema": "generation/1", "id": "a"}\n{"schema": "generation/1", "id": "b"}\n'
     with JsonlAppender(path) as out:  # appending after the repair gives clean lines
-        out.append([{"id": "c"}])
+        out.append([{"schema": "generation/1", "id": "c"}])
     assert [json.loads(x)["id"] for x in path.read_text().splitlines()] == ["a", "b", "c"]
 
 
 def test_damage_before_the_last_line_is_an_error_naming_the_line(tmp_path):
     path = tmp_path / "records.jsonl.partial"
-    path.write_text('{"id": "a"}\nGARBAGE\n{"id": "c"}\n')
+    path.write_text('{"schema": "generation/1", "id": "a"}\nGARBAGE\n{"schema": "generation/1", "id": "c"}\n')
     with pytest.raises(PipelineError, match=r"line 2"):
         repair_jsonl_tail(path)
 
@@ -63,7 +63,7 @@ def finished_stage(tmp_path):
     stage = StageDir(run_dir / "generate", "generations.jsonl")
     stage.begin({"k": 1}, overwrite=False, config_yaml="k: 1\n", run_dir=run_dir)
     with stage.appender() as out:
-        out.append([{"id": "a"}])
+        out.append([{"schema": "generation/1", "id": "a"}])
     stage.finish({"stage": "generate"})
     return run_dir, stage
 
@@ -76,7 +76,7 @@ def test_a_finished_stage_is_never_overwritten_silently(tmp_path):
                                             r".*overwrite=true"):
         stage.begin({"k": 2}, overwrite=False, config_yaml="", run_dir=run_dir)
     assert {p.name: p.read_bytes() for p in stage.path.iterdir()} == before
-    assert stage.is_complete() and stage.read_records() == [{"id": "a"}]
+    assert stage.is_complete() and stage.read_records() == [{"schema": "generation/1", "id": "a"}]
 
 
 def test_killed_between_publishing_records_and_manifest_resumes_without_redoing(tmp_path):
@@ -84,7 +84,7 @@ def test_killed_between_publishing_records_and_manifest_resumes_without_redoing(
     stage = StageDir(run_dir / "generate", "generations.jsonl")
     stage.begin({"k": 1}, False, "", run_dir)
     with stage.appender() as out:
-        out.append([{"id": "a"}, {"id": "b"}])
+        out.append([{"schema": "generation/1", "id": "a"}, {"schema": "generation/1", "id": "b"}])
     os.replace(stage.partial_path, stage.records_path)  # the rename of finish(), then a crash before the manifest
     assert not stage.is_complete()
     assert [r["id"] for r in stage.begin({"k": 1}, False, "", run_dir)] == ["a", "b"]
@@ -95,7 +95,7 @@ def test_overwrite_moves_old_results_aside(tmp_path):
     (run_dir / "judge" / "j").mkdir(parents=True)
     stage.begin({"k": 2}, overwrite=True, config_yaml="", run_dir=run_dir, also_replace=(run_dir / "judge",))
     moved = list((run_dir / "replaced").glob("*/generate/generations.jsonl"))
-    assert len(moved) == 1 and moved[0].read_text() == '{"id": "a"}\n'
+    assert len(moved) == 1 and moved[0].read_text() == '{"schema": "generation/1", "id": "a"}\n'
     assert list((run_dir / "replaced").glob("*/judge/j"))
     assert not stage.is_complete() and not (run_dir / "judge").exists()
 
@@ -105,7 +105,7 @@ def test_unfinished_stage_resumes_only_with_the_same_settings(tmp_path):
     stage = StageDir(run_dir / "generate", "generations.jsonl")
     stage.begin({"generator": {"max_new_tokens": 32}}, False, "", run_dir)
     with stage.appender() as out:
-        out.append([{"id": "a"}, {"id": "b"}])
+        out.append([{"schema": "generation/1", "id": "a"}, {"schema": "generation/1", "id": "b"}])
     assert not stage.is_complete() and not stage.records_path.exists()  # nothing looks finished
     with pytest.raises(PipelineError, match=r"generator.max_new_tokens: 32 -> 16"):
         stage.begin({"generator": {"max_new_tokens": 16}}, False, "", run_dir)

@@ -1,5 +1,6 @@
 """Shards, merges, and stopping: array-task behaviour checked without SLURM (real model, real processes)."""
 
+import hashlib
 import json
 import os
 import random
@@ -112,7 +113,13 @@ def test_merge_names_missing_mixed_and_mismatched_shards(sharded_run, tmp_path):
     gen = broken_copy(sharded_run, tmp_path, "ids")
     f = gen / "shards/00000-of-00003/generations.jsonl"
     lines = f.read_text().splitlines(keepends=True)
-    f.write_text("".join(lines[1:]))  # one id lost
+    f.write_text("".join(lines[1:]))  # one id lost after the shard finished: its checksum no longer matches
+    with pytest.raises(PipelineError, match=r"00000-of-00003/generations.jsonl is not the file its stage wrote"):
+        merge.merge_run(gen.parent)
+    m = gen / "shards/00000-of-00003/manifest.json"  # a shard whose own manifest agrees, yet lacks an assigned id
+    manifest = json.loads(m.read_text())
+    manifest["records_file"].update(records=len(lines) - 1, sha256=hashlib.sha256(f.read_bytes()).hexdigest())
+    m.write_text(json.dumps(manifest))
     with pytest.raises(PipelineError, match=r"shard 00000-of-00003: missing ids"):
         merge.merge_run(gen.parent)
 

@@ -179,7 +179,8 @@ def test_cli_bad_inputs_give_one_clear_line(tmp_path):
     out = run_cli("stage=judge", "run_id=../../etc", f"runs_dir={tmp_path}/runs", cwd=tmp_path)
     assert out.returncode == 2 and "not allowed" in out.stderr
     out = run_cli("stage=generate", "generator.batchsize=4", cwd=tmp_path)
-    assert out.returncode == 1 and "batchsize" in out.stderr  # caught by the typed schema before any work
+    # caught by the typed schema before any work, said in one line
+    assert out.returncode == 2 and "batchsize" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
 def test_judge_with_layers_offloaded_to_disk_gives_the_same_verdicts(judged_run, tmp_path):

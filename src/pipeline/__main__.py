@@ -17,6 +17,7 @@ against the typed schema in config.py.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import os
@@ -26,8 +27,8 @@ from pathlib import Path
 
 import hydra
 
-from .config import STAGES, register
-from .errors import PipelineError
+from .config import STAGES, check, register
+from .errors import PipelineError, os_error_message
 from .interrupts import StageStopped, requeue_this_job
 
 
@@ -54,11 +55,39 @@ STAGE_MODULES = {"import": "importer"}  # "import" cannot be a module name
 
 
 def run_stage(cfg):
-    """Run the stage module named by cfg.stage; PipelineError becomes a one-line message and exit status 2."""
+    """Check every value, then run the stage module named by cfg.stage."""
     if cfg.stage not in STAGES:
         raise PipelineError(f"stage={cfg.stage!r} is not a stage; choose one of: {', '.join(STAGES)}.")
+    check(cfg)
     module = importlib.import_module(f"pipeline.{STAGE_MODULES.get(cfg.stage, cfg.stage)}")
     return module.run(cfg)
+
+
+def precheck(argv: list[str]) -> None:
+    """Compose the config once before Hydra does, so that a misspelt key or a value outside its choices is one line
+    and exit status 2 (Hydra's own report is several lines and status 1). Only for plain key=value command lines:
+    flags (-m, --cfg, --help, ...) are Hydra's."""
+    if any(a.startswith("-") for a in argv):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            compose("config", overrides=argv)
+    except (HydraException, OmegaConfBaseException) as e:
+        cause = e.__cause__ or e.__context__
+        detail = str(cause).split("\n", 1)[0] if cause is not None and cause is not e else ""
+        first = str(e).split("\n", 1)[0].rstrip(".")
+        print(f"error: {first}{': ' + detail if detail and detail not in first else ''}. Every key, its type and "
+              "its choices are in src/pipeline/config.py; `python -m pipeline --cfg job` prints the config.",
+              file=sys.stderr)
+        sys.exit(2)
+    finally:
+        from hydra.core.global_hydra import GlobalHydra
+
+        GlobalHydra.instance().clear()
 
 
 register()
@@ -72,6 +101,11 @@ def main(cfg) -> None:
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:
+        if e.errno not in USER_ERRNOS:
+            raise
+        print(f"error: {os_error_message(e)}", file=sys.stderr)
+        sys.exit(2)
     except StageStopped as e:
         print(f"{e}.", file=sys.stderr)
         if e.signum == signal.SIGUSR1:  # SLURM's warning before the time limit: come back in a new allocation
@@ -84,5 +118,10 @@ def main(cfg) -> None:
         sys.exit(130)
 
 
+# A full disk, a read-only or forbidden folder, a file where a folder should be: the user's to fix, said in one line.
+USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR,
+               errno.EEXIST, errno.ENOENT, errno.ENAMETOOLONG}
+
 if __name__ == "__main__":
+    precheck(sys.argv[1:])
     main()

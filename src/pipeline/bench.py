@@ -148,9 +148,9 @@ def bench_judge(n: int, overrides: list[str]) -> dict:
 
     from .data import load_items
     from .decoding import PrefixCache, StopRule, greedy_batch, next_token_logprobs
-    from .models import (cache_root, cpu_native, encode_chat, load_causal_lm, load_tokenizer, resolve_model,
+    from .models import (cache_root, cpu_native, load_causal_lm, load_tokenizer, resolve_model,
                          resolve_precision)
-    from .verdict import VerdictTokens, judge_messages
+    from .verdict import PromptBuilder, VerdictTokens
 
     base = compose_config(overrides)
     items, _ = load_items(base.dataset)
@@ -164,8 +164,9 @@ def bench_judge(n: int, overrides: list[str]) -> dict:
     work = {}
     for mode, prompt_name in modes:
         prompt = compose_config([f"judge_prompt={prompt_name}", *overrides]).judge_prompt
-        prompts = [encode_chat(tok, judge_messages(prompt, it.question, list(it.references), a), True,
-                               prompt.reply_prefix or "")[1] for it, a in zip(items, answers)]
+        build = PromptBuilder(tok, prompt, True)
+        prompts = [build({"id": it.id, "question": it.question, "references": list(it.references),
+                          "prediction": a})[1] for it, a in zip(items, answers)]
         prompts.sort(key=len, reverse=True)
         work[(mode, prompt_name)] = (prompt, prompts)
     precisions = ["fp32"] + (["bf16"] if cpu_native("bf16") else [])

@@ -8,14 +8,47 @@ is loaded. Config groups mirror code: `generator` -> generate.py, `judge` + `jud
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-STAGES = ("generate", "import", "judge", "report", "merge", "plan", "doctor", "submit")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8", "nf4", "fp4")
+from .errors import PipelineError
+
+
+
+class Choice(str, Enum):
+    """A setting with a fixed set of values. Hydra refuses any other value when it composes the config, naming the
+    key and the choices; a member compares equal to, formats and serialises as its plain string."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+    @classmethod
+    def values(cls) -> tuple[str, ...]:
+        return tuple(m.value for m in cls)
+
+
+Stage = Choice("Stage", [(s, s) for s in ("generate", "import", "judge", "report", "merge", "plan", "doctor",
+                                          "submit")])
+PrecisionName = Choice("PrecisionName", [(p, p) for p in ("auto", "fp32", "bf16", "fp16", "int8", "nf4", "fp4")])
+ComputeDtype = Choice("ComputeDtype", [(p, p) for p in ("auto", "fp32", "bf16", "fp16")])
+JudgeMode = Choice("JudgeMode", [(m, m) for m in ("logprob", "generate")])
+Strategy = Choice("Strategy", [(s, s) for s in ("balanced", "sequential", "balanced_low_0")])
+Devices = Choice("Devices", [(d, d) for d in ("auto", "gpu", "cpu")])
+
+STAGES = Stage.values()
+PRECISIONS = PrecisionName.values()
 
 
 @dataclass
@@ -33,9 +66,9 @@ class ModelConfig:
     hub_id: Optional[str] = None
     revision: Optional[str] = None
     # auto: bf16 on a GPU (fp16 where bf16 is unsupported), fp32 on CPU. int8/nf4/fp4 use bitsandbytes.
-    precision: str = "auto"
+    precision: PrecisionName = PrecisionName.auto
     # Compute dtype of the int8/nf4/fp4 layers; auto: bf16 on GPU, fp32 on CPU.
-    compute_dtype: str = "auto"
+    compute_dtype: ComputeDtype = ComputeDtype.auto
     # nf4/fp4 only: quantise the quantisation constants too (saves ~0.4 bit per parameter).
     double_quant: bool = True
     trust_remote_code: bool = False
@@ -62,11 +95,11 @@ class PlacementConfig:
     """How the judge is spread over the devices of one node (see plan.py)."""
 
     # auto: every visible GPU, or the CPU when there is none; gpu: refuse to run without GPUs; cpu: CPU only.
-    devices: str = "auto"
+    devices: Devices = Devices.auto
     # Use only the first N GPUs; null: all of them.
     gpus: Optional[int] = None
     # balanced | sequential | balanced_low_0 (keeps GPU 0 light), as in transformers' device_map planning.
-    strategy: str = "balanced"
+    strategy: Strategy = Strategy.balanced
     # Explicit per-device memory, e.g. {0: 30GiB, 1: 40GiB, cpu: 64GiB}: replaces each device's capacity (what
     # the plan may use there, reserves included). 40GiB is 40 x 2^30 bytes, 40GB is 40 x 10^9. Empty: detected.
     max_memory: Any = None
@@ -158,7 +191,7 @@ class DoctorConfig:
 class JudgeConfig(ModelConfig):
     # logprob: one forward pass per answer; P(correct) from the next-token probabilities of the verdict words.
     # generate: the judge writes a reply (greedy) whose last verdict marker is parsed.
-    mode: str = "logprob"
+    mode: JudgeMode = JudgeMode.logprob
     # logprob mode: the verdict is correct when P(correct) >= threshold.
     threshold: float = 0.5
     # logprob mode: a verdict whose words get less than this share of the next-token probability is invalid.
@@ -185,6 +218,9 @@ class JudgePromptConfig:
     reply_prefix: Optional[str] = None
     # Longer candidate answers are cut to this many characters inside the prompt (the record keeps them whole).
     max_candidate_chars: int = 600
+    # Likewise for the question, and for each reference answer: nothing inserted into the prompt is unbounded.
+    max_question_chars: int = 1000
+    max_reference_chars: int = 300
     stop_at_newline: bool = False
     # generate mode: tokens the judge may write with this prompt; null: judge.max_new_tokens.
     reply_tokens: Optional[int] = None
@@ -213,8 +249,9 @@ class ImportFields:
     question: str = "question"
     answers: List[str] = field(default_factory=lambda: ["references"])
     prediction: str = "prediction"
-    # A human correctness label (true/false, 1/0, yes/no, correct/incorrect, right/wrong); null: none.
-    label: Optional[str] = None
+    # A human correctness label (true/false, 1/0, yes/no, correct/incorrect, right/wrong); auto: the file's
+    # `human_label` or `label` column if it has one; null: none.
+    label: Optional[str] = "auto"
 
 
 @dataclass
@@ -249,7 +286,7 @@ class DatasetConfig:
 
 @dataclass
 class Config:
-    stage: str = "generate"
+    stage: Stage = Stage.generate
     # generate: null makes a new timestamped id; judge/report: null means the newest run.
     run_id: Optional[str] = None
     runs_dir: str = "runs"
@@ -281,3 +318,67 @@ def register() -> None:
     """Put the schema in Hydra's ConfigStore; conf/config.yaml names it first in its defaults list."""
     cs = ConfigStore.instance()
     cs.store(name="schema", node=Config)
+
+
+# ------------------------------------------------------------------------------------- checks before any work
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+NAME_LIMIT = 128  # run ids and judge names are folder names
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_name(key: str, value: str) -> str:
+    """A run id or judge name is one folder name: letters, digits, '.', '_', '-', at most NAME_LIMIT characters."""
+    value = str(value)
+    if len(value) > NAME_LIMIT:
+        raise PipelineError(f"{key}={value[:40]}... is not allowed: it is {len(value)} characters long, and as it "
+                            f"names a folder, at most {NAME_LIMIT} characters are allowed. Choose a shorter one.")
+    if ".." in value or not NAME_PATTERN.fullmatch(value):
+        raise PipelineError(f"{key}={value!r} is not allowed: it names one folder, made of letters, digits, '.', '_' "
+                            "and '-' (starting with a letter or digit), with no path separators and no '..'.")
+    return value
+
+
+def check(cfg: Config) -> None:
+    """Every range and form check that needs no file, model or device: run before a stage writes anything, so a
+    bad value never leaves a folder, a moved runs/latest or a stage.json behind. Choice-valued settings are already
+    enforced by the schema's enums when Hydra composes the config."""
+    problems: list[str] = []
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            problems.append(message)
+
+    for key, value in (("generator.batch_size", cfg.generator.batch_size),
+                       ("generator.max_new_tokens", cfg.generator.max_new_tokens),
+                       ("judge.batch_size", cfg.judge.batch_size), ("judge.max_new_tokens", cfg.judge.max_new_tokens),
+                       ("judge_prompt.max_candidate_chars", cfg.judge_prompt.max_candidate_chars),
+                       ("judge_prompt.max_question_chars", cfg.judge_prompt.max_question_chars),
+                       ("judge_prompt.max_reference_chars", cfg.judge_prompt.max_reference_chars),
+                       ("judge.placement.max_seq_len", cfg.judge.placement.max_seq_len),
+                       ("slurm.generate_shards", cfg.slurm.generate_shards),
+                       ("slurm.judge_shards", cfg.slurm.judge_shards)):
+        need(value >= 1, f"{key}={value} must be at least 1")
+    for key, value in (("judge_prompt.reply_tokens", cfg.judge_prompt.reply_tokens),
+                       ("dataset.limit", cfg.dataset.limit), ("judge.placement.gpus", cfg.judge.placement.gpus),
+                       ("threads", cfg.threads), ("slurm.max_parallel", cfg.slurm.max_parallel)):
+        need(value is None or value >= 1, f"{key}={value} must be at least 1, or null")
+    for key, value in (("judge.threshold", cfg.judge.threshold), ("judge.min_verdict_mass", cfg.judge.min_verdict_mass),
+                       ("report.f1_threshold", cfg.report.f1_threshold),
+                       ("report.rouge_threshold", cfg.report.rouge_threshold)):
+        need(0.0 <= value <= 1.0, f"{key}={value} must lie in [0, 1]")
+    need(0.0 <= cfg.judge.placement.margin < 1.0,
+         f"judge.placement.margin={cfg.judge.placement.margin} must lie in [0, 1) (a fraction kept free)")
+    need(cfg.report.bootstrap >= 0, f"report.bootstrap={cfg.report.bootstrap} must be 0 (no intervals) or more")
+    need(cfg.slurm.signal_seconds >= 0, f"slurm.signal_seconds={cfg.slurm.signal_seconds} must be 0 or more")
+    need(DEVICE_PATTERN.fullmatch(str(cfg.generator.device)) is not None,
+         f"generator.device={cfg.generator.device!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
+    if problems:
+        raise PipelineError(f"{'; '.join(problems)}. Nothing was written; fix the value and run again.")
+    if cfg.run_id is not None and str(cfg.run_id) != "latest":
+        check_name("run_id", cfg.run_id)
+    check_name("judge.name", cfg.judge.name)
+    runs_dir = Path(cfg.runs_dir).expanduser()
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise PipelineError(f"runs_dir={cfg.runs_dir!r} is a file, not a folder; point runs_dir at a folder "
+                            "(it is made if missing).")

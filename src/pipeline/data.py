@@ -47,6 +47,8 @@ def resolve_source(path: str) -> tuple[str, Path | None]:
                                 f"(shipped: {', '.join(shipped)}).")
         return "local", file
     p = Path(path).expanduser()
+    if p.is_dir():  # a folder of data files here, not a Hub name
+        return "folder", p
     if p.suffix.lower() in LOCAL_BUILDERS or path.startswith((".", "/", "~")):
         if not p.is_file():
             raise PipelineError(f"dataset.path={path!r}: no such file ({p.resolve()}).")
@@ -63,13 +65,20 @@ def load_rows(cfg: DatasetConfig):
 
     datasets.disable_progress_bars()
     kind, file = resolve_source(cfg.path)
-    if kind == "local":
-        builder = LOCAL_BUILDERS[file.suffix.lower()]
+    if kind in ("local", "folder"):
+        builder = LOCAL_BUILDERS[file.suffix.lower()] if kind == "local" else None
         where = str(file)
+        if builder in ("json", "csv"):
+            check_text_file(file, builder)
         try:
-            ds = datasets.load_dataset(builder, data_files=str(file), split="train")
+            ds = (datasets.load_dataset(builder, data_files=str(file), split="train") if builder else
+                  datasets.load_dataset(str(file), split=cfg.split))
         except Exception as e:  # the datasets builders raise many types for unreadable files
-            raise PipelineError(f"{where}: could not read it as {builder} ({type(e).__name__}: {e}).") from None
+            if "corresponds to no data" in str(e):
+                raise PipelineError(f"{where}: holds no rows (only a header, an empty list, or no data files); "
+                                    "there is nothing to read.") from None
+            raise PipelineError(f"{where}: could not read it as {builder or 'a data folder'} "
+                                f"({type(e).__name__}: {e}).") from None
         return ds, where
     where = f"Hugging Face Hub data set {cfg.path!r} (config={cfg.config!r}, split={cfg.split!r})"
     try:
@@ -82,6 +91,40 @@ def load_rows(cfg: DatasetConfig):
             "use a copy already in the local datasets cache."
         ) from None
     return ds, where
+
+
+def check_text_file(file: Path, builder: str) -> None:
+    """A JSON / JSONL / CSV file must be UTF-8 and (JSON) parse; errors name the 1-based line. The datasets
+    builders would otherwise fail with an exception that names neither."""
+    if file.stat().st_size == 0:
+        raise PipelineError(f"{file}: the file is empty (0 bytes); there is nothing to read.")
+    lines = []
+    with open(file, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                lines.append(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise PipelineError(f"{file}, line {lineno}: byte {raw[e.start]:#04x} at column {e.start + 1} is not "
+                                    "UTF-8; save the file as UTF-8 and run again.") from None
+    if builder != "json":
+        return
+    text = "".join(lines)
+    if not text.strip():
+        raise PipelineError(f"{file}: the file holds only white space; there is nothing to read.")
+    try:
+        json.loads(text)  # one JSON document (a list of rows, or {"data": [...]})
+        return
+    except json.JSONDecodeError as whole:
+        for lineno, line in enumerate(lines, 1):  # else JSON Lines: every non-blank line one object
+            if not line.strip():
+                continue
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as e:
+                at = (whole.lineno, whole.colno, whole.msg) if file.suffix.lower() == ".json" and lineno == 1 else \
+                    (lineno, e.colno, e.msg)
+                raise PipelineError(f"{file}, line {at[0]}, column {at[1]}: not valid JSON ({at[2]}). Fix that line "
+                                    "(JSON Lines: one object per line) and run again.") from None
 
 
 def get_field(row: dict, dotted: str):
@@ -112,7 +155,8 @@ def require_fields(ds, wanted: dict[str, str], where: str) -> None:
             raise PipelineError(
                 f"{where}: has no field {dotted!r} (set by {key}). Its columns are: {', '.join(ds.column_names)}. "
                 f"Map the right one with {key.split('[')[0]}=<column>"
-                + (" (a list: ...=[col1,col2])" if "answers" in key else "") + "."
+                + (" (a list: ...=[col1,col2])" if "answers" in key else "")
+                + (f", or set {key}=null to number the rows instead" if key.endswith("fields.id") else "") + "."
             ) from None
 
 

@@ -208,3 +208,29 @@ def generated_text(tokenizer, gen: Generation, first_line_only: bool, strip: boo
         lead = text[: len(text) - len(text.lstrip())].replace("\n", "")
         text = lead + text.lstrip().split("\n", 1)[0]
     return text.strip() if strip else text.rstrip()
+
+
+def length_batches(lengths: list[int], batch_size: int) -> list[tuple[int, int]]:
+    """(start, end) of consecutive batches over rows sorted longest first.
+
+    A batch holds at most `batch_size` rows and at most `batch_size` x twice the median length in padded tokens,
+    so a rare outlier (a 10,000-token question among 40-token ones) runs alone or with few others, instead of
+    making a full batch pad to its length. Rows up to twice the median still fill whole batches.
+    """
+    if not lengths:
+        return []
+    budget = batch_size * 2 * max(1, sorted(lengths)[len(lengths) // 2])
+    out, start = [], 0
+    while start < len(lengths):
+        rows = max(1, min(batch_size, budget // max(1, lengths[start])))
+        out.append((start, min(len(lengths), start + rows)))
+        start += rows
+    return out
+
+
+def context_length(model_or_config) -> int | None:
+    """How many positions the model can attend over (max_position_embeddings), or None when it does not say."""
+    config = getattr(model_or_config, "config", model_or_config)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None

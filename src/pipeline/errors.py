@@ -23,3 +23,29 @@ def preview(items, limit: int = 10) -> str:
     shown = ", ".join(items[:limit])
     rest = len(items) - limit
     return f"{shown} and {rest} more" if rest > 0 else shown
+
+
+def os_error_message(e: OSError, needed_bytes: int | None = None) -> str:
+    """One line for an OSError the user can fix: which path, what happened, and what to do."""
+    import errno
+    import os
+    import shutil
+
+    path = e.filename or "?"
+    what = os.strerror(e.errno) if e.errno else str(e)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = ""
+        probe = os.path.dirname(os.path.abspath(str(path))) if path != "?" else "."
+        while probe and not os.path.isdir(probe):
+            probe = os.path.dirname(probe)
+        try:
+            free = f"; {shutil.disk_usage(probe).free / 2**20:.1f} MiB are free there"
+        except OSError:
+            pass
+        need = f", needing {needed_bytes / 2**20:.2f} MiB more" if needed_bytes else ""
+        return (f"{path}: the disk is full ({what}{need}{free}). Nothing half-written was kept; free some space "
+                "(or point runs_dir / cache_dir elsewhere) and run the same command again: it resumes.")
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (f"{path}: cannot write here ({what}). Use a folder you can write to (runs_dir=..., cache_dir=...), "
+                "or fix its permissions.")
+    return f"{path}: {what}. Check the path (runs_dir, dataset.path, predictions, a model folder) and run again."

@@ -8,13 +8,17 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
-from .errors import PipelineError
+from .errors import PipelineError, os_error_message
+
+# errno values that mean "no room": the disk or the user's quota is full
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +36,19 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     """Replace `path` with `data` in one step (temporary file, fsync, rename)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    mode = "wb" if isinstance(data, bytes) else "w"
-    with open(tmp, mode, **({} if isinstance(data, bytes) else {"encoding": "utf-8"})) as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    raw = data if isinstance(data, bytes) else data.encode("utf-8")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)  # never leave a half-written temporary file behind
+        if e.errno in NO_SPACE:
+            e.filename = e.filename or str(path)
+            raise PipelineError(os_error_message(e, needed_bytes=len(raw))) from None
+        raise
     fsync_dir(path.parent)
 
 
@@ -53,19 +64,25 @@ def read_json(path: Path):
         raise PipelineError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}).") from None
 
 
-def iter_jsonl(path: Path) -> Iterator[dict]:
-    """Records of a finished JSONL file; a bad line is an error that names the file and line."""
-    with open(path, encoding="utf-8") as f:
+def parse_jsonl(path: Path) -> list[dict]:
+    """Records of a finished JSONL file; a bad line is an error that names the file and its 1-based line."""
+    records = []
+    with open(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
-            except json.JSONDecodeError as e:
+                record = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise PipelineError(
-                    f"{path}, line {lineno}: not valid JSON ({e.msg}). The file is damaged; "
-                    "re-run the stage that wrote it with overwrite=true."
+                    f"{path}, line {lineno}: not a valid record ({getattr(e, 'msg', None) or e.reason}). The file is "
+                    "damaged; re-run the stage that wrote it with overwrite=true."
                 ) from None
+            if not isinstance(record, dict):
+                raise PipelineError(f"{path}, line {lineno}: a record must be a JSON object, not "
+                                    f"{type(record).__name__}; the file is damaged.")
+            records.append(record)
+    return records
 
 
 def repair_jsonl_tail(path: Path) -> list[dict]:
@@ -105,13 +122,33 @@ class JsonlAppender:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._f = open(self.path, "a", encoding="utf-8")
+        self._f = open(self.path, "ab")
 
     def append(self, records: Iterable[dict]) -> None:
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        self._f.write(text)
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        """Append whole lines and make them durable; on a full disk, cut back to the last whole batch and say so."""
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+        start = self._f.tell()
+        try:
+            self._f.write(data)
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as e:
+            if e.errno not in NO_SPACE:
+                raise
+            self._recover(start)
+            e.filename = e.filename or str(self.path)
+            raise PipelineError(os_error_message(e, needed_bytes=len(data))) from None
+
+    def _recover(self, keep: int) -> None:
+        """After a failed write: drop the torn batch, so the file again ends with the last complete batch."""
+        try:
+            self._f.close()
+        except OSError:
+            pass  # the buffered rest could not be written either; truncating below removes what did get out
+        with open(self.path, "r+b") as f:
+            f.truncate(keep)
+            os.fsync(f.fileno())
+        self._f = open(self.path, "ab")
 
     def close(self) -> None:
         self._f.close()

@@ -53,6 +53,18 @@ def parse_label(value) -> bool | None:
     raise ValueError(value)
 
 
+LABEL_COLUMNS = ("human_label", "label")  # import_fields.label=auto takes the first of these that the file has
+
+
+def as_text(value) -> str:
+    """A cell as answer text: numbers are answers too ("4", "1985"); None and NaN are empty."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
 def run(cfg) -> Path:
     if not cfg.predictions:
         raise PipelineError("stage=import needs the file to import: predictions=path/to/answers.jsonl "
@@ -69,39 +81,51 @@ def run(cfg) -> Path:
     wanted |= {f"import_fields.answers[{i}]": a for i, a in enumerate(f.answers)}
     if f.id is not None:
         wanted["import_fields.id"] = f.id
-    if f.label is not None:
-        wanted["import_fields.label"] = f.label
+    label_field = f.label
+    if label_field == "auto":
+        label_field = next((c for c in LABEL_COLUMNS if c in ds.column_names), None)
+        if label_field:
+            log.info("%s: reading human labels from its %r column (import_fields.label=null ignores it)", where,
+                     label_field)
+    if label_field is not None:
+        wanted["import_fields.label"] = label_field
     require_fields(ds, wanted, where)
 
     records, problems, bad_labels = [], [], []
     for i, row in enumerate(ds):
         row_no = i + 1
-        rid = str(get_field(row, f.id)).strip() if f.id else f"{name}-{i:06d}"
+        rid = as_text(get_field(row, f.id)) if f.id else f"{name}-{i:06d}"
         question = get_field(row, f.question)
+        question = as_text(question) if isinstance(question, (str, int, float)) or question is None else question
         refs: list[str] = []
         for dotted in f.answers:
             refs += as_references(get_field(row, dotted), dotted, row_no, where)
         refs = list(dict.fromkeys(r.strip() for r in refs if r and r.strip()))
         prediction = get_field(row, f.prediction)
+        if not rid:
+            problems.append(f"row {row_no}: empty id")
         if not isinstance(question, str) or not question.strip():
             problems.append(f"row {row_no} (id {rid}): empty question")
         if not refs:
             problems.append(f"row {row_no} (id {rid}): no reference answers")
-        if prediction is not None and not isinstance(prediction, str):
+        if isinstance(prediction, (str, int, float, bool)) or prediction is None:
+            prediction = as_text(prediction)
+        else:
             problems.append(f"row {row_no} (id {rid}): prediction is {type(prediction).__name__}, not text")
         label = None
-        if f.label is not None:
+        if label_field is not None:
             try:
-                label = parse_label(get_field(row, f.label))
+                label = parse_label(get_field(row, label_field))
             except ValueError:
-                bad_labels.append(f"row {row_no} (id {rid}): {get_field(row, f.label)!r}")
+                bad_labels.append(f"row {row_no} (id {rid}): {get_field(row, label_field)!r}")
         records.append({"schema": SCHEMA, "id": rid, "index": i, "question": str(question or "").strip(),
-                        "references": refs, "prompt": None, "prediction": (prediction or "").strip(),
+                        "references": refs, "prompt": None,
+                        "prediction": prediction if isinstance(prediction, str) else "",
                         "finish_reason": None, "num_generated_tokens": None, "token_ids": None, "tokens": None,
                         "token_logprobs": None, "sequence_nll": None, "mean_nll": None, "human_label": label})
     if bad_labels:
         raise PipelineError(
-            f"{where}: {plural(len(bad_labels), 'human label')} in column {f.label!r} not in a recognised form: "
+            f"{where}: {plural(len(bad_labels), 'human label')} in column {label_field!r} not in a recognised form: "
             f"{preview(bad_labels, 6)}. Accepted (any case): true/false, 1/0, yes/no, y/n, correct/incorrect, "
             "right/wrong, t/f, or an empty cell for no label."
         )
@@ -120,18 +144,20 @@ def run(cfg) -> Path:
     run_dir = create_run(Path(cfg.runs_dir), run_id)
     stage = StageDir(run_dir / "generate", "generations.jsonl")
     fingerprint = {"import": {**source, "fields": OmegaConf.to_container(f)}}
-    done = stage.begin(fingerprint, cfg.overwrite, OmegaConf.to_yaml(cfg, resolve=True), run_dir,
-                       also_replace=(run_dir / "judge",))
-    if done is None:
-        log.info("run %s: %s is already imported; nothing to do", run_id, path)
-        return stage.path
-    with stage.appender() as out:
-        out.append(r for r in records if r["id"] not in {d["id"] for d in done})
-    labelled = sum(r["human_label"] is not None for r in records)
-    stage.finish({"stage": "generate", "run_id": run_id, "schema": SCHEMA, "records": len(records),
-                  "imported_from": source, "human_labels": labelled, "expected_total": len(records),
-                  "dataset": data_info, "generator": {"name": f"import:{name}"}, "finished_import": time.time(),
-                  "config": OmegaConf.to_container(cfg, resolve=True), **environment_manifest()})
+    with stage.lock():
+        done = stage.begin(fingerprint, cfg.overwrite, OmegaConf.to_yaml(cfg, resolve=True), run_dir,
+                           also_replace=(run_dir / "judge",))
+        if done is None:
+            log.info("run %s: %s is already imported; nothing to do", run_id, path)
+            return stage.path
+        done_ids = {d["id"] for d in done}
+        with stage.appender() as out:
+            out.append(r for r in records if r["id"] not in done_ids)
+        labelled = sum(r["human_label"] is not None for r in records)
+        stage.finish({"stage": "generate", "run_id": run_id, "schema": SCHEMA, "records": len(records),
+                      "imported_from": source, "human_labels": labelled, "expected_total": len(records),
+                      "dataset": data_info, "generator": {"name": f"import:{name}"}, "finished_import": time.time(),
+                      "config": OmegaConf.to_container(cfg, resolve=True), **environment_manifest()})
     print(f"imported {len(records)} answers ({labelled} with human labels) from {path} as run {run_id}; judge them "
           f"with: python -m pipeline stage=judge run_id={run_id}")
     return stage.path

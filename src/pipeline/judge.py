@@ -32,25 +32,25 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from . import report, shards
-from .config import Config
-from .decoding import PrefixCache, StopRule, generated_text, greedy_batch, next_token_logprobs
-from .errors import PipelineError
+from .config import Config, check_name
+from .decoding import (PrefixCache, StopRule, context_length, generated_text, greedy_batch, length_batches,
+                       next_token_logprobs)
+from .errors import PipelineError, plural, preview
 from .files import write_json
 from .hardware import GiB, detect
 from .interrupts import GracefulStop
 from .manifest import environment_manifest
-from .models import (cache_root, encode_chat, load_causal_lm, load_tokenizer, resolve_model, resolve_precision,
+from .models import (cache_root, load_causal_lm, load_tokenizer, model_config, resolve_model, resolve_precision,
                      source_info, use_chat_template)
 from .plan import Plan, check_loaded, plan_for, recommendation_text, uses_gpus
-from .runs import RUN_ID_PATTERN, StageDir, resolve_run
-from .verdict import VerdictTokens, judge_messages, parse_verdict, verdict_from_logprobs
+from .runs import StageDir, resolve_run
+from .verdict import PromptBuilder, VerdictTokens, parse_verdict, verdict_from_logprobs
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "verdict/1"
 FINGERPRINT_KEYS = ("model", "revision", "precision", "compute_dtype", "double_quant", "use_chat_template",
                     "max_new_tokens", "mode", "threshold", "min_verdict_mass")
-MODES = ("logprob", "generate")
 
 
 def generations_of(run_dir: Path) -> list[dict]:
@@ -65,8 +65,7 @@ def generations_of(run_dir: Path) -> list[dict]:
 
 
 def judge_root(run_dir: Path, judge_name: str) -> StageDir:
-    if not RUN_ID_PATTERN.fullmatch(judge_name):
-        raise PipelineError(f"judge.name={judge_name!r} is used as a folder name: letters, digits, '.', '_', '-'.")
+    check_name("judge.name", judge_name)
     return StageDir(run_dir / "judge" / judge_name, "verdicts.jsonl")
 
 
@@ -98,17 +97,44 @@ def memory_snapshot() -> dict:
             for i in range(torch.cuda.device_count())}
 
 
+RESULT_FILES = ("samples.csv", "summary.csv")
+
+
+def check_context(cfg: Config, source: str, prompts: dict, reply_tokens: int) -> None:
+    """Refuse, before loading the judge, prompts that would run past its context (naming the ids and lengths).
+    Every inserted value is capped (judge_prompt.max_*_chars), so only a small-context judge meets this."""
+    j = cfg.judge
+    limit = context_length(model_config(source, j))
+    if limit is None:
+        return
+    over = {rid: len(ids) + reply_tokens for rid, (_, ids) in prompts.items() if len(ids) + reply_tokens > limit}
+    if over:
+        raise PipelineError(
+            f"judge {j.name}: {plural(len(over), 'prompt')} plus the reply would run past its context of {limit} "
+            f"positions (ids and tokens: {preview([f'{k} ({v})' for k, v in over.items()], 6)}). Nothing was "
+            "judged. Lower judge_prompt.max_question_chars / max_reference_chars / max_candidate_chars, or use a "
+            "judge with a longer context."
+        )
+
+
+def results_present(folder: Path) -> bool:
+    """Whether the result CSVs of a finished judge are there and not older than its manifest."""
+    manifest = folder / "manifest.json"
+    return all((folder / f).is_file() and (folder / f).stat().st_mtime_ns >= manifest.stat().st_mtime_ns
+               for f in RESULT_FILES)
+
+
+def write_results(cfg: Config, run_dir: Path) -> None:
+    samples, summary = report.write(run_dir, cfg.judge.name, report.Settings(cfg))
+    log.info("run %s: results in %s and %s", run_dir.name, samples, summary)
+    print("\n" + report.digest(pd.read_csv(summary).iloc[0].to_dict()), flush=True)
+
+
 def run(cfg: Config) -> Path:
     """Judge every stored answer of this shard not yet judged by this judge; returns the stage directory."""
     started = time.perf_counter()
     j, prompt = cfg.judge, cfg.judge_prompt
-    if j.mode not in MODES:
-        raise PipelineError(f"judge.mode={j.mode!r} is not a judging mode; choose one of {', '.join(MODES)}.")
     reply_tokens = prompt.reply_tokens or j.max_new_tokens
-    if j.batch_size < 1 or reply_tokens < 1:
-        raise PipelineError("judge.batch_size and judge.max_new_tokens (or judge_prompt.reply_tokens) must be >= 1.")
-    if not 0.0 <= j.threshold <= 1.0:
-        raise PipelineError(f"judge.threshold={j.threshold}: P(correct) thresholds lie in [0, 1].")
     if not cfg.hardware.detect:
         raise PipelineError(f"hardware={cfg.hardware.name} declares a node to plan for (stage=plan); stage=judge runs "
                             "on this machine's own devices: leave hardware=auto.")
@@ -124,6 +150,11 @@ def run(cfg: Config) -> Path:
     already = not cfg.overwrite and ((shard.count > 1 and root.finished_with(fingerprint, run_dir))
                                      or stage.finished_with(fingerprint, run_dir))
     if already:  # a finished stage with other settings was refused just above
+        if shard.count == 1 and not results_present(stage.path):  # e.g. killed, or out of disk, while reporting
+            log.info("run %s: %s is complete but its result files are not all there; writing them again",
+                     run_dir.name, stage.path)
+            write_results(cfg, run_dir)
+            return stage.path
         log.info("run %s: %s is already complete with these settings; nothing to do (overwrite=true redoes it)",
                  run_dir.name, stage.path)
         return stage.path
@@ -136,25 +167,32 @@ def run(cfg: Config) -> Path:
     precision = resolve_precision(j, on_gpu=uses_gpus(j.placement, hardware))
     tokenizer = load_tokenizer(source, j)
     chat = use_chat_template(tokenizer, j.use_chat_template)
-    prompts = {}
-    for r in records:
-        messages = judge_messages(prompt, r["question"], r["references"], r["prediction"])
-        prompts[r["id"]] = encode_chat(tokenizer, messages, chat, prompt.reply_prefix or "")
+    build = PromptBuilder(tokenizer, prompt, chat)
+    prompts = {r["id"]: build(r) for r in records}
     tokens = VerdictTokens.build(tokenizer, prompt) if j.mode == "logprob" else None  # checked before loading
     longest = max(len(ids) for _, ids in prompts.values()) + (0 if tokens else reply_tokens)
+    check_context(cfg, source, prompts, 0 if tokens else reply_tokens)
     if longest > j.placement.max_seq_len:  # the plan assumed shorter rows: plan again for the real length
         log.warning("the longest judge prompt plus reply is %d tokens > judge.placement.max_seq_len=%d; "
                     "planning again for %d", longest, j.placement.max_seq_len, longest)
         plan = plan_or_refuse(cfg, hardware, source, longest)
     print(plan.table(), flush=True)
 
-    done = stage.begin(fingerprint, cfg.overwrite, OmegaConf.to_yaml(cfg, resolve=True), run_dir)
-    if done is None:  # finished by another process since the check above
-        return stage.path
-    with stage.log_to_file(), ExitStack() as stack:
+    with ExitStack() as stack:
+        stack.enter_context(stage.lock())  # exclusive for the stage's whole life: a second process stops here
+        done = stage.begin(fingerprint, cfg.overwrite, OmegaConf.to_yaml(cfg, resolve=True), run_dir)
+        if done is None:  # finished by another process since the check above
+            return stage.path
+        stack.push(stage.undo_if_empty)  # a failure before the first record leaves nothing that blocks a rerun
+        stack.enter_context(stage.log_to_file())
         stopper = stack.enter_context(GracefulStop())
         write_json(stage.path / "plan.json", plan.to_dict())
         done_ids = {r["id"] for r in done}
+        strays = sorted(done_ids - mine)
+        if strays:
+            raise PipelineError(f"{stage.partial_path}: holds verdicts for ids this stage does not cover "
+                                f"({preview(strays, 5)}); it was edited or belongs to other answers. Pass "
+                                "overwrite=true to start the stage again (the partial outputs are moved aside).")
         todo = [r for r in records if r["id"] not in done_ids]
         log.info("run %s: judging %d answers with %s%s", run_dir.name, len(todo), j.name,
                  f" (shard {shard.name})" if shard.count > 1 else "")
@@ -165,63 +203,67 @@ def run(cfg: Config) -> Path:
                         "copies those layers to the GPU, which is many times slower than a plan that fits.",
                         "/".join(r.device for r in plan.rows if r.device in ("cpu", "disk")))
 
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        memory_before = memory_snapshot()
-        for dev, mem in memory_before.items():
-            log.info("%s before loading: %.2f GiB allocated, %.2f GiB reserved", dev, mem["allocated_bytes"] / GiB,
-                     mem["reserved_bytes"] / GiB)
-        t0 = time.perf_counter()
-        # weights offloaded to disk go to a scratch folder in the cache (tens of GB for a 70B), removed at the end
-        offload_dir = cache_root(cfg.cache_dir) / "offload" / f"{run_dir.name}--{j.name}--{os.getpid()}"
-        stack.callback(shutil.rmtree, offload_dir, ignore_errors=True)
-        model = load_causal_lm(source, j, precision, plan.device_map, offload_folder=offload_dir)
-        params_per_device = check_loaded(model, plan)
-        load_s = time.perf_counter() - t0
-        memory_after = memory_snapshot()
-        for dev, n in sorted(params_per_device.items()):
-            mem = memory_after.get(dev)
-            extra = (f", {mem['allocated_bytes'] / GiB:.2f} GiB allocated, {mem['reserved_bytes'] / GiB:.2f} GiB "
-                     "reserved") if mem else ""
-            log.info("%s: %d parameters%s (as planned)", dev, n, extra)
-
-        stop = StopRule.build(tokenizer, model, prompt.stop_at_newline)
-        todo.sort(key=lambda r: len(prompts[r["id"]][1]), reverse=True)
-        shared = PrefixCache([prompts[r["id"]][1] for r in todo])  # system turn and examples: run once, not per batch
-        t1 = time.perf_counter()
+        params_per_device, memory_before, memory_after, load_s, judge_s = {}, {}, {}, 0.0, 0.0
         written = len(done)
-        base = {"schema": SCHEMA, "judge": j.name, "mode": j.mode, "prompt_name": prompt.name,
-                "prompt_version": prompt.version}
-        with stage.appender() as out, tqdm(total=len(records), initial=len(done), desc=f"judge {j.name}",
-                                           unit="answer", disable=not cfg.progress) as bar:
-            for start in range(0, len(todo), j.batch_size):
-                stopper.check(written, len(records))
-                batch = todo[start:start + j.batch_size]
-                batch_prompts = [prompts[r["id"]][1] for r in batch]
-                rows = []
-                if tokens is not None:  # one forward pass: P(correct) from the next token
-                    logps, tops = next_token_logprobs(model, batch_prompts, tokens.ids, stage_prefix=shared)
-                    for r, logp, top in zip(batch, logps, tops):
-                        verdict, p_correct, mass = verdict_from_logprobs(logp, len(tokens.correct), j.threshold,
-                                                                         j.min_verdict_mass)
-                        rows.append({**base, "id": r["id"], "verdict": verdict.label, "invalid_reason": verdict.reason,
-                                     "p_correct": None if math.isnan(p_correct) else round(p_correct, 6),
-                                     "verdict_mass": round(mass, 6),
-                                     "reply": (prompt.reply_prefix or "") + tokenizer.decode([int(top)]),
-                                     "finish_reason": None})
-                else:  # the judge writes its reply; the last verdict marker counts
-                    for r, gen in zip(batch, greedy_batch(model, batch_prompts, reply_tokens, stop,
-                                                                 stage_prefix=shared)):
-                        text = generated_text(tokenizer, gen, first_line_only=prompt.stop_at_newline, strip=False)
-                        reply = (prompt.reply_prefix or "") + text
-                        verdict = parse_verdict(reply, prompt)
-                        rows.append({**base, "id": r["id"], "verdict": verdict.label, "invalid_reason": verdict.reason,
-                                     "p_correct": None, "verdict_mass": None, "reply": reply,
-                                     "finish_reason": gen.finish_reason})
-                out.append(rows)
-                written += len(batch)
-                bar.update(len(batch))
-        judge_s = time.perf_counter() - t1
+        if todo:  # an attempt stopped after its last batch has nothing left to judge, and loads no model
+            if cfg.threads:
+                torch.set_num_threads(cfg.threads)
+            memory_before = memory_snapshot()
+            for dev, mem in memory_before.items():
+                log.info("%s before loading: %.2f GiB allocated, %.2f GiB reserved", dev, mem["allocated_bytes"] / GiB,
+                         mem["reserved_bytes"] / GiB)
+            t0 = time.perf_counter()
+            # weights offloaded to disk go to a scratch folder in the cache (tens of GB for a 70B), removed at the end
+            offload_dir = cache_root(cfg.cache_dir) / "offload" / f"{run_dir.name}--{j.name}--{os.getpid()}"
+            stack.callback(shutil.rmtree, offload_dir, ignore_errors=True)
+            model = load_causal_lm(source, j, precision, plan.device_map, offload_folder=offload_dir)
+            params_per_device = check_loaded(model, plan)
+            load_s = time.perf_counter() - t0
+            memory_after = memory_snapshot()
+            for dev, n in sorted(params_per_device.items()):
+                mem = memory_after.get(dev)
+                extra = (f", {mem['allocated_bytes'] / GiB:.2f} GiB allocated, {mem['reserved_bytes'] / GiB:.2f} GiB "
+                         "reserved") if mem else ""
+                log.info("%s: %d parameters%s (as planned)", dev, n, extra)
+
+            stop = StopRule.build(tokenizer, model, prompt.stop_at_newline)
+            todo.sort(key=lambda r: len(prompts[r["id"]][1]), reverse=True)
+            shared = PrefixCache([prompts[r["id"]][1] for r in todo])  # system turn, examples: once, not per batch
+            t1 = time.perf_counter()
+            base = {"schema": SCHEMA, "judge": j.name, "mode": j.mode, "prompt_name": prompt.name,
+                    "prompt_version": prompt.version}
+            with stage.appender() as out, tqdm(total=len(records), initial=len(done), desc=f"judge {j.name}",
+                                               unit="answer", disable=not cfg.progress) as bar:
+                for lo, hi in length_batches([len(prompts[r["id"]][1]) for r in todo], j.batch_size):
+                    stopper.check(written, len(records))
+                    batch = todo[lo:hi]
+                    batch_prompts = [prompts[r["id"]][1] for r in batch]
+                    rows = []
+                    if tokens is not None:  # one forward pass: P(correct) from the next token
+                        logps, tops = next_token_logprobs(model, batch_prompts, tokens.ids, stage_prefix=shared)
+                        for r, logp, top in zip(batch, logps, tops):
+                            verdict, p_correct, mass = verdict_from_logprobs(logp, len(tokens.correct), j.threshold,
+                                                                             j.min_verdict_mass)
+                            rows.append({**base, "id": r["id"], "verdict": verdict.label,
+                                         "invalid_reason": verdict.reason,
+                                         "p_correct": None if math.isnan(p_correct) else round(p_correct, 6),
+                                         "verdict_mass": round(mass, 6),
+                                         "reply": (prompt.reply_prefix or "") + tokenizer.decode([int(top)]),
+                                         "finish_reason": None})
+                    else:  # the judge writes its reply; the last verdict marker counts
+                        for r, gen in zip(batch, greedy_batch(model, batch_prompts, reply_tokens, stop,
+                                                                     stage_prefix=shared)):
+                            text = generated_text(tokenizer, gen, first_line_only=prompt.stop_at_newline, strip=False)
+                            reply = (prompt.reply_prefix or "") + text
+                            verdict = parse_verdict(reply, prompt)
+                            rows.append({**base, "id": r["id"], "verdict": verdict.label,
+                                         "invalid_reason": verdict.reason,
+                                         "p_correct": None, "verdict_mass": None, "reply": reply,
+                                         "finish_reason": gen.finish_reason})
+                    out.append(rows)
+                    written += len(batch)
+                    bar.update(len(batch))
+            judge_s = time.perf_counter() - t1
 
         stage.finish({
             "stage": "judge",
@@ -246,10 +288,7 @@ def run(cfg: Config) -> Path:
             **environment_manifest(),
         })
         if shard.count == 1:
-            samples, summary = report.write(run_dir, j.name, report.Settings(cfg))
-            log.info("run %s: verdicts in %s; results in %s and %s", run_dir.name, stage.records_path, samples,
-                     summary)
-            print("\n" + report.digest(pd.read_csv(summary).iloc[0].to_dict()), flush=True)
+            write_results(cfg, run_dir)
         else:
             log.info("run %s: shard %s of judge %s done; stage=report merges the shards and writes the CSVs",
                      run_dir.name, shard.name, j.name)

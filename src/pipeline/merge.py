@@ -25,6 +25,11 @@ CARRIED = ("stage", "run_id", "schema", "dataset", "generator", "judge", "prompt
 def merge_stage(stage_root: Path, records_name: str, expected_ids: list[str] | None = None) -> bool:
     """Write the merged records and manifest of a sharded stage; False when it is already finished as a whole."""
     stage = StageDir(stage_root, records_name)
+    with stage.lock():  # one merge at a time, and never while an unsharded run of the stage is writing
+        return merge_locked(stage, stage_root, records_name, expected_ids)
+
+
+def merge_locked(stage: StageDir, stage_root: Path, records_name: str, expected_ids: list[str] | None) -> bool:
     if stage.is_complete():
         return False
     records, info = shards.merge_shards(stage_root, records_name, expected_ids)

@@ -19,6 +19,7 @@ import importlib.util
 import json
 import logging
 import os
+import pickle
 import shutil
 import time
 from dataclasses import dataclass
@@ -247,14 +248,29 @@ def hub_hint(spec: str) -> str:
             "Hub is reachable and pass the folder instead (e.g. judge.model=/data/models/Llama-3.1-70B-Instruct).")
 
 
+def model_config(source: str, cfg: ModelConfig):
+    """The model's transformers config (read from its folder, the HF cache or the Hub)."""
+    from transformers import AutoConfig
+
+    if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
+        raise PipelineError(f"{cfg.name}: the folder {source} has no config.json; is it a model folder?")
+    try:
+        return AutoConfig.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise PipelineError(f"{cfg.name}: cannot read the config of {source!r} ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}). {hub_hint(source)}") from None
+
+
 def load_tokenizer(source: str, cfg: ModelConfig):
     """The tokenizer, set up for batched generation: left padding and a pad token."""
     from transformers import AutoTokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise PipelineError(f"{cfg.name}: could not load the tokenizer of {source!r}: {e}. {hub_hint(source)}") from None
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PipelineError(f"{cfg.name}: could not load the tokenizer of {source!r}: {first}. "
+                            f"{hub_hint(source)}") from None
     tok.padding_side = "left"
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -281,8 +297,17 @@ def load_causal_lm(source: str, cfg: ModelConfig, precision: Precision, device_m
     started = time.perf_counter()
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except OSError as e:
-        raise PipelineError(f"{cfg.name}: could not load the model {source!r}: {e}. {hub_hint(source)}") from None
+    except pickle.UnpicklingError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or ["weights_only"]
+        detail = next((line for line in lines if "WeightsUnpickler error" in line), lines[0])
+        raise PipelineError(
+            f"{cfg.name}: the weights in {source!r} are a pickle that torch refuses to load safely "
+            f"({detail[:160]}); such a file can run code. "
+            "Use the model's safetensors weights, or convert the checkpoint to safetensors where you trust it."
+        ) from None
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PipelineError(f"{cfg.name}: could not load the model {source!r}: {first}. {hub_hint(source)}") from None
     model.eval()
     log.info("%s: loaded %s in %s in %.1f s", cfg.name, source, precision.describe(), time.perf_counter() - started)
     return model

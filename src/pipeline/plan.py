@@ -77,7 +77,9 @@ def load_model_config(source: str, cfg: ModelConfig):
     from transformers import AutoConfig
 
     if Path(source).is_dir():
-        return AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+        from .models import model_config
+
+        return model_config(source, cfg)
     for model_id in (source, getattr(cfg, "hub_id", None)):
         shipped = shipped_config_file(model_id)
         if shipped is not None and cfg.revision is None:

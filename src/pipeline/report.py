@@ -260,13 +260,14 @@ def write(run_dir: Path, judge: str, s: Settings | None = None) -> tuple[Path, P
     if not stage.is_complete():
         raise PipelineError(f"run {run_dir.name}: judge {judge!r} has not finished ({stage.manifest_path} missing); "
                             f"run python -m pipeline stage=judge run_id={run_dir.name} judge={judge}.")
-    samples = sample_rows(gen.read_records(), stage.read_records(), run_dir, judge)
-    summary = summarize(samples, run_dir.name, judge, s)
-    samples_path, summary_path = stage.path / "samples.csv", stage.path / "summary.csv"
-    write_atomic(samples_path, samples.to_csv(index=False))
-    write_atomic(summary_path, summary.to_csv(index=False, float_format="%.6g"))
-    if s.plots:
-        plot(samples, summary, stage.path, f"{run_dir.name} / {judge}", s)
+    with stage.lock():  # not while a judge of the same name is still writing
+        samples = sample_rows(gen.read_records(), stage.read_records(), run_dir, judge)
+        summary = summarize(samples, run_dir.name, judge, s)
+        samples_path, summary_path = stage.path / "samples.csv", stage.path / "summary.csv"
+        write_atomic(samples_path, samples.to_csv(index=False))
+        write_atomic(summary_path, summary.to_csv(index=False, float_format="%.6g"))
+        if s.plots:
+            plot(samples, summary, stage.path, f"{run_dir.name} / {judge}", s)
     return samples_path, summary_path
 
 

@@ -19,36 +19,41 @@ unfinished: re-running the same command resumes it, skipping the records already
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import logging
 import os
+import platform
 import re
 import shutil
+import sys
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import PipelineError, preview
-from .files import JsonlAppender, fsync_dir, iter_jsonl, read_json, repair_jsonl_tail, write_atomic, write_json
+from .config import NAME_LIMIT, check_name
+from .errors import PipelineError, plural, preview
+from .files import JsonlAppender, fsync_dir, parse_jsonl, read_json, repair_jsonl_tail, write_atomic, write_json
 
 log = logging.getLogger(__name__)
 
-RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,%d}" % (NAME_LIMIT - 1))
 LATEST = "latest"
+# The record schemas each records file may hold; a reader refuses any other (a newer version, another tool's file).
+RECORD_SCHEMAS = {"generations.jsonl": ("generation/1",), "verdicts.jsonl": ("verdict/1",)}
 
 
 def check_run_id(run_id: str) -> str:
     """A run id is a single folder name: no path separators, no '..', nothing that escapes runs/."""
-    run_id = str(run_id)
-    if run_id == LATEST or ".." in run_id or not RUN_ID_PATTERN.fullmatch(run_id):
-        raise PipelineError(
-            f"run_id={run_id!r} is not allowed: a run id is one folder name under the runs directory, made of "
-            "letters, digits, '.', '_' and '-' (at most 128, starting with a letter or digit), with no path "
-            f"separators and no '..'; '{LATEST}' names the newest run. Example: run_id=nq-smollm2-try1"
-        )
-    return run_id
+    if str(run_id) == LATEST:
+        raise PipelineError(f"run_id={LATEST!r} is not allowed for a new run: it names the newest run. "
+                            "Example: run_id=nq-smollm2-try1")
+    return check_name("run_id", run_id)
 
 
 def new_run_id(*parts: str) -> str:
@@ -147,6 +152,109 @@ def diff_fingerprints(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
+
+def holder_description() -> dict:
+    """Who holds a lock: written into the lock file, shown to the process that finds it taken."""
+    return {"host": platform.node(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "slurm_job": os.environ.get("SLURM_JOB_ID"), "command": " ".join(sys.argv)[:300]}
+
+
+class StageLock:
+    """An exclusive OS lock (flock) that one process holds on a stage for the stage's whole life.
+
+    The lock file lives in runs/<id>/.locks/, outside the stage folder, so that moving a stage aside never moves
+    its lock. The kernel drops the lock when its process ends, however it ends (kill -9, node failure), so a lock
+    left by a dead process is simply taken over; the file's contents only say who held it last. Re-entrant within
+    one process (the judge stage writes its report under its own lock).
+    """
+
+    _held: dict[str, list] = {}  # lock path -> [fd, depth], for this process
+
+    def __init__(self, path: Path, what: str):
+        self.path, self.what = Path(path), what
+
+    def __enter__(self) -> "StageLock":
+        key = str(self.path.resolve())
+        if key in self._held:
+            self._held[key][1] += 1
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._read(fd)
+            os.close(fd)
+            who = ", ".join(f"{k} {v}" for k, v in holder.items() if v and k != "command") or "unknown"
+            raise PipelineError(
+                f"{self.what} is in use by another process ({who}; command: {holder.get('command', '?')}). Two "
+                "processes on one stage would corrupt it, so this one stops without writing anything. Wait for the "
+                "other to finish (then this command has nothing left to do) or stop it; a stopped process releases "
+                "its lock at once, and running the same command again resumes."
+            ) from None
+        previous = self._read(fd)
+        if previous:
+            log.info("%s: taking over the lock last held by pid %s on %s (started %s); that process has ended",
+                     self.what, previous.get("pid"), previous.get("host"), previous.get("started"))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder_description()) + "\n").encode(), 0)
+        self._held[key] = [fd, 1]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        key = str(self.path.resolve())
+        entry = self._held[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self._held[key]
+            os.close(entry[0])  # closing the descriptor releases the flock
+
+    @staticmethod
+    def _read(fd: int) -> dict:
+        try:
+            return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        except (ValueError, OSError):
+            return {}
+
+
+def run_dir_of(path: Path) -> Path:
+    """The run folder a stage folder belongs to (the nearest parent with run.json), else the folder's parent."""
+    for parent in Path(path).parents:
+        if (parent / "run.json").is_file():
+            return parent
+    return Path(path).parent
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_records(records: list[dict], where: Path, records_name: str) -> None:
+    """Every record has a known schema version and its own id: refuse anything else, naming lines and ids."""
+    allowed = RECORD_SCHEMAS.get(records_name)
+    if allowed:
+        bad = [(i, r.get("schema")) for i, r in enumerate(records, 1) if r.get("schema") not in allowed]
+        if bad:
+            shown = preview([f"line {i}: {v!r}" for i, v in bad], 3)
+            raise PipelineError(
+                f"{where}: {plural(len(bad), 'record')} with a schema this version cannot read ({shown}); it reads "
+                f"{', '.join(allowed)}. The file was written by another version or tool: use that version, or redo "
+                "the stage with overwrite=true."
+            )
+    counts = Counter(r.get("id") for r in records)
+    dups = {k: n for k, n in counts.items() if n > 1}
+    if dups:
+        raise PipelineError(
+            f"{where}: {plural(len(dups), 'id')} appear more than once "
+            f"({preview([f'{k!r} x{n}' for k, n in dups.items()], 5)}); "
+            "each answer must be recorded exactly once. The file was edited or written by two processes at once: "
+            "redo the stage with overwrite=true."
+        )
+
 @dataclass
 class StageDir:
     """One stage's output folder: a records file that grows batch by batch, and a manifest written last."""
@@ -177,6 +285,13 @@ class StageDir:
     def manifest(self) -> dict:
         return read_json(self.manifest_path)
 
+    def lock(self) -> StageLock:
+        """The stage's exclusive lock: hold it from `begin` to `finish` (a context manager)."""
+        run_dir = run_dir_of(self.path)
+        name = str(self.path.relative_to(run_dir)).replace(os.sep, "--") if self.path.is_relative_to(run_dir) \
+            else self.path.name
+        return StageLock(run_dir / ".locks" / f"{name}.lock", f"{self.path}/")
+
     def finished_with(self, fingerprint: dict, run_dir: Path) -> bool:
         """True when the stage is finished with these settings; an error when finished with others. Read-only."""
         if not self.is_complete():
@@ -203,9 +318,9 @@ class StageDir:
             if not overwrite:
                 self.finished_with(fingerprint, run_dir)  # refuses other settings
                 return None
-            move_aside(run_dir, [self.path, *also_replace])
+            self.move_aside_unlocked(run_dir, also_replace)
         elif self.path.exists() and overwrite:
-            move_aside(run_dir, [self.path, *also_replace])
+            self.move_aside_unlocked(run_dir, also_replace)
 
         stage_file = self.path / "stage.json"
         done: list[dict] = []
@@ -222,13 +337,35 @@ class StageDir:
                 # killed between publishing the records and writing the manifest: take the records back
                 os.replace(self.records_path, self.partial_path)
             done = repair_jsonl_tail(self.partial_path)
+            check_records(done, self.partial_path, self.records_name)
         else:
             self.path.mkdir(parents=True, exist_ok=True)
             if self.partial_path.exists():  # left by a crash before stage.json was written: nothing to trust
                 self.partial_path.unlink()
             write_json(stage_file, {"fingerprint": fingerprint, "started": time.time(), "pid": os.getpid()})
+            self.started_here = True
         write_atomic(self.path / "config.yaml", config_yaml)
         return done
+
+    started_here = False  # set by begin when this attempt wrote stage.json
+
+    def undo_if_empty(self, exc_type, exc, tb) -> None:
+        """On failure (an ExitStack exit callback): an attempt that started the stage but wrote no record takes its
+        stage.json back, so that running again with corrected settings is not refused as a changed stage."""
+        if exc_type is None or not self.started_here:
+            return
+        if not self.partial_path.exists() or self.partial_path.stat().st_size == 0:
+            self.partial_path.unlink(missing_ok=True)
+            (self.path / "stage.json").unlink(missing_ok=True)
+            (self.path / "config.yaml").unlink(missing_ok=True)
+
+    def move_aside_unlocked(self, run_dir: Path, also_replace: tuple[Path, ...]) -> None:
+        """Move this stage and `also_replace` aside, refusing while another process works in any stage among them."""
+        with contextlib.ExitStack() as stack:
+            for folder in also_replace:
+                for lock_file in sorted((run_dir / ".locks").glob(f"{folder.relative_to(run_dir)}--*.lock")):
+                    stack.enter_context(StageLock(lock_file, f"{run_dir / lock_file.stem.replace('--', os.sep)}/"))
+            move_aside(run_dir, [self.path, *also_replace])
 
     def appender(self) -> JsonlAppender:
         return JsonlAppender(self.partial_path)
@@ -236,16 +373,28 @@ class StageDir:
     def finish(self, manifest: dict[str, Any]) -> None:
         """Publish the records file, then the manifest (with the settings the stage was made with); after this
         the stage counts as finished."""
+        records = repair_jsonl_tail(self.partial_path)
+        check_records(records, self.partial_path, self.records_name)
+        if "records" in manifest and manifest["records"] != len(records):
+            raise PipelineError(f"{self.partial_path}: holds {len(records)} records, but this stage made "
+                                f"{manifest['records']}; not publishing it. Redo the stage with overwrite=true.")
         os.replace(self.partial_path, self.records_path)
         fsync_dir(self.path)
         fingerprint = read_json(self.path / "stage.json").get("fingerprint", {})
-        write_json(self.manifest_path, {"status": "complete", "fingerprint": fingerprint, **manifest})
+        write_json(self.manifest_path, {"status": "complete", "fingerprint": fingerprint, **manifest,
+                                        "records_file": self.records_file_info(len(records))})
+
+    def records_file_info(self, count: int) -> dict:
+        """What a manifest keeps to verify its records file later: name, number of records, sha256."""
+        return {"name": self.records_name, "records": count, "sha256": file_digest(self.records_path)}
 
     def publish(self, records: list[dict], manifest: dict[str, Any]) -> None:
         """Write a finished stage in one go (a merge): records file, then manifest."""
+        check_records(records, self.records_path, self.records_name)
         self.path.mkdir(parents=True, exist_ok=True)
         write_atomic(self.records_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        write_json(self.manifest_path, {"status": "complete", **manifest})
+        write_json(self.manifest_path, {"status": "complete", **manifest,
+                                        "records_file": self.records_file_info(len(records))})
 
     @contextmanager
     def log_to_file(self, name: str = "log.txt") -> Iterator[None]:
@@ -260,8 +409,9 @@ class StageDir:
         root.addHandler(handler)
         try:
             yield
-        except BaseException as e:
-            root.error("stage stopped: %s: %s", type(e).__name__, e)
+        except BaseException as e:  # into the stage's log file only: the entry point tells the user
+            handler.handle(root.makeRecord(root.name, logging.ERROR, __file__, 0, "stage stopped: %s: %s",
+                                           (type(e).__name__, e), None))
             raise
         finally:
             root.removeHandler(handler)
@@ -269,4 +419,23 @@ class StageDir:
             handler.close()
 
     def read_records(self) -> list[dict]:
-        return list(iter_jsonl(self.records_path))
+        """The finished stage's records, verified against its manifest (count and sha256), with known schemas and
+        unique ids; anything else is refused, naming the file and what does not match."""
+        expected = self.manifest().get("records_file")
+        if not self.records_path.is_file():
+            raise PipelineError(f"{self.records_path} is missing although {self.manifest_path} says the stage is "
+                                "complete; restore it, or redo the stage with overwrite=true.")
+        if expected is None:
+            log.warning("%s: its manifest predates record checksums, so the file cannot be verified", self.records_path)
+        elif file_digest(self.records_path) != expected.get("sha256"):
+            raise PipelineError(
+                f"{self.records_path} is not the file its stage wrote: its sha256 differs from the one in "
+                f"{self.manifest_path} ({expected.get('records')} records). It was edited, truncated or replaced "
+                "after the stage finished. Restore the original, or redo the stage with overwrite=true."
+            )
+        records = parse_jsonl(self.records_path)
+        if expected is not None and len(records) != expected.get("records"):
+            raise PipelineError(f"{self.records_path}: {len(records)} records, but its manifest says "
+                                f"{expected.get('records')}; redo the stage with overwrite=true.")
+        check_records(records, self.records_path, self.records_name)
+        return records

@@ -40,24 +40,108 @@ def fill(template: str, **values: str) -> str:
     return template
 
 
-def fence_candidate(answer: str, max_chars: int) -> str:
-    """The candidate as it appears inside the fence: capped in length, fence markers defused."""
-    text = re.sub(r"<{3,}", lambda m: "< " * len(m.group()), answer)
-    text = re.sub(r">{3,}", lambda m: "> " * len(m.group()), text)
+# Characters a reader (or a model) may take for a fence marker: "<" and ">" and their look-alikes, with how many
+# chevrons each shows. A run of them that shows three or more is defused; so is any run of the plain markers.
+OPENERS = {"<": 1, "\uff1c": 1, "\ufe64": 1, "\u2039": 1, "\u3008": 1, "\u2329": 1, "\u27e8": 1, "\u276e": 1,
+           "\u00ab": 2, "\u226a": 2, "\u300a": 2, "\u22d8": 3}
+CLOSERS = {">": 1, "\uff1e": 1, "\ufe65": 1, "\u203a": 1, "\u3009": 1, "\u232a": 1, "\u27e9": 1, "\u276f": 1,
+           "\u00bb": 2, "\u226b": 2, "\u300b": 2, "\u22d9": 3}
+FENCE_RUN = re.compile("[%s]{2,}|[%s]{2,}" % (re.escape("".join(OPENERS)), re.escape("".join(CLOSERS))))
+
+
+def defuse_fences(text: str) -> str:
+    """Replace every run of chevrons (plain or look-alike) that shows three or more by a space, so that nothing
+    inside a field can open or close the fence, or look as if it did: such a run carries no answer. "Paris >>> x"
+    becomes "Paris   x"; "<<" and a lone "\u00ab" stay."""
+    def drop(m: re.Match) -> str:
+        run = m.group()
+        return " " if sum(OPENERS.get(c, 0) + CLOSERS.get(c, 0) for c in run) >= 3 else run
+
+    return FENCE_RUN.sub(drop, text)
+
+
+def special_texts(tokenizer) -> tuple[str, ...]:
+    """Every text this tokenizer turns into one of its special or added tokens ("<|im_start|>", "<|eot_id|>",
+    "<start_of_turn>" ...), longest first. Added tokens are matched before anything else, whatever the context."""
+    if tokenizer is None:
+        return ()
+    found = set(getattr(tokenizer, "all_special_tokens", ()) or ())
+    found |= {str(t) for t in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).values()}
+    return tuple(sorted((t for t in found if len(t) > 1), key=len, reverse=True))
+
+
+def defuse_special(text: str, specials: tuple[str, ...]) -> str:
+    """Replace every special token's text ("<|im_end|>") by a space, until none is left (removing one may join the
+    halves of another). Such text is the model's markup, never part of an answer; the record keeps it."""
+    for _ in range(8):
+        hits = [t for t in specials if t in text]
+        if not hits:
+            return text
+        for t in hits:
+            text = text.replace(t, " ")
+    raise PipelineError("a field to judge still holds special-token text after defusing it; please report this.")
+
+
+def insert_field(text: str, max_chars: int, specials: tuple[str, ...] = ()) -> str:
+    """A value as it goes into the judge prompt: invisible characters removed, fence markers and special-token
+    text replaced by spaces, cut to `max_chars` (the record keeps it whole)."""
+    text = defuse_special(defuse_fences(str(text).translate(INVISIBLE)), specials)
     return text if len(text) <= max_chars else text[:max_chars].rstrip() + " [...]"
 
 
-def judge_messages(prompt: JudgePromptConfig, question: str, references: list[str], candidate: str) -> list[dict]:
-    """System message, the worked examples as earlier turns, then the case to judge."""
+def fence_candidate(answer: str, max_chars: int, specials: tuple[str, ...] = ()) -> str:
+    """The candidate as it appears inside the fence: capped in length, fence markers and special tokens defused."""
+    return insert_field(answer, max_chars, specials)
+
+
+def judge_messages(prompt: JudgePromptConfig, question: str, references: list[str], candidate: str,
+                   specials: tuple[str, ...] = ()) -> list[dict]:
+    """System message, the worked examples as earlier turns, then the case to judge. Every inserted value is
+    capped and defused (`specials`: the judge tokenizer's special-token texts, from `special_texts`)."""
     def user(q: str, refs: list[str], cand: str) -> dict:
-        return {"role": "user", "content": fill(prompt.template, question=q, references="; ".join(refs),
-                                                candidate=fence_candidate(cand, prompt.max_candidate_chars))}
+        refs_text = "; ".join(insert_field(r, prompt.max_reference_chars, specials) for r in refs)
+        return {"role": "user", "content": fill(prompt.template,
+                                                question=insert_field(q, prompt.max_question_chars, specials),
+                                                references=refs_text,
+                                                candidate=fence_candidate(cand, prompt.max_candidate_chars, specials))}
 
     messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
     for ex in prompt.examples:
         messages += [user(ex["question"], list(ex["references"]), ex["candidate"]),
                      {"role": "assistant", "content": ex["reply"]}]
     return messages + [user(question, references, candidate)]
+
+
+class PromptBuilder:
+    """Judge prompts as token ids, with a guarantee: no inserted value adds a special token. The number of special
+    tokens of every prompt is checked against that of the same prompt with plain placeholder values, so a tokenizer
+    whose special tokens the defusing missed stops the stage instead of letting an answer speak as the template."""
+
+    def __init__(self, tokenizer, prompt: JudgePromptConfig, chat: bool):
+        from .models import encode_chat
+
+        self.tokenizer, self.prompt, self.chat, self.encode = tokenizer, prompt, chat, encode_chat
+        self.specials = special_texts(tokenizer)
+        self.special_ids = set(getattr(tokenizer, "all_special_ids", ()) or ()) | \
+            set((getattr(tokenizer, "added_tokens_decoder", {}) or {}).keys())
+        self.expected = self.count(self.build("q", ["r"], "c")[1])
+
+    def count(self, ids: list[int]) -> int:
+        return sum(1 for i in ids if i in self.special_ids)
+
+    def build(self, question: str, references: list[str], candidate: str) -> tuple[str, list[int]]:
+        messages = judge_messages(self.prompt, question, references, candidate, self.specials)
+        return self.encode(self.tokenizer, messages, self.chat, self.prompt.reply_prefix or "")
+
+    def __call__(self, record: dict) -> tuple[str, list[int]]:
+        text, ids = self.build(record["question"], record["references"], record["prediction"])
+        if self.count(ids) != self.expected:
+            raise PipelineError(
+                f"id {record['id']!r}: its judge prompt holds {self.count(ids)} special tokens where the template has "
+                f"{self.expected}: a question, reference or answer would speak as the template. Nothing was judged; "
+                "please report this with the record."
+            )
+        return text, ids
 
 
 def normalize_reply(reply: str) -> str:
