@@ -5,6 +5,7 @@ Needs root (slurmd, mknod, apt-get); skipped with the reason otherwise. CI runs 
 """
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
-from slurm_local import LocalSlurm, _cmdline, _environ, _is_running, is_available
+from slurm_local import LocalSlurm, _cmdline, _environ, _fields, _is_running, is_available
 
 from conftest import read_jsonl, run_cli
 
@@ -80,6 +82,44 @@ def test_the_whole_chain_runs_and_writes_the_csvs(cluster, tmp_path, model_dir):
     print(f"\n4-shard chain (generate x4 -> judge x2 -> report) on 16 questions: {elapsed:.0f} s wall")
 
 
+def test_the_readme_chain_with_a_hardware_profile_runs_to_the_csvs(cluster, tmp_path, model_dir):
+    """The README's submit command, as written, except for what cannot run here: the embedded model as generator
+    and judge instead of the GPU presets, the shipped data set instead of nq_open (a Hub data set; the tests are
+    offline) and this cluster's partition. `hardware=4xA100-40GB` sizes the judge tasks; the tasks themselves must
+    not get it, since stage=judge places the judge on the allocation it is given and refuses a declared profile."""
+    readme = ["generator=smollm2-135m", "dataset=factoids", "judge=smollm2-135m", "hardware=4xA100-40GB",
+              "slurm.account=myproj", "slurm.generate_shards=8", "slurm.judge_shards=4"]
+    # SMALL without slurm.judge_gpus: the GPUs per judge task come from the plan on the hardware profile.
+    small = [o for o in SMALL if not o.startswith("slurm.judge_gpus=")]
+    out = run_cli("stage=submit", "run_id=readme", f"runs_dir={tmp_path}/runs", *readme, *small,
+                  cwd=tmp_path, env=cluster.env)
+    assert out.returncode == 0, out.stderr
+    run = tmp_path / "runs/readme"
+    submitted = json.loads((run / "slurm/submit.json").read_text())
+    jobs = submitted["jobs"]
+    states = states_of(cluster, jobs)
+    assert set(states.values()) == {"COMPLETED"}, states
+    assert len(by_job(states, jobs["generate"])) == 8 and len(by_job(states, jobs["judge"])) == 4
+    assert (run / "judge/smollm2-135m/summary.csv").is_file()
+    assert len(pd.read_csv(run / "judge/smollm2-135m/samples.csv")) == 16
+
+    # What the chain was sized on is on record, and it reached no job.
+    sizing = submitted["sizing"]
+    assert sizing["hardware"] == "4xA100-40GB" and sizing["judge_gpus_per_task"] == 1
+    assert "4xA100-40GB" in sizing["judge_gpus_from"] and "hardware=4xA100-40GB" in submitted["not_forwarded"]
+    assert "--gres=gpu:1" in submitted["commands"]["judge"]
+    for name, cmd in submitted["commands"].items():
+        assert not [a for a in cmd if a.lstrip("+~").startswith("hardware")], (name, cmd)
+    shards = sorted((run / "judge/smollm2-135m/shards").iterdir())
+    assert len(shards) == 4
+    for shard in shards:  # each judge task's own record of how it was started
+        manifest = json.loads((shard / "manifest.json").read_text())
+        assert "stage=judge" in manifest["command"] and "judge=smollm2-135m" in manifest["command"]
+        assert not [a for a in manifest["command"] if a.startswith("hardware")], manifest["command"]
+        assert manifest["slurm"]["SLURM_ARRAY_JOB_ID"] == jobs["judge"]
+        assert OmegaConf.load(shard / "config.yaml").hardware.name == "auto"
+
+
 def task_process(run_id, task_id):
     """The python process of one array task of `run_id`."""
     for entry in os.listdir("/proc"):
@@ -122,7 +162,19 @@ def test_a_killed_task_cancels_its_dependents_and_a_resubmit_completes(cluster, 
     assert len(pd.read_csv(run / "judge/smollm2-135m/samples.csv")) == 24
 
 
+def wait_for_job(cluster, job, condition, timeout):
+    """Poll `scontrol show job` until condition(fields) holds; return the fields (Key=Value pairs)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        fields = _fields(cluster.run("scontrol", "show", "job", "-o", job).stdout)
+        if condition(fields):
+            return fields
+        assert time.monotonic() < deadline, f"job {job} never reached the awaited state; last seen: {fields}"
+        time.sleep(0.1)
+
+
 def test_time_limit_warning_makes_the_task_stop_cleanly_and_requeue_itself(cluster, tmp_path, model_dir):
+    started = time.monotonic()
     runs = tmp_path / "runs"
     out = cluster.run("sbatch", "--parsable", "--requeue", f"--chdir={tmp_path}", f"--output={tmp_path}/usr1.out",
                       f"--export=ALL,PIPELINE_PYTHON={sys.executable}", "--cpus-per-task=1", "--mem=2G",
@@ -134,21 +186,39 @@ def test_time_limit_warning_makes_the_task_stop_cleanly_and_requeue_itself(clust
     while not (partial.exists() and partial.read_bytes().count(b"\n") >= 2):
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    cluster.run("scancel", "--signal=USR1", "--batch", job)  # what --signal=B:USR1@120 sends before the limit
-    deadline = time.monotonic() + 120
-    while "Restarts=1" not in (info := cluster.run("scontrol", "show", "job", job).stdout):  # the task requeued itself
-        assert time.monotonic() < deadline, info
-        time.sleep(0.2)
-    # SLURM makes a requeued batch job wait 120 s (reason BeginTime) before it may start again; skip that wait here
+    # The signal is sent here, once the task has written answers, instead of waiting for a time limit: what
+    # --signal=B:USR1@120 sends before the limit.
+    cluster.run("scancel", "--signal=USR1", "--batch", job)
+    signalled = time.monotonic()
+    # The task finishes its batch, exits and requeues itself. SLURM first shows the job COMPLETING (Restarts=1)
+    # while the old run is torn down, then PENDING with reason BeginTime: held for the credential lifetime (~120 s),
+    # because slurmd has revoked the old run's credential. A start time set before that point is overwritten, so
+    # wait for exactly that state.
+    held = wait_for_job(cluster, job, lambda r: r.get("JobState") == "PENDING" and r.get("Restarts") == "1"
+                        and r.get("Reason") == "BeginTime", timeout=120)
+    requeued = time.monotonic()
+    kept = partial.read_bytes().count(b"\n")  # what the stopped run wrote: whole batches only
+    # Release it early. slurmd refuses to launch the job with a credential made in the same second as the
+    # revocation ("Job credential revoked", and the job ends FAILED). The revocation happened before the PENDING
+    # state seen above, so wait until the clock is a whole second past the second that state was seen in.
+    time.sleep(max(0.0, math.floor(time.time()) + 2 - time.time()))
     cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
-    states = cluster.wait_for_jobs([job], timeout=600)
-    assert states[job] == "COMPLETED", states
+    released = time.monotonic()
+    wait_for_job(cluster, job, lambda r: r.get("JobState") != "PENDING", timeout=120)
+    restarted = time.monotonic()
+    states = cluster.wait_for_jobs([job], timeout=300)
+    assert states[job] == "COMPLETED", (states, held, cluster.log_path("slurmctld").read_text()[-3000:])
+    done = time.monotonic()
     log = (tmp_path / "usr1.out").read_text()
-    assert "stopped by SIGUSR1" in log and f"requeued SLURM job {job}" in log
+    assert f"stopped by SIGUSR1 after the batch in flight: {kept} of 16 records are written" in log, log
+    assert f"requeued SLURM job {job}" in log
     manifest = json.loads((runs / "usr1/generate/manifest.json").read_text())
-    assert manifest["resumed_with"] >= 2 and manifest["slurm"]["SLURM_RESTART_COUNT"] == "1"
+    assert kept >= 2 and manifest["resumed_with"] == kept and manifest["slurm"]["SLURM_RESTART_COUNT"] == "1"
     ids = [r["id"] for r in read_jsonl(runs / "usr1/generate/generations.jsonl")]
     assert len(ids) == 16 and len(set(ids)) == 16
+    print(f"\nSIGUSR1 after {signalled - started:.1f} s; requeued and held {requeued - signalled:.1f} s later "
+          f"({kept} answers kept); released after {released - requeued:.1f} s; started {restarted - released:.1f} s "
+          f"after that; done {done - restarted:.1f} s later")
 
 
 def test_a_request_the_cluster_rejects_stops_the_chain_with_slurms_message(cluster, tmp_path):
@@ -173,6 +243,8 @@ def test_dry_run_prints_the_chain_and_submits_nothing(tmp_path):
     assert len(lines) == 3
     assert all("--partition=gpu" in x and "--account=proj" in x and "--qos=high" in x for x in lines)
     assert "--gres=gpu:3" in lines[1]  # from the 70B int8 plan on 40 GiB A100s
+    assert not any("hardware=" in x for x in lines)  # the profile sizes the chain; the tasks detect their own GPUs
+    assert "placement plan of judge llama70b-8bit on hardware=4xA100-40GB" in out.stdout
     assert "--dependency=afterok:{generate}" in lines[1] and "--kill-on-invalid-dep=yes" in lines[1]
     assert "judge=llama70b-8bit" in lines[1] and "--signal=B:USR1@120" in lines[0]
     assert not (tmp_path / "runs").exists()

@@ -13,18 +13,25 @@ Every job runs this checkout's `python -m pipeline` with the overrides given her
 directory submit ran in, logging to runs/<run_id>/slurm/. Dependents are submitted with --kill-on-invalid-dep,
 so a failed task cancels what waits on it instead of leaving it pending forever. If SLURM refuses any job, its
 message is shown and the jobs of the chain already submitted are cancelled.
+
+`hardware=<profile>` (and any `hardware.*` override) sizes the submission and stays here: submit plans the judge on
+that node to choose the GPUs per judge task, and each task then places the judge on the GPUs SLURM allocated to it
+(stage=judge detects them and refuses a declared profile). submit.json records what the chain was sized on.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 from .errors import PipelineError
 from .files import write_json
@@ -33,8 +40,11 @@ from .runs import create_run, move_aside, new_run_id
 
 log = logging.getLogger(__name__)
 
-# Overrides that belong to this submit process, not to the jobs it submits.
-NOT_FORWARDED = ("stage", "slurm.", "shard.", "overwrite", "run_id", "runs_dir", "hydra.", "progress")
+# Overrides that belong to this submit process, not to the jobs it submits, by the first part of their key
+# (`slurm.partition=gpu` -> slurm). `hardware` is the node profile the chain is sized on; the tasks detect the GPUs
+# SLURM gives them instead, and stage=judge refuses a declared profile.
+NOT_FORWARDED = frozenset({"stage", "slurm", "shard", "overwrite", "run_id", "runs_dir", "hydra", "progress",
+                           "hardware"})
 
 
 def slurm_dir() -> Path:
@@ -43,15 +53,32 @@ def slurm_dir() -> Path:
     return conf_dir().parent / "slurm"
 
 
-def forwarded_overrides() -> list[str]:
-    """The command-line overrides of this submit, minus those that are submit's own."""
+def override_root(override: str) -> str:
+    """The first part of an override's key: '+hardware.gpus.0.count=2' -> 'hardware', 'slurm.qos=x' -> 'slurm'."""
+    key = override.lstrip("+~").split("=", 1)[0]
+    return re.split(r"[./@]", key, maxsplit=1)[0].strip()
+
+
+def command_line_overrides() -> list[str]:
+    """The overrides this submit was started with (empty when not started through the Hydra entry point)."""
     from hydra.core.hydra_config import HydraConfig
 
     try:
-        task = list(HydraConfig.get().overrides.task)
-    except ValueError:  # not started through the Hydra entry point
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
         return []
-    return [o for o in task if not o.lstrip("+~").startswith(NOT_FORWARDED)]
+
+
+def forwarded_overrides(overrides: list[str] | None = None) -> list[str]:
+    """The command-line overrides of this submit, minus those that are submit's own (NOT_FORWARDED)."""
+    overrides = command_line_overrides() if overrides is None else overrides
+    return [o for o in overrides if override_root(o) not in NOT_FORWARDED]
+
+
+def held_back_overrides(overrides: list[str] | None = None) -> list[str]:
+    """The command-line overrides that stay with this submit process."""
+    overrides = command_line_overrides() if overrides is None else overrides
+    return [o for o in overrides if override_root(o) in NOT_FORWARDED]
 
 
 def judge_gpus(cfg) -> int:
@@ -79,6 +106,25 @@ def judge_gpus(cfg) -> int:
     return n
 
 
+def sizing(cfg, gpus: int) -> dict:
+    """What the judge tasks' GPU request was worked out from, for submit.json: the hardware profile is used here
+    only and never reaches the jobs."""
+    if cfg.slurm.judge_gpus is not None:
+        source = "slurm.judge_gpus"
+    elif cfg.judge.placement.devices == "cpu":
+        source = "judge.placement.devices=cpu"
+    else:
+        source = f"placement plan of judge {cfg.judge.name} on hardware={cfg.hardware.name}"
+    return {
+        "judge_gpus_per_task": gpus,
+        "judge_gpus_from": source,
+        "hardware": cfg.hardware.name,
+        "hardware_profile": OmegaConf.to_container(cfg.hardware, resolve=True),
+        "hardware_overrides": [o for o in held_back_overrides() if override_root(o) == "hardware"],
+        "forwarded_to_jobs": False,
+    }
+
+
 def common_args(s, job: str, time_limit: str, cpus: int, mem: str, gpus: int, output: Path) -> list[str]:
     args = [f"--job-name={job}", f"--time={time_limit}", f"--cpus-per-task={cpus}", f"--mem={mem}",
             f"--output={output}", f"--chdir={os.getcwd()}",
@@ -95,11 +141,14 @@ def array(n: int, max_parallel: int | None) -> str:
     return f"--array=0-{n - 1}" + (f"%{max_parallel}" if max_parallel else "")
 
 
-def chain(cfg, run_id: str, run_dir: Path) -> list[tuple[str, list[str]]]:
-    """The three sbatch commands; '{generate}' and '{judge}' stand for the job ids they depend on."""
+def chain(cfg, run_id: str, run_dir: Path, gpus: int | None = None) -> list[tuple[str, list[str]]]:
+    """The three sbatch commands; '{generate}' and '{judge}' stand for the job ids they depend on. `gpus`: GPUs per
+    judge task (default: judge_gpus(cfg))."""
     s = cfg.slurm
     if s.generate_shards < 1 or s.judge_shards < 1:
         raise PipelineError("slurm.generate_shards and slurm.judge_shards must be at least 1.")
+    if gpus is None:
+        gpus = judge_gpus(cfg)
     logs = run_dir.resolve() / "slurm"
     tail = [*forwarded_overrides(), f"run_id={run_id}", f"runs_dir={Path(cfg.runs_dir).resolve()}"]
     signal = [f"--signal=B:USR1@{s.signal_seconds}", "--requeue"]
@@ -110,7 +159,7 @@ def chain(cfg, run_id: str, run_dir: Path) -> list[tuple[str, list[str]]]:
            str(scripts / "generate.sbatch"), *tail]
     jud = ["sbatch", "--parsable", array(s.judge_shards, s.max_parallel), *signal,
            "--dependency=afterok:{generate}", "--kill-on-invalid-dep=yes",
-           *common_args(s, f"judge-{run_id}", s.judge_time, s.cpus_per_task, s.mem, judge_gpus(cfg),
+           *common_args(s, f"judge-{run_id}", s.judge_time, s.cpus_per_task, s.mem, gpus,
                         logs / "judge-%A_%a.out"),
            str(scripts / "judge.sbatch"), *tail]
     rep = ["sbatch", "--parsable", "--dependency=afterok:{judge}", "--kill-on-invalid-dep=yes",
@@ -127,9 +176,13 @@ def cancel(job_ids: list[str]) -> None:
 def run(cfg) -> dict[str, str]:
     run_id = cfg.run_id or new_run_id(cfg.generator.name, cfg.dataset.name)
     run_dir = Path(cfg.runs_dir) / run_id
-    commands = chain(cfg, run_id, run_dir)
+    gpus = judge_gpus(cfg)
+    commands = chain(cfg, run_id, run_dir, gpus)
+    sized = sizing(cfg, gpus)
     if cfg.slurm.dry_run:
         print(f"# dry run: the chain for run {run_id} (nothing submitted)")
+        print(f"# {gpus} GPU(s) per judge task, from the {sized['judge_gpus_from']}; hardware={cfg.hardware.name} "
+              "sizes the chain only and is not passed to the jobs")
         for name, cmd in commands:
             print(f"# {name}\n{shlex.join(cmd)}")
         return {}
@@ -155,7 +208,8 @@ def run(cfg) -> dict[str, str]:
                                 "submit again.")
         jobs[name] = out.stdout.strip().split(";")[0]
     write_json(run_dir / "slurm" / "submit.json", {"run_id": run_id, "jobs": jobs, "submitted": time.time(),
-                                                   "commands": {n: c for n, c in commands}})
+                                                   "commands": {n: c for n, c in commands}, "sizing": sized,
+                                                   "not_forwarded": held_back_overrides()})
     judge = cfg.judge.name
     print(f"submitted run {run_id}:\n"
           f"  generate  array job {jobs['generate']} ({cfg.slurm.generate_shards} tasks)\n"
