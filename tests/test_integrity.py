@@ -359,3 +359,17 @@ def test_nothing_left_to_do_loads_no_model(judged_run, tmp_path, monkeypatch):
     monkeypatch.setattr(generate, "load_causal_lm", no_load)
     generate.run(make_cfg(run.parent, "run_id=copy", "dataset.limit=16"))
     assert stage.is_complete() and len(stage.read_records()) == 16
+
+
+# ------------------------------------------------------------------------------- one run, one set of settings
+
+def test_another_generator_cannot_write_into_a_run(judged_run, tmp_path):
+    run = copy_run(judged_run, tmp_path)
+    with pytest.raises(PipelineError, match="already holds a finished stage made with other settings"):
+        generate.run(make_cfg(run.parent, "run_id=copy", "dataset.limit=16", "generator.max_new_tokens=7"))
+    shard = run / "generate/shards/00001-of-00002"  # an array of another generator, half started
+    shard.mkdir(parents=True)
+    (shard / "stage.json").write_text(json.dumps({"fingerprint": {"generator": {"model": "someone-else"}}}))
+    (run / "generate/manifest.json").unlink()
+    with pytest.raises(PipelineError, match="shard 00001-of-00002 was started with other settings"):
+        generate.run(make_cfg(run.parent, "run_id=copy", "dataset.limit=16", "shard.index=0", "shard.count=2"))

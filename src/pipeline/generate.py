@@ -140,6 +140,7 @@ def run(cfg: Config) -> Path:
     if shard.count > 1 and root.finished_with(fingerprint, run_dir):
         log.info("run %s: generate is already complete (merged) with these settings; nothing to do", run_id)
         return root.path
+    shards.refuse_other_settings(root.path, fingerprint, root.records_name)
     with ExitStack() as stack:
         stack.enter_context(stage.lock())  # exclusive for the stage's whole life: a second process stops here
         done = stage.begin(fingerprint, cfg.overwrite, config_yaml, run_dir, also_replace=(run_dir / "judge",))

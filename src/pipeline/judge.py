@@ -149,6 +149,7 @@ def run(cfg: Config) -> Path:
     fingerprint = {"judge": {k: getattr(j, k) for k in FINGERPRINT_KEYS}, "prompt": OmegaConf.to_container(prompt)}
     already = not cfg.overwrite and ((shard.count > 1 and root.finished_with(fingerprint, run_dir))
                                      or stage.finished_with(fingerprint, run_dir))
+    shards.refuse_other_settings(root.path, fingerprint, root.records_name)
     if already:  # a finished stage with other settings was refused just above
         if shard.count == 1 and not results_present(stage.path):  # e.g. killed, or out of disk, while reporting
             log.info("run %s: %s is complete but its result files are not all there; writing them again",

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import PipelineError, plural, preview
+from .files import read_json
 from .runs import StageDir, diff_fingerprints
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,22 @@ def resolve(shard_cfg, env: dict[str, str] | None = None, overwrite: bool = Fals
         raise PipelineError("overwrite=true cannot be used by one shard of an array (the others would still hold "
                             "the old results): pass it to stage=submit, or redo the stage unsharded.")
     return Shard(index, count)
+
+
+def refuse_other_settings(stage_root: Path, fingerprint: dict, records_name: str) -> None:
+    """A shard may not start with settings other than those its sibling shards (finished or not) were started with:
+    two generators writing into one run would make it meaningless, and the merge would only find out at the end."""
+    for folder in shard_dirs(stage_root):
+        started = folder / "stage.json"
+        if not started.is_file():
+            continue
+        changes = diff_fingerprints(read_json(started).get("fingerprint", {}), fingerprint)
+        if changes:
+            raise PipelineError(
+                f"{stage_root}/: shard {folder.name} was started with other settings ({'; '.join(changes)}). One run "
+                "holds one set of settings: use another run_id for these (e.g. run_id=<name>-${generator.name} in a "
+                "sweep), or redo the stage unsharded with overwrite=true."
+            )
 
 
 def shard_dirs(stage_root: Path) -> list[Path]:
