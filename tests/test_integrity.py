@@ -326,24 +326,38 @@ def test_an_outlier_runs_in_a_batch_of_its_own():
     assert length_batches([40] * 64, 32) == [(0, 32), (32, 64)]  # ordinary data: the batches it always had
 
 
+def short_context_copy(model_dir: Path, folder: Path, positions: int) -> Path:
+    """The embedded model with a context of `positions` (config changed, weights linked): the 8,192 positions of the
+    real one would make the cut question cost a minute of CPU; the code path is the same."""
+    folder.mkdir()
+    for f in model_dir.iterdir():
+        if f.name != "config.json":
+            (folder / f.name).symlink_to(f)
+    config = json.loads((model_dir / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "max_position_embeddings": positions}))
+    return folder
+
+
 @pytest.mark.slow
 def test_a_question_longer_than_the_context_is_cut_with_a_warning_naming_it(tmp_path, model_dir):
+    model = short_context_copy(model_dir, tmp_path / "model-512", 512)
     f = tmp_path / "long.jsonl"
     rows = [{"id": "long", "question": "Why? " * 10_000, "answers": ["because"]},
             {"id": "short", "question": "What is the capital of France?", "answers": ["Paris"]}]
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = run_cli("stage=generate", f"dataset.path={f}", "dataset.fields.id=id", "dataset.name=long",
-                  "run_id=long", f"runs_dir={tmp_path}/runs", "generator.max_new_tokens=4", *SMALL, cwd=tmp_path)
+    out = run_cli("stage=generate", f"generator.model={model}", f"dataset.path={f}", "dataset.fields.id=id",
+                  "dataset.name=long", "run_id=long", f"runs_dir={tmp_path}/runs", "generator.max_new_tokens=4",
+                  *SMALL, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "1 question longer than the model's context (8192 positions, less 4 new tokens)" in out.stderr
+    assert "1 question longer than the model's context (512 positions, less 4 new tokens)" in out.stderr
     assert "ids long" in out.stderr
     manifest = json.loads((tmp_path / "runs/long/generate/manifest.json").read_text())
-    assert list(manifest["truncated_questions"]) == ["long"] and manifest["truncated_questions"]["long"] > 8192
+    assert list(manifest["truncated_questions"]) == ["long"] and manifest["truncated_questions"]["long"] > 10_000
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     prompts = {r["id"]: r["prompt"] for r in read_jsonl(tmp_path / "runs/long/generate/generations.jsonl")}
-    assert 8000 < len(tok(prompts["long"], add_special_tokens=False).input_ids) <= 8192 - 4
+    assert 480 < len(tok(prompts["long"], add_special_tokens=False).input_ids) <= 512 - 4
     assert prompts["long"].count("[...]") == 1 and "capital of France" in prompts["short"]
 
 

@@ -15,7 +15,7 @@ from pipeline.errors import PipelineError
 from pipeline.metrics import contains_reference, rouge_l, rouge_tokens
 from pipeline.models import encode_chat
 from pipeline.stats import agreement, auroc, bootstrap_ci, cohen_kappa
-from pipeline.verdict import PromptBuilder, VerdictTokens, verdict_from_logprobs
+from pipeline.verdict import PromptBuilder, VerdictTokens, judge_messages, verdict_from_logprobs
 
 from conftest import REPO, make_cfg, read_jsonl, run_cli
 

@@ -313,4 +313,5 @@ def test_plan_stage_prints_table_saves_json_and_exits_by_verdict(tmp_path):
     assert "what fits" in out.stdout and "2 x NVIDIA A100-SXM4-80GB" in out.stdout
 
     out = run_cli("stage=plan", "hardware=5xB200", cwd=tmp_path)
-    assert out.returncode == 1 and "Available options in 'hardware'" in out.stderr and "4xA100-40GB" in out.stderr
+    assert out.returncode == 2 and "Available options in 'hardware'" in out.stderr and "4xA100-40GB" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

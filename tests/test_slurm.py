@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
 
 from slurm_local import LocalSlurm, _cmdline, _environ, _fields, _is_running, is_available
 
@@ -80,44 +79,6 @@ def test_the_whole_chain_runs_and_writes_the_csvs(cluster, tmp_path, model_dir):
     logs = sorted(p.name for p in (run / "slurm").glob("*.out"))
     assert len(logs) == 4 + 2 + 1, logs
     print(f"\n4-shard chain (generate x4 -> judge x2 -> report) on 16 questions: {elapsed:.0f} s wall")
-
-
-def test_the_readme_chain_with_a_hardware_profile_runs_to_the_csvs(cluster, tmp_path, model_dir):
-    """The README's submit command, as written, except for what cannot run here: the embedded model as generator
-    and judge instead of the GPU presets, the shipped data set instead of nq_open (a Hub data set; the tests are
-    offline) and this cluster's partition. `hardware=4xA100-40GB` sizes the judge tasks; the tasks themselves must
-    not get it, since stage=judge places the judge on the allocation it is given and refuses a declared profile."""
-    readme = ["generator=smollm2-135m", "dataset=factoids", "judge=smollm2-135m", "hardware=4xA100-40GB",
-              "slurm.account=myproj", "slurm.generate_shards=8", "slurm.judge_shards=4"]
-    # SMALL without slurm.judge_gpus: the GPUs per judge task come from the plan on the hardware profile.
-    small = [o for o in SMALL if not o.startswith("slurm.judge_gpus=")]
-    out = run_cli("stage=submit", "run_id=readme", f"runs_dir={tmp_path}/runs", *readme, *small,
-                  cwd=tmp_path, env=cluster.env)
-    assert out.returncode == 0, out.stderr
-    run = tmp_path / "runs/readme"
-    submitted = json.loads((run / "slurm/submit.json").read_text())
-    jobs = submitted["jobs"]
-    states = states_of(cluster, jobs)
-    assert set(states.values()) == {"COMPLETED"}, states
-    assert len(by_job(states, jobs["generate"])) == 8 and len(by_job(states, jobs["judge"])) == 4
-    assert (run / "judge/smollm2-135m/summary.csv").is_file()
-    assert len(pd.read_csv(run / "judge/smollm2-135m/samples.csv")) == 16
-
-    # What the chain was sized on is on record, and it reached no job.
-    sizing = submitted["sizing"]
-    assert sizing["hardware"] == "4xA100-40GB" and sizing["judge_gpus_per_task"] == 1
-    assert "4xA100-40GB" in sizing["judge_gpus_from"] and "hardware=4xA100-40GB" in submitted["not_forwarded"]
-    assert "--gres=gpu:1" in submitted["commands"]["judge"]
-    for name, cmd in submitted["commands"].items():
-        assert not [a for a in cmd if a.lstrip("+~").startswith("hardware")], (name, cmd)
-    shards = sorted((run / "judge/smollm2-135m/shards").iterdir())
-    assert len(shards) == 4
-    for shard in shards:  # each judge task's own record of how it was started
-        manifest = json.loads((shard / "manifest.json").read_text())
-        assert "stage=judge" in manifest["command"] and "judge=smollm2-135m" in manifest["command"]
-        assert not [a for a in manifest["command"] if a.startswith("hardware")], manifest["command"]
-        assert manifest["slurm"]["SLURM_ARRAY_JOB_ID"] == jobs["judge"]
-        assert OmegaConf.load(shard / "config.yaml").hardware.name == "auto"
 
 
 def task_process(run_id, task_id):

@@ -78,11 +78,16 @@ def precheck(argv: list[str]) -> None:
             compose("config", overrides=argv)
     except (HydraException, OmegaConfBaseException) as e:
         cause = e.__cause__ or e.__context__
-        detail = str(cause).split("\n", 1)[0] if cause is not None and cause is not e else ""
-        first = str(e).split("\n", 1)[0].rstrip(".")
-        print(f"error: {first}{': ' + detail if detail and detail not in first else ''}. Every key, its type and "
-              "its choices are in src/pipeline/config.py; `python -m pipeline --cfg job` prints the config.",
-              file=sys.stderr)
+        text = str(e) + ("\n" + str(cause) if cause is not None and cause is not e and str(cause) not in str(e) else "")
+        noise = ("full_key", "reference_type", "object_type", "Set the environment", "Config search path",
+                 "provider=")
+        lines = [line.strip().rstrip(".") for line in text.splitlines() if line.strip() and
+                 not line.strip().startswith(noise)]
+        said = lines[0]
+        for line in lines[1:]:  # one line: "Could not find 'hardware/x': Available options in 'hardware': a, b, c"
+            said += (" " if said.endswith(":") else (": " if said.count(":") < 2 else ", ")) + line
+        print(f"error: {said}. Every key, its type and its choices are in src/pipeline/config.py; "
+              "`python -m pipeline --cfg job` prints the config.", file=sys.stderr)
         sys.exit(2)
     finally:
         from hydra.core.global_hydra import GlobalHydra

@@ -31,11 +31,11 @@ def os_error_message(e: OSError, needed_bytes: int | None = None) -> str:
     import os
     import shutil
 
-    path = e.filename or "?"
+    path = e.filename or "(a file it was writing)"
     what = os.strerror(e.errno) if e.errno else str(e)
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         free = ""
-        probe = os.path.dirname(os.path.abspath(str(path))) if path != "?" else "."
+        probe = os.path.dirname(os.path.abspath(str(e.filename))) if e.filename else ""
         while probe and not os.path.isdir(probe):
             probe = os.path.dirname(probe)
         try:

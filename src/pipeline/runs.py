@@ -196,8 +196,11 @@ class StageLock:
         if previous:
             log.info("%s: taking over the lock last held by pid %s on %s (started %s); that process has ended",
                      self.what, previous.get("pid"), previous.get("host"), previous.get("started"))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(holder_description()) + "\n").encode(), 0)
+        try:  # who holds it, for the next process to show; the lock itself needs no disk space
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(holder_description()) + "\n").encode(), 0)
+        except OSError as e:
+            log.debug("%s: could not record the lock's holder: %s", self.path, e)
         self._held[key] = [fd, 1]
         return self
 

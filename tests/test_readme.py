@@ -1,0 +1,753 @@
+"""The README is the contract: every command README.md shows is run here, read out of README.md itself.
+
+What is extracted (see `readme_commands`):
+- each line of every ```bash block, `\\` continuations joined and `#` comments dropped;
+- every inline command of the prose: a code span that starts with one of COMMAND_WORDS and has arguments
+  (`python -m pipeline stage=generate`, `make demo`, `sbatch ...`);
+- the forms of `stage=report` the Reports section lists inline (`run_id=<id>`, `'report.runs=[a,b]'`, ...).
+
+Every extracted command must have an entry in COMMANDS below (which says how it runs and which test runs it), and
+every entry must still be in the README: a command added to or changed in the README without a test here fails
+`test_every_readme_command_has_a_test`. Commands run literally where they can run on a CPU-only machine without the
+Hub, else with the substitutions of SUBSTITUTIONS (token by token), plus the few settings that keep them small and
+out of the checkout (SMALL, SLURM_SMALL, LAUNCHER_SMALL; `runs_dir=<tmp>`, `dataset.limit=N`). Nothing else changes.
+
+SLURM commands run on a real single-node SLURM (tests/slurm_local.py, fake GPUs) and are skipped, with the reason,
+where that cannot start (not root, no apt-get). `make test` is not run from inside the test suite (CI runs it);
+the test checks that CI's entry point calls it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import read_jsonl
+from slurm_local import LocalSlurm, is_available
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+DATA = Path(__file__).resolve().parent / "data"
+NQ_OPEN_SAMPLE = DATA / "nq_open_sample.jsonl"  # NQ-open's own row format: question (str), answer (list of str)
+# Extra Hydra config folder with embedded-model variants under their own names, for the README's sweeps.
+SEARCHPATH = f"hydra.searchpath=[file://{DATA / 'conf'}]"
+VENV_BIN = Path(sys.executable).parent  # `python` in the README's commands is this one (as after `source activate`)
+
+# ------------------------------------------------------------------------------------------------ substitutions
+# README token -> what runs instead. Applied token by token to every command not in LITERAL. "{name}" stands for
+# a file or run the test provides (placeholders below).
+SUBSTITUTIONS: dict[str, list[str]] = {
+    # Gated Hub / GPU presets -> the embedded SmolLM2-135M on CPU, in the preset's own precision, under a name of
+    # its own so that each judge still writes its own runs/<id>/judge/<judge>/ folder.
+    "generator=llama31-8b": ["generator=smollm2-135m"],
+    "judge=llama70b-8bit": ["judge=smollm2-135m", "judge.precision=int8", "judge.name=smollm2-135m-int8"],
+    "judge=llama70b-4bit": ["judge=smollm2-135m", "judge.precision=nf4", "judge.compute_dtype=bf16",
+                            "judge.name=smollm2-135m-nf4"],
+    "judge=llama8b": ["judge=smollm2-135m", "judge.precision=bf16", "judge.name=smollm2-135m-bf16"],
+    # Sweeps over two presets -> two distinct embedded presets (tests/data/conf), so two jobs write two runs/folders.
+    "generator=smollm2-135m,llama32-1b": [SEARCHPATH, "generator=smollm2-135m,smollm2-135m-bf16"],
+    "run_id=sweep-llama32-1b": ["run_id=sweep-smollm2-135m-bf16"],
+    "judge=llama8b,llama70b-8bit": [SEARCHPATH, "judge=smollm2-135m-bf16,smollm2-135m-int8"],
+    # A Hub data set -> the same preset over a small local file in its own format.
+    "dataset=nq_open": ["dataset=nq_open", "dataset.path={nq_open}"],
+    # Placeholder files -> small files in the format the README describes, written by the test.
+    "dataset.path=/data/qa.jsonl": ["dataset.path={qa}"],
+    "predictions=answers.jsonl": ["predictions={answers}"],
+    # Placeholder run ids of the Reports section -> runs made by the tests before.
+    "run_id=<id>": ["run_id={one_run}"],
+    "report.runs=[a,b]": ["report.runs=[{run_a},{run_b}]"],
+    # SLURM: the local cluster's partition; it has no accounts. Job logs of a by-hand sbatch go next to the test's runs.
+    "slurm.partition=gpu": ["slurm.partition=debug"],
+    "slurm.account=myproj": [],
+    "hydra.launcher.partition=gpu": ["hydra.launcher.partition=debug"],
+    "sbatch": ["sbatch", "--output={logs}/%x-%A_%a.out"],
+}
+
+# Commands that run exactly as written (a cwd or environment of the test's choosing, nothing added).
+LITERAL = {
+    "make demo",
+    "source .venv/bin/activate",
+    "python -m pipeline stage=plan judge=llama70b-8bit hardware=4xA100-40GB",
+    "python -m pipeline stage=plan judge=llama70b hardware=auto",
+    "python -m pipeline stage=doctor doctor.smoke=true",
+    "slurm/submit.sh --dry-run judge=llama70b-8bit hardware=4xA100-40GB slurm.partition=gpu",
+    "python -m pipeline --cfg job",
+}
+
+# What is added to keep a run small and out of the checkout (appended after the README's own arguments).
+SMALL = ["threads=1", "progress=false"]
+SLURM_SMALL = ["threads=1", "slurm.cpus_per_task=1", "slurm.mem=2G", "slurm.report_cpus=1", "slurm.report_mem=1G"]
+LAUNCHER_SMALL = ["threads=1", "progress=false", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2"]
+
+# Every command the README shows -> (how it is run here, the test that runs it).
+COMMANDS: dict[str, tuple[str, str]] = {
+    # Quickstart
+    "make demo": ("literally, with RUN_ID set (the run is removed afterwards)", "test_make_demo"),
+    "make test": ("not from inside the suite (CI runs it): .ci/run must call it", "test_ci_runs_make_test"),
+    "make setup": ("by make demo, which runs it first (already set up: returns at once)", "test_make_demo"),
+    "make bench": ("not run (2.5 minutes): the target and its module are checked", "test_make_bench_target"),
+    "pip install -e '.[slurm]'": ("not run (it reinstalls the checkout): the extra must be declared and satisfied",
+                                  "test_slurm_extra_is_installed"),
+    # overview (inline)
+    "python -m pipeline stage=generate": ("+ dataset.limit=4", "test_overview_generate_then_judge_the_latest_run"),
+    "python -m pipeline stage=judge judge=llama70b-8bit": ("embedded judge in int8, on runs/latest",
+                                                           "test_overview_generate_then_judge_the_latest_run"),
+    # On a GPU cluster with real models
+    "source .venv/bin/activate": ("literally, in bash", "test_source_venv_activate"),
+    "python -m pipeline stage=generate generator=llama31-8b dataset=nq_open run_id=nq-8b":
+        ("embedded generator; nq_open over tests/data/nq_open_sample.jsonl", "test_generate_then_judge_int8"),
+    "python -m pipeline stage=judge run_id=nq-8b judge=llama70b-8bit":
+        ("embedded judge, judge.precision=int8", "test_generate_then_judge_int8"),
+    "python -m pipeline stage=judge run_id=nq-8b judge=llama70b-4bit":
+        ("embedded judge, judge.precision=nf4, compute bf16", "test_rescore_with_other_judges"),
+    "python -m pipeline stage=judge run_id=nq-8b judge=llama8b":
+        ("embedded judge, judge.precision=bf16", "test_rescore_with_other_judges"),
+    # Placement you can check before you queue
+    "python -m pipeline stage=plan judge=llama70b-8bit hardware=4xA100-40GB": ("literally", "test_plan_declared_node"),
+    "python -m pipeline stage=plan judge=llama70b hardware=auto": ("literally (no GPU here: does not fit, exit 2)",
+                                                                   "test_plan_this_machine"),
+    "python -m pipeline stage=doctor doctor.smoke=true": ("literally", "test_doctor_smoke"),
+    # On SLURM
+    "python -m pipeline stage=submit generator=llama31-8b dataset=nq_open judge=llama70b-8bit hardware=4xA100-40GB "
+    "slurm.partition=gpu slurm.account=myproj slurm.generate_shards=8 slurm.judge_shards=4":
+        ("local SLURM: embedded models, nq_open sample, partition debug, no account", "test_submit_the_chain"),
+    "slurm/submit.sh --dry-run judge=llama70b-8bit hardware=4xA100-40GB slurm.partition=gpu":
+        ("literally", "test_submit_dry_run"),
+    "sbatch --array=0-3 --gres=gpu:1 slurm/generate.sbatch run_id=myrun":
+        ("local SLURM, fake GPUs; + --output, dataset.limit=8", "test_sbatch_generate_array_by_hand"),
+    # Hydra multirun on SLURM
+    "python -m pipeline -m stage=generate generator=smollm2-135m,llama32-1b 'run_id=sweep-${generator.name}' "
+    "hydra/launcher=slurm hydra.launcher.partition=gpu":
+        ("local SLURM; llama32-1b -> an embedded bf16 variant", "test_hydra_multirun_sweeps"),
+    "python -m pipeline -m stage=judge run_id=sweep-llama32-1b judge=llama8b,llama70b-8bit hydra/launcher=slurm "
+    "hydra.launcher.partition=gpu hydra.launcher.gpus_per_node=4":
+        ("local SLURM; two embedded judge variants (bf16, int8)", "test_hydra_multirun_sweeps"),
+    # Presets
+    "python -m pipeline --cfg job": ("literally", "test_cfg_job"),
+    # Your own data
+    "python -m pipeline stage=generate dataset.name=mine dataset.path=/data/qa.jsonl dataset.fields.id=qid "
+    "dataset.fields.question=text 'dataset.fields.answers=[gold,aliases]'":
+        ("a small qa.jsonl with those fields", "test_own_data"),
+    # Rescore answers made anywhere
+    "python -m pipeline stage=import predictions=answers.jsonl run_id=vllm-nq import_fields.prediction=output "
+    "import_fields.label=human": ("a small answers.jsonl with those columns", "test_import_then_judge"),
+    "python -m pipeline stage=judge run_id=vllm-nq judge=llama70b-8bit": ("embedded judge, int8",
+                                                                          "test_import_then_judge"),
+    # Reports (inline forms)
+    "python -m pipeline stage=report 'run_id=<id>'": ("over run nq-8b", "test_report_one_run"),
+    "python -m pipeline stage=report 'report.runs=[a,b]'": ("over nq-8b and vllm-nq", "test_report_several_runs"),
+    "python -m pipeline stage=report 'report.runs=[all]'": ("over every run of the test", "test_report_all_runs"),
+}
+
+
+# ------------------------------------------------------------------------------------------------ extraction
+COMMAND_WORDS = ("python", "make", "sbatch", "pip", "slurm/submit.sh")
+
+
+def bash_blocks(text: str) -> list[str]:
+    """The commands of every ```bash block: `\\` continuations joined, comments and blank lines dropped."""
+    commands = []
+    for block in re.findall(r"^```bash\n(.*?)^```", text, flags=re.M | re.S):
+        for line in re.sub(r"\\\n", " ", block).splitlines():
+            tokens = shlex.split(line, comments=True)
+            if tokens:
+                commands.append(shlex.join(tokens))
+    return commands
+
+
+def inline_commands(text: str) -> list[str]:
+    """Inline spans of the prose that are commands: they start with one of COMMAND_WORDS and have arguments. A bare
+    `python -m pipeline` names the entry point; `scancel` or `scontrol requeue` name what a stage does itself."""
+    commands = []
+    for span in re.findall(r"`([^`\n]+)`", text):
+        try:
+            tokens = shlex.split(span)
+        except ValueError:  # prose with an apostrophe, not a command
+            continue
+        if tokens and tokens[0] in COMMAND_WORDS and len(tokens) > 1 and tokens != ["python", "-m", "pipeline"]:
+            commands.append(shlex.join(tokens))
+    return commands
+
+
+def report_forms(text: str) -> list[str]:
+    """The ways to run `stage=report` alone that the Reports section lists inline, as whole commands."""
+    section = text.split("\n## Reports\n", 1)[1].split("\n## ", 1)[0]
+    paragraph = section.strip().split("\n\n", 1)[0]
+    assert "`stage=report`" in paragraph, "the Reports section no longer starts with how to run stage=report"
+    spans = [s for s in re.findall(r"`([^`]+)`", paragraph) if "=" in s and not s.startswith("stage=")]
+    return [shlex.join(["python", "-m", "pipeline", "stage=report", *shlex.split(s)]) for s in spans]
+
+
+def readme_commands(text: str | None = None) -> list[str]:
+    text = README.read_text() if text is None else text
+    seen = {}
+    for command in [*bash_blocks(text), *inline_commands(text), *report_forms(text)]:
+        seen.setdefault(command, None)
+    return list(seen)
+
+
+def readme_command(command: str, **placeholders) -> list[str]:
+    """The argv that runs `command` here: taken from the README, substituted unless LITERAL."""
+    assert command in readme_commands(), f"README.md no longer shows `{command}`; update COMMANDS in {__file__}"
+    argv = shlex.split(command)
+    if command in LITERAL:
+        return argv
+    out = []
+    for token in argv:
+        out += [part.format(**placeholders) for part in SUBSTITUTIONS[token]] if token in SUBSTITUTIONS else [token]
+    return out
+
+
+def venv_env(base: dict | None = None, **extra) -> dict:
+    """The environment of an activated virtualenv: its bin/ first on PATH, so `python` is the tests' interpreter."""
+    env = dict(os.environ if base is None else base)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["VIRTUAL_ENV"] = str(VENV_BIN.parent)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def sh(argv: list[str], cwd: Path, env: dict | None = None, timeout: int = 600, ok=(0,)) -> subprocess.CompletedProcess:
+    started, cpu = time.monotonic(), children_cpu()
+    out = subprocess.run(argv, cwd=cwd, env=venv_env() if env is None else env, capture_output=True, text=True,
+                         timeout=timeout, stdin=subprocess.DEVNULL)
+    print(f"[{time.monotonic() - started:5.1f} s wall, {children_cpu() - cpu:5.1f} s CPU] {shlex.join(argv)}")
+    assert out.returncode in ok, (f"{shlex.join(argv)} exited {out.returncode}\n--- stderr ---\n{out.stderr[-4000:]}"
+                                  f"\n--- stdout ---\n{out.stdout[-2000:]}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ coverage
+
+def test_every_readme_command_has_a_test():
+    found = readme_commands()
+    assert len(found) >= 20, f"the extractor found only {len(found)} commands in README.md: {found}"
+    untested = [c for c in found if c not in COMMANDS]
+    assert not untested, ("README.md shows commands no test runs; add them to COMMANDS (and a test) in "
+                          f"tests/test_readme.py: {untested}")
+    stale = [c for c in COMMANDS if c not in found]
+    assert not stale, f"COMMANDS lists commands README.md no longer shows: {stale}"
+    for command, (_, test) in COMMANDS.items():
+        assert callable(globals().get(test)), f"{command!r} names a test that does not exist: {test}"
+    for literal in LITERAL:
+        assert literal in COMMANDS, f"LITERAL names a command that is not in COMMANDS: {literal}"
+    substituted = {t for c in found if c not in LITERAL for t in shlex.split(c)}
+    unused = [t for t in SUBSTITUTIONS if t not in substituted]
+    assert not unused, f"SUBSTITUTIONS replaces tokens no README command has any more: {unused}"
+
+
+def test_the_extractor_reads_blocks_inline_commands_and_report_forms():
+    text = ("Run `python -m pipeline stage=plan x=1` or see `python -m pipeline`, `make demo`, `scancel`.\n\n```bash\n"
+            "source .venv/bin/activate\n# a comment\npython -m pipeline -m a=1,2 'b=${c.d}' \\\n    e=f   # trailing\n"
+            "```\n\n## Reports\n\n`stage=report` alone: (`run_id=<id>`) or (`'report.runs=[all]'`), `runs/x.csv`.\n"
+            "\n## Next\n`python -m pipeline stage=plan x=1`\n")
+    assert readme_commands(text) == [
+        "source .venv/bin/activate",
+        "python -m pipeline -m a=1,2 'b=${c.d}' e=f",
+        "python -m pipeline stage=plan x=1",
+        "make demo",
+        "python -m pipeline stage=report 'run_id=<id>'",
+        "python -m pipeline stage=report 'report.runs=[all]'",
+    ]
+
+
+def test_ci_runs_make_test():
+    ci = (REPO / ".ci/run").read_text().splitlines()
+    assert "make test" in [line.strip() for line in ci if not line.lstrip().startswith("#")], ci
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^test: setup\n\t\$\(PY\) -m pytest", makefile, flags=re.M), "make test no longer runs pytest"
+
+
+def test_make_bench_target():
+    import importlib.util
+
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^bench: setup\n\t\$\(PY\) -m pipeline\.bench$", makefile, flags=re.M), "make bench changed"
+    assert importlib.util.find_spec("pipeline.bench") is not None
+
+
+def test_slurm_extra_is_installed():
+    """`pip install -e ".[slurm]"` is what makes hydra/launcher=slurm work: the extra exists and is satisfied here."""
+    from importlib.metadata import version
+
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras.get("slurm"), "pyproject.toml has no [slurm] extra"
+    for spec in extras["slurm"]:
+        req = Requirement(spec)
+        assert req.specifier.contains(version(req.name), prereleases=True), (spec, version(req.name))
+    assert (REPO / "conf/hydra/launcher/slurm.yaml").is_file()
+
+
+def test_cfg_job(tmp_path):
+    import yaml
+
+    out = sh(readme_command("python -m pipeline --cfg job"), cwd=tmp_path)
+    cfg = yaml.safe_load(out.stdout)
+    assert cfg["stage"] == "generate" and cfg["generator"]["name"] == "smollm2-135m"
+    assert cfg["judge"]["name"] == "smollm2-135m" and cfg["dataset"]["name"] == "factoids"
+    assert {"slurm", "report", "shard", "hardware", "judge_prompt"} <= set(cfg)
+    assert not list(tmp_path.iterdir())  # printing the config writes nothing
+
+
+def test_source_venv_activate():
+    if not (REPO / ".venv/bin/activate").is_file():
+        pytest.skip("no .venv in the checkout (make setup creates it)")
+    line = readme_command("source .venv/bin/activate")
+    out = sh(["bash", "-c", f"{shlex.join(line)} && python -c 'import pipeline, sys; print(sys.prefix)'"], cwd=REPO,
+             env={k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"})
+    assert Path(out.stdout.strip()).resolve() == (REPO / ".venv").resolve()
+
+
+# ------------------------------------------------------------------------------------------------ make demo
+# First of the slow tests, while nothing else runs: it uses both cores (torch's default threads).
+
+@pytest.mark.slow
+def test_make_demo():
+    """`make demo`, literally (set-up is already done, so it returns at once); RUN_ID names the run it makes."""
+    run_id = f"readme-demo-{os.getpid()}"
+    runs = REPO / "runs"
+    latest = runs / "latest"
+    before = os.readlink(latest) if latest.is_symlink() else None
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS")}
+    try:
+        out = sh(readme_command("make demo"), cwd=REPO, env={**env, "RUN_ID": run_id, "PYTHONUNBUFFERED": "1"})
+        folder = runs / run_id / "judge/smollm2-135m"
+        assert f"Results: runs/{run_id}/judge/smollm2-135m/" in out.stdout
+        for name in ("samples.csv", "summary.csv", "accuracy.png", "nll.png"):
+            assert (folder / name).is_file(), name
+        assert len(pd.read_csv(folder / "samples.csv")) == 252  # the whole embedded data set
+        assert "accuracy (95% CI)" in out.stdout and "exact_match" in out.stdout and "kappa" in out.stdout
+        # the README's figures for the demo: "exact match credits 1.6% of the answers, while 51% contain a reference"
+        claim = re.search(r"exact match credits ([\d.]+)% of the answers, while ([\d.]+)% contain", README.read_text())
+        assert claim, "the README no longer states the demo's exact-match and contains figures"
+        summary = pd.read_csv(folder / "summary.csv").iloc[0]
+        assert summary["acc_exact_match"] == pytest.approx(float(claim.group(1)) / 100, abs=0.03)
+        assert summary["acc_contains"] == pytest.approx(float(claim.group(2)) / 100, abs=0.03)
+    finally:
+        shutil.rmtree(runs / run_id, ignore_errors=True)
+        if latest.is_symlink() and os.readlink(latest) == run_id:  # put runs/latest back as it was
+            latest.unlink()
+            if before is not None:
+                latest.symlink_to(before)
+
+
+# ------------------------------------------------------------------------------------------------ started early
+# SLURM commands run on a private single-node cluster (tests/slurm_local.py) with 8 fake GPUs. They are submitted
+# here, before the CPU commands, and checked at the end of the file: their jobs use the second core meanwhile, as do
+# the literal commands of the `background` fixture.
+
+@pytest.fixture(scope="module")
+def cluster():
+    ok, why = is_available()
+    if not ok:
+        pytest.skip(why)
+    root = Path(tempfile.mkdtemp(prefix="sr", dir="/tmp"))  # short: munge's socket path must stay under ~107 bytes
+    slurm = LocalSlurm(root, gpus=8, cpus=8, memory_mb=16000).start()
+    yield slurm
+    slurm.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def by_job(states: dict, job: str) -> dict:
+    return {k: v for k, v in states.items() if k == job or k.startswith(f"{job}_")}
+
+
+@pytest.fixture(scope="module")
+def chain(cluster, tmp_path_factory):
+    """The README's stage=submit: returns once the three jobs are queued."""
+    work = tmp_path_factory.mktemp("submit")
+    command = ("python -m pipeline stage=submit generator=llama31-8b dataset=nq_open judge=llama70b-8bit "
+               "hardware=4xA100-40GB slurm.partition=gpu slurm.account=myproj slurm.generate_shards=8 "
+               "slurm.judge_shards=4")
+    argv = readme_command(command, **places(work))
+    out = sh([*argv, f"runs_dir={work / 'runs'}", *SLURM_SMALL], cwd=work, env=venv_env(cluster.env))
+    found = re.search(r"^submitted run (\S+):", out.stdout, flags=re.M)
+    assert found, out.stdout
+    run = work / "runs" / found.group(1)
+    return {"out": out, "run": run, "jobs": json.loads((run / "slurm/submit.json").read_text())["jobs"],
+            "submitted": json.loads((run / "slurm/submit.json").read_text())}
+
+
+@pytest.fixture(scope="module")
+def by_hand(cluster, tmp_path_factory):
+    """The README's by-hand sbatch of the generate script, from the checkout (the script path is relative)."""
+    work = tmp_path_factory.mktemp("byhand")
+    (work / "logs").mkdir()
+    argv = readme_command("sbatch --array=0-3 --gres=gpu:1 slurm/generate.sbatch run_id=myrun", logs=work / "logs")
+    out = sh([*argv, f"runs_dir={work / 'runs'}", "dataset.limit=8", "threads=1"], cwd=REPO,
+             env=venv_env(cluster.env))
+    found = re.search(r"Submitted batch job (\d+)", out.stdout)
+    assert found, out.stdout
+    return {"out": out, "job": found.group(1), "runs": work / "runs"}
+
+
+@pytest.fixture(scope="module")
+def sweeps(cluster, tmp_path_factory):
+    """The README's two Hydra multirun sweeps on SLURM, one after the other, in a background thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    work = tmp_path_factory.mktemp("sweeps")
+    runs, env = work / "runs", venv_env(cluster.env)
+    generate = ("python -m pipeline -m stage=generate generator=smollm2-135m,llama32-1b "
+                "'run_id=sweep-${generator.name}' hydra/launcher=slurm hydra.launcher.partition=gpu")
+    judge = ("python -m pipeline -m stage=judge run_id=sweep-llama32-1b judge=llama8b,llama70b-8bit "
+             "hydra/launcher=slurm hydra.launcher.partition=gpu hydra.launcher.gpus_per_node=4")
+    commands = [[*readme_command(generate), f"runs_dir={runs}", "dataset.limit=4", *LAUNCHER_SMALL,
+                 f"hydra.sweep.dir={work}/multirun-generate"],
+                [*readme_command(judge), f"runs_dir={runs}", *LAUNCHER_SMALL, f"hydra.sweep.dir={work}/multirun-judge"]]
+
+    def both():
+        return [sh(argv, cwd=work, env=env, timeout=900) for argv in commands]
+
+    pool = ThreadPoolExecutor(max_workers=1)
+    done = pool.submit(both)
+    yield {"runs": runs, "done": done}
+    try:
+        done.result(timeout=900)  # let Hydra finish before the cluster stops
+    except Exception:
+        pass
+    pool.shutdown(wait=True)
+
+
+@pytest.fixture(scope="module")
+def background(tmp_path_factory):
+    """Literal commands that need nothing else, run one after the other in a background thread from the start of
+    the slow tests, each from an empty folder: they keep the second core busy. Each test reads its result."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = tmp_path_factory.mktemp("literal")
+    pool = ThreadPoolExecutor(max_workers=1)
+
+    def start(name, command, ok=(0,), env=None, script=False):
+        cwd = root / name.replace(" ", "-")
+        cwd.mkdir()
+        argv = readme_command(command)
+        if script:  # a script path relative to the checkout, run from the empty folder
+            argv = [str(REPO / argv[0]), *argv[1:]]
+        return pool.submit(lambda: (sh(argv, cwd=cwd, env=env, ok=ok), cwd))
+
+    futures = {
+        "plan declared": start("plan declared",
+                               "python -m pipeline stage=plan judge=llama70b-8bit hardware=4xA100-40GB"),
+        "plan here": start("plan here", "python -m pipeline stage=plan judge=llama70b hardware=auto", ok=(0, 2)),
+        "doctor": start("doctor", "python -m pipeline stage=doctor doctor.smoke=true"),
+        "dry run": start("dry run", "slurm/submit.sh --dry-run judge=llama70b-8bit hardware=4xA100-40GB "
+                         "slurm.partition=gpu", env=venv_env(PIPELINE_PYTHON=sys.executable), script=True),
+    }
+    yield futures
+    pool.shutdown(wait=True)
+
+
+@pytest.mark.slow
+def test_slurm_commands_are_accepted(background, chain, by_hand, sweeps):
+    # `background` comes first so that its commands start even where the SLURM fixtures skip this test.
+    out = chain["out"].stdout  # what the README shows stage=submit printing
+    assert re.search(r"generate\s+array job \d+ \(8 tasks\)", out), out
+    assert re.search(r"judge\s+array job \d+ \(4 tasks, after generate succeeds\)", out), out
+    assert re.search(r"report\s+job \d+ \(after judge succeeds\)", out) and "squeue -j" in out, out
+    assert chain["run"].name.endswith("-smollm2-135m-nq_open")  # default id: <time>-<generator>-<dataset>
+    judge_cmd = chain["submitted"]["commands"]["judge"]
+    assert "--gres=gpu:1" in judge_cmd and "--partition=debug" in judge_cmd  # 1 GPU: the 135M int8 judge's plan
+    assert by_hand["job"]
+    assert not sweeps["done"].done() or sweeps["done"].exception() is None
+
+
+# ------------------------------------------------------------------------------------------------ CPU runs
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """One folder for the module's runs and input files; commands run from it, runs go to its runs/."""
+    root = tmp_path_factory.mktemp("readme")
+    (root / "runs").mkdir()
+    # "Your own data": the fields the README maps (dataset.fields.id=qid, question=text, answers=[gold,aliases]).
+    rows = [{"qid": "q1", "text": "What is the capital of Italy?", "gold": "Rome", "aliases": ["Roma"]},
+            {"qid": "q2", "text": "What color is the sky on a clear day?", "gold": "blue", "aliases": []},
+            {"qid": "q3", "text": "How many days are in a week?", "gold": "7", "aliases": ["seven"]}]
+    (root / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # "Rescore answers made anywhere": id, question, references, the answer in `output`, a human label in `human`.
+    answers = [{"id": "a1", "question": "What is the capital of Spain?", "references": ["Madrid"],
+                "output": "Madrid", "human": "correct"},
+               {"id": "a2", "question": "Who wrote Hamlet?", "references": ["Shakespeare", "William Shakespeare"],
+                "output": "Charles Dickens", "human": "incorrect"},
+               {"id": "a3", "question": "What is 2 + 2?", "references": ["4", "four"], "output": "4", "human": "yes"},
+               {"id": "a4", "question": "What is the largest ocean?", "references": ["Pacific", "Pacific Ocean"],
+                "output": "the Atlantic", "human": ""}]
+    (root / "answers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in answers))
+    return root
+
+
+def places(work: Path, **more) -> dict:
+    return {"nq_open": NQ_OPEN_SAMPLE, "qa": work / "qa.jsonl", "answers": work / "answers.jsonl", **more}
+
+
+def pipeline(work: Path, command: str, *extra: str, ok=(0,), **placeholders) -> subprocess.CompletedProcess:
+    """Run a README `python -m pipeline` command from `work`, its runs under work/runs."""
+    argv = readme_command(command, **places(work, **placeholders))
+    return sh([*argv, f"runs_dir={work / 'runs'}", *SMALL, *extra], cwd=work, ok=ok)
+
+
+def check_judged(run: Path, judge: str, n: int, precision: str | None = None, shards: int = 0,
+                 figures=("accuracy.png", "nll.png")) -> pd.DataFrame:
+    """The files a finished judge promises (README, "What a run leaves behind"); with shards, a plan per shard.
+    Imported answers have no NLL figure; answers with human labels get the reliability figure."""
+    folder = run / "judge" / judge
+    for name in ("samples.csv", "summary.csv", "verdicts.jsonl", "manifest.json", *figures):
+        assert (folder / name).is_file(), f"{folder} has no {name}: {sorted(p.name for p in folder.iterdir())}"
+    plans = [folder / "plan.json"] if not shards else \
+        [folder / f"shards/{i:05d}-of-{shards:05d}/plan.json" for i in range(shards)]
+    assert all(p.is_file() for p in plans), plans
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["records"] == n
+    if precision:
+        assert manifest["judge"]["precision"].startswith(precision), manifest["judge"]["precision"]
+    samples = pd.read_csv(folder / "samples.csv")
+    assert len(samples) == n and samples["id"].is_unique and set(samples["judge"]) == {judge}
+    assert set(samples["judge_verdict"]) <= {"correct", "incorrect", "invalid"}
+    summary = pd.read_csv(folder / "summary.csv")
+    assert len(summary) == 1 and summary.loc[0, "judge"] == judge and summary.loc[0, "n"] == n
+    return samples
+
+
+@pytest.fixture(scope="module")
+def nq_run(work):
+    """The first two commands of "On a GPU cluster with real models": generate, then the int8 judge."""
+    pipeline(work, "python -m pipeline stage=generate generator=llama31-8b dataset=nq_open run_id=nq-8b")
+    pipeline(work, "python -m pipeline stage=judge run_id=nq-8b judge=llama70b-8bit")
+    return work / "runs/nq-8b"
+
+
+NQ_ROWS = [json.loads(line) for line in NQ_OPEN_SAMPLE.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_generate_then_judge_int8(nq_run):
+    gen = json.loads((nq_run / "generate/manifest.json").read_text())
+    assert gen["status"] == "complete" and gen["records"] == len(NQ_ROWS)
+    assert gen["dataset"]["name"] == "nq_open" and gen["dataset"]["source"] == str(NQ_OPEN_SAMPLE)
+    records = read_jsonl(nq_run / "generate/generations.jsonl")
+    assert sorted((r["question"], r["references"]) for r in records) == \
+        sorted((r["question"], r["answer"]) for r in NQ_ROWS)  # NQ-open's fields, mapped by the preset
+    assert all(r["prediction"] and r["token_logprobs"] for r in records)
+    check_judged(nq_run, "smollm2-135m-int8", len(NQ_ROWS), precision="int8")
+
+
+@pytest.mark.slow
+def test_rescore_with_other_judges(nq_run):
+    before = (nq_run / "generate/generations.jsonl").read_bytes()
+    pipeline(nq_run.parents[1], "python -m pipeline stage=judge run_id=nq-8b judge=llama70b-4bit")
+    pipeline(nq_run.parents[1], "python -m pipeline stage=judge run_id=nq-8b judge=llama8b")
+    check_judged(nq_run, "smollm2-135m-nf4", len(NQ_ROWS), precision="nf4")
+    check_judged(nq_run, "smollm2-135m-bf16", len(NQ_ROWS), precision="bf")
+    assert (nq_run / "generate/generations.jsonl").read_bytes() == before  # judging never regenerates
+    assert {p.name for p in (nq_run / "judge").iterdir()} >= {"smollm2-135m-int8", "smollm2-135m-nf4",
+                                                              "smollm2-135m-bf16"}
+
+
+@pytest.mark.slow
+def test_overview_generate_then_judge_the_latest_run(work):
+    out = pipeline(work, "python -m pipeline stage=generate", "dataset.limit=4")
+    run = (work / "runs/latest").resolve()
+    assert run.name in out.stdout + out.stderr
+    assert json.loads((run / "generate/manifest.json").read_text())["records"] == 4
+    pipeline(work, "python -m pipeline stage=judge judge=llama70b-8bit")  # no run_id: the newest run
+    check_judged(run, "smollm2-135m-int8", 4, precision="int8")
+
+
+@pytest.mark.slow
+def test_own_data(work):
+    command = ("python -m pipeline stage=generate dataset.name=mine dataset.path=/data/qa.jsonl dataset.fields.id=qid "
+               "dataset.fields.question=text 'dataset.fields.answers=[gold,aliases]'")
+    pipeline(work, command)
+    run = (work / "runs/latest").resolve()
+    assert run.name.endswith("-mine")  # default id: <time>-<generator>-<dataset>
+    records = {r["id"]: r for r in read_jsonl(run / "generate/generations.jsonl")}
+    assert set(records) == {"q1", "q2", "q3"}
+    assert records["q1"]["references"] == ["Rome", "Roma"] and records["q2"]["references"] == ["blue"]
+    assert records["q3"]["question"] == "How many days are in a week?"
+
+
+@pytest.fixture(scope="module")
+def imported_run(work):
+    pipeline(work, "python -m pipeline stage=import predictions=answers.jsonl run_id=vllm-nq "
+                   "import_fields.prediction=output import_fields.label=human")
+    pipeline(work, "python -m pipeline stage=judge run_id=vllm-nq judge=llama70b-8bit")
+    return work / "runs/vllm-nq"
+
+
+@pytest.mark.slow
+def test_import_then_judge(imported_run):
+    records = {r["id"]: r for r in read_jsonl(imported_run / "generate/generations.jsonl")}
+    assert records["a2"]["prediction"] == "Charles Dickens" and records["a1"]["human_label"] is True
+    assert records["a2"]["human_label"] is False and records["a4"]["human_label"] is None
+    assert records["a1"]["token_logprobs"] is None
+    samples = check_judged(imported_run, "smollm2-135m-int8", 4, precision="int8",
+                           figures=("accuracy.png", "reliability.png")).set_index("id")
+    assert samples.loc["a1", "human_label"] == 1 and samples.loc["a2", "human_label"] == 0
+    assert pd.isna(samples.loc["a4", "human_label"])
+    summary = pd.read_csv(imported_run / "judge/smollm2-135m-int8/summary.csv")
+    assert summary.loc[0, "n_human"] == 3
+
+
+@pytest.mark.slow
+def test_report_one_run(work, nq_run):
+    judges = sorted(p.name for p in (nq_run / "judge").iterdir())
+    stamps = {j: (nq_run / "judge" / j / "summary.csv").stat().st_mtime_ns for j in judges}
+    out = pipeline(work, "python -m pipeline stage=report 'run_id=<id>'", one_run="nq-8b")
+    for judge in judges:  # every finished judge of the run is reported again from its stored records
+        assert (nq_run / "judge" / judge / "summary.csv").stat().st_mtime_ns > stamps[judge]
+        check_judged(nq_run, judge, len(NQ_ROWS))
+        assert f"nq-8b / {judge}" in out.stdout
+    assert not (work / "runs/leaderboard.csv").exists()  # a leaderboard only over several runs
+
+
+@pytest.mark.slow
+def test_report_several_runs(work, nq_run, imported_run):
+    board_path = work / "runs/leaderboard.csv"
+    board_path.unlink(missing_ok=True)
+    out = pipeline(work, "python -m pipeline stage=report 'report.runs=[a,b]'", run_a="nq-8b", run_b="vllm-nq")
+    board = pd.read_csv(board_path)
+    judges = {r: {p.name for p in (work / "runs" / r / "judge").iterdir()} for r in ("nq-8b", "vllm-nq")}
+    assert sorted(zip(board["run_id"], board["judge"])) == sorted((r, j) for r, js in judges.items() for j in js)
+    assert board.groupby("run_id")["dataset"].nunique().max() == 1 and board["dataset"].nunique() == 2
+    assert "different data sets" in out.stdout  # runs over other data sets are grouped apart, and it says so
+
+
+@pytest.mark.slow
+def test_report_all_runs(work, nq_run, imported_run):
+    board_path = work / "runs/leaderboard.csv"
+    board_path.unlink(missing_ok=True)
+    pipeline(work, "python -m pipeline stage=report 'report.runs=[all]'")
+    board = pd.read_csv(board_path)
+    judged = sorted((run.name, j.name) for run in (work / "runs").iterdir() if run.is_dir() and not run.is_symlink()
+                    and (run / "judge").is_dir() for j in (run / "judge").iterdir())
+    assert sorted(zip(board["run_id"], board["judge"])) == judged and {"nq-8b", "vllm-nq"} <= set(board["run_id"])
+
+
+@pytest.mark.slow
+def test_plan_declared_node(background):
+    out, tmp_path = background["plan declared"].result(timeout=900)
+    assert "placement plan: llama70b-8bit" in out.stdout and "verdict: fits" in out.stdout
+    assert all(f"cuda:{i} NVIDIA A100-SXM4-40GB" in out.stdout for i in range(4))
+    assert re.search(r"int8\s+fits here\s+3 x NVIDIA A100-SXM4-40GB", out.stdout)
+    plan = json.loads((tmp_path / "runs/plans/llama70b-8bit--4xA100-40GB.json").read_text())
+    assert plan["fits"] is True and plan["precision"].startswith("int8")
+
+
+@pytest.mark.slow
+def test_plan_this_machine(background):
+    import torch
+
+    out, tmp_path = background["plan here"].result(timeout=900)
+    plan = json.loads((tmp_path / "runs/plans/llama70b--auto.json").read_text())
+    assert plan["fits"] is (out.returncode == 0)  # exit status 2 exactly when the judge does not fit here
+    assert "placement plan: llama70b" in out.stdout and "what fits" in out.stdout
+    if not torch.cuda.is_available():
+        assert "verdict: DOES NOT FIT" in out.stdout and "needs GPUs" in out.stdout and out.returncode == 2
+
+
+@pytest.mark.slow
+def test_doctor_smoke(background):
+    out, _ = background["doctor"].result(timeout=900)
+    text = out.stdout
+    for part in ("== this node", "== bitsandbytes", "== judge presets on this node", "== smoke test",
+                 "== chosen judge: smollm2-135m"):
+        assert part in text, text
+    assert re.search(r"^int8\s+usable", text, flags=re.M) and re.search(r"^nf4\s+usable", text, flags=re.M)
+    assert re.search(r"smollm2-135m on \S+: '.+\?' -> '.+'", text)  # one question answered by the generator
+
+
+@pytest.mark.slow
+def test_submit_dry_run(background):
+    out, tmp_path = background["dry run"].result(timeout=900)
+    lines = [x for x in out.stdout.splitlines() if x.startswith("sbatch")]
+    assert len(lines) == 3 and all("--partition=gpu" in x for x in lines)
+    assert "--gres=gpu:3" in lines[1]  # the 70B int8 plan needs 3 of the 40 GiB A100s
+    assert "--dependency=afterok:{generate}" in lines[1] and "--dependency=afterok:{judge}" in lines[2]
+    assert all("judge=llama70b-8bit" in x for x in lines)
+    assert not list(tmp_path.iterdir())  # nothing submitted, nothing written
+
+
+# ------------------------------------------------------------------------------------------------ on SLURM, results
+# The SLURM commands were submitted by test_slurm_commands_are_accepted, near the top of this file, so that their
+# jobs run on the second core while the CPU commands above run on the first. Here each is waited for and checked.
+
+@pytest.mark.slow
+def test_submit_the_chain(cluster, chain):
+    run, jobs = chain["run"], chain["jobs"]
+    states = cluster.wait_for_jobs(list(jobs.values()), timeout=600)
+    logs = {p.name: p.read_text()[-1500:] for p in (run / "slurm").glob("*.out")}
+    assert set(states.values()) == {"COMPLETED"}, (states, logs)
+    assert len(by_job(states, jobs["generate"])) == 8 and len(by_job(states, jobs["judge"])) == 4
+    check_judged(run, "smollm2-135m-int8", len(NQ_ROWS), precision="int8", shards=4)
+    gen = json.loads((run / "generate/manifest.json").read_text())
+    assert gen["merged_from"]["shard_count"] == 8 and gen["records"] == len(NQ_ROWS)
+    assert gen["dataset"]["name"] == "nq_open"
+    assert json.loads((run / "judge/smollm2-135m-int8/manifest.json").read_text())["merged_from"]["shard_count"] == 4
+    assert len(logs) == 8 + 4 + 1, sorted(logs)
+    # the hardware profile sized the judge tasks and stayed with submit: each task placed the judge on its own GPUs
+    submitted = json.loads((run / "slurm/submit.json").read_text())
+    assert submitted["sizing"]["hardware"] == "4xA100-40GB" and "hardware=4xA100-40GB" in submitted["not_forwarded"]
+    for name, cmd in submitted["commands"].items():
+        assert not [a for a in cmd if a.lstrip("+~").startswith("hardware")], (name, cmd)
+    for shard in sorted((run / "judge/smollm2-135m-int8/shards").iterdir()):
+        assert "hardware.name" not in " ".join(json.loads((shard / "manifest.json").read_text())["command"])
+        assert "name: auto" in (shard / "config.yaml").read_text().split("hardware:", 1)[1][:40]
+
+
+@pytest.mark.slow
+def test_sbatch_generate_array_by_hand(cluster, by_hand):
+    runs, job = by_hand["runs"], by_hand["job"]
+    states = cluster.wait_for_jobs([job], timeout=600)
+    assert set(states.values()) == {"COMPLETED"} and len(states) == 4, states
+    for i in range(4):  # each task wrote its own shard, i of 4, from SLURM_ARRAY_TASK_*
+        manifest = json.loads((runs / f"myrun/generate/shards/{i:05d}-of-00004/manifest.json").read_text())
+        assert manifest["status"] == "complete" and manifest["records"] == 2
+        assert manifest["slurm"]["SLURM_ARRAY_TASK_ID"] == str(i)
+        assert manifest["slurm"]["SLURM_GPUS_ON_NODE"] == "1"  # --gres=gpu:1: one (fake) GPU per task
+    sh(["python", "-m", "pipeline", "stage=merge", "run_id=myrun", f"runs_dir={runs}"], cwd=runs.parent)
+    ids = [r["id"] for r in read_jsonl(runs / "myrun/generate/generations.jsonl")]
+    assert len(ids) == 8 and len(set(ids)) == 8
+
+
+@pytest.mark.slow
+def test_hydra_multirun_sweeps(sweeps):
+    runs = sweeps["runs"]
+    sweeps["done"].result(timeout=900)  # both sweeps exited 0 (Hydra waits for its SLURM jobs)
+    made = sorted(p.name for p in runs.iterdir() if p.is_dir() and not p.is_symlink())
+    assert made == ["sweep-smollm2-135m", "sweep-smollm2-135m-bf16"]  # one run per generator, not a cross product
+    jobs = set()
+    for run in made:
+        manifest = json.loads((runs / run / "generate/manifest.json").read_text())
+        assert manifest["records"] == 4 and manifest["generator"]["name"] == run.removeprefix("sweep-")
+        assert manifest["shard"]["count"] == 1  # the sweep's job array is not mistaken for data shards
+        jobs.add(manifest["slurm"]["SLURM_JOB_ID"])
+    assert len(jobs) == 2  # two jobs
+    run = runs / "sweep-smollm2-135m-bf16"
+    assert sorted(p.name for p in (run / "judge").iterdir()) == ["smollm2-135m-bf16", "smollm2-135m-int8"]
+    check_judged(run, "smollm2-135m-bf16", 4, precision="bf")
+    check_judged(run, "smollm2-135m-int8", 4, precision="int8")
+    slurm = {json.loads((run / "judge" / j / "manifest.json").read_text())["slurm"]["SLURM_JOB_ID"]
+             for j in ("smollm2-135m-bf16", "smollm2-135m-int8")}
+    assert len(slurm) == 2  # one job per judge
+    assert not (runs / "sweep-smollm2-135m/judge").exists()
