@@ -25,7 +25,7 @@ from .config import DatasetConfig
 from .data import QAItem, as_references, content_hash, get_field, load_rows, require_fields
 from .errors import PipelineError, plural, preview
 from .manifest import environment_manifest
-from .models import sha256_file
+from .files import sha256_file
 from .runs import StageDir, create_run, new_run_id
 
 log = logging.getLogger(__name__)

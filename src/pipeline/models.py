@@ -29,6 +29,7 @@ import torch
 
 from .config import ModelConfig
 from .errors import PipelineError
+from .files import sha256_file
 
 log = logging.getLogger(__name__)
 # On CPUs with AVX512-BF16, bitsandbytes tries to fetch an optional 4-bit kernel from the Hugging Face Hub at import
@@ -79,14 +80,6 @@ def locate_gguf(spec: str) -> tuple[Path, str]:
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
     return file, f"{package}-{version}--{Path(filename).stem}"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def convert_gguf(file: Path, dest: Path) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -38,7 +37,8 @@ from typing import Any, Iterator
 
 from .config import NAME_LIMIT, check_name
 from .errors import PipelineError, plural, preview
-from .files import JsonlAppender, fsync_dir, parse_jsonl, read_json, repair_jsonl_tail, write_atomic, write_json
+from .files import (JsonlAppender, fsync_dir, parse_jsonl, read_json, repair_jsonl_tail, sha256_file, write_atomic,
+                    write_json)
 
 log = logging.getLogger(__name__)
 
@@ -228,14 +228,6 @@ def run_dir_of(path: Path) -> Path:
     return Path(path).parent
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_records(records: list[dict], where: Path, records_name: str) -> None:
     """Every record has a known schema version and its own id: refuse anything else, naming lines and ids."""
     allowed = RECORD_SCHEMAS.get(records_name)
@@ -389,7 +381,7 @@ class StageDir:
 
     def records_file_info(self, count: int) -> dict:
         """What a manifest keeps to verify its records file later: name, number of records, sha256."""
-        return {"name": self.records_name, "records": count, "sha256": file_digest(self.records_path)}
+        return {"name": self.records_name, "records": count, "sha256": sha256_file(self.records_path)}
 
     def publish(self, records: list[dict], manifest: dict[str, Any]) -> None:
         """Write a finished stage in one go (a merge): records file, then manifest."""
@@ -430,7 +422,7 @@ class StageDir:
                                 "complete; restore it, or redo the stage with overwrite=true.")
         if expected is None:
             log.warning("%s: its manifest predates record checksums, so the file cannot be verified", self.records_path)
-        elif file_digest(self.records_path) != expected.get("sha256"):
+        elif sha256_file(self.records_path) != expected.get("sha256"):
             raise PipelineError(
                 f"{self.records_path} is not the file its stage wrote: its sha256 differs from the one in "
                 f"{self.manifest_path} ({expected.get('records')} records). It was edited, truncated or replaced "
