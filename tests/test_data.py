@@ -8,7 +8,7 @@ import pytest
 from pipeline.data import load_items
 from pipeline.errors import PipelineError
 
-from conftest import make_cfg
+from conftest import SMALL, make_cfg, one_error_line, read_jsonl, run_cli
 
 
 def dataset_cfg(tmp_path, *overrides):
@@ -108,3 +108,40 @@ def test_hub_presets_fail_clearly_without_the_hub(tmp_path, preset):
         load_items(dataset_cfg(tmp_path, f"dataset={preset}"))
     msg = str(e.value)
     assert "Hugging Face Hub data set" in msg and "dataset.path=" in msg
+
+
+# ----------------------------------------------------------------------------------- through the command line
+
+BAD_FILES = {
+    "not-utf8.jsonl": (b'{"id": "1", "question": "Q\xff?", "answers": ["a"]}\n', "line 1: byte 0xff at column 27 is not UTF-8"),
+    "empty.jsonl": (b"", "the file is empty (0 bytes)"),
+    "header-only.csv": (b"id,question,answers\n", "holds no rows"),
+    "empty-list.json": (b"[]", "holds no rows"),
+    "broken.jsonl": (b'{"id": "1", "question": "Q?", "answers": ["a"]}\n{"id": "2", "question": }\n',
+                     "broken.jsonl, line 2, column 25: not valid JSON"),
+    "no-id.jsonl": (b'{"question": "Q?", "answers": ["a"]}\n', "or set dataset.fields.id=null to number the rows"),
+}
+
+
+@pytest.mark.slow  # starts stage=generate and stage=import in 12 subprocesses (~40 s)
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_a_bad_data_file_is_one_line_naming_the_file_and_line(tmp_path, name):
+    data, says = BAD_FILES[name]
+    (tmp_path / name).write_bytes(data)
+    out = run_cli("stage=generate", f"dataset.path={tmp_path / name}", "dataset.fields.id=id",
+                  f"runs_dir={tmp_path}/runs", cwd=tmp_path)
+    assert says in one_error_line(out)
+    assert not (tmp_path / "runs").exists()
+    out = run_cli("stage=import", f"predictions={tmp_path / name}", f"runs_dir={tmp_path}/runs", cwd=tmp_path)
+    one_error_line(out)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_bare_folder_name_is_a_local_data_folder_not_a_hub_name(tmp_path, model_dir):
+    (tmp_path / "mydata").mkdir()
+    (tmp_path / "mydata/part.jsonl").write_text('{"id": "q1", "question": "What is 2+2?", "answers": ["4"]}\n')
+    out = run_cli("stage=generate", "dataset.path=mydata", "dataset.name=mine", "dataset.fields.id=id",
+                  f"runs_dir={tmp_path}/runs", "run_id=folder", *SMALL, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert [r["id"] for r in read_jsonl(tmp_path / "runs/folder/generate/generations.jsonl")] == ["q1"]

@@ -1,13 +1,14 @@
-"""The batched greedy decoder on the real SmolLM2, checked against transformers' own `generate`."""
+"""decoding.py: the batched greedy decoder on the real SmolLM2 (slow), checked against transformers' own `generate`;
+and, without the real model, the shared prefix, length batches, and inputs sent where the input embeddings live."""
+
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from pipeline.decoding import (PrefixCache, StopRule, generated_text, greedy_batch, input_device, next_token_logprobs,
-                               shared_prefix_length)
+from pipeline.decoding import (PrefixCache, StopRule, generated_text, greedy_batch, input_device, length_batches,
+                               next_token_logprobs, shared_prefix_length)
 from pipeline.models import encode_chat
-
-pytestmark = pytest.mark.slow
 
 QUESTIONS = ["What is the capital of France?", "Who wrote Hamlet?", "How many legs does a spider have?",
              "What is the chemical symbol for gold?", "Which planet is known as the Red Planet?",
@@ -28,6 +29,7 @@ def test_shared_prefix_length_leaves_each_row_a_token():
     assert shared_prefix_length([[1, 2], [3, 4]]) == 0
 
 
+@pytest.mark.slow
 def test_same_tokens_and_logprobs_as_transformers_generate(tokenizer_and_model):
     tok, model = tokenizer_and_model
     stop = StopRule.build(tok, model, stop_at_newline=False)
@@ -44,6 +46,7 @@ def test_same_tokens_and_logprobs_as_transformers_generate(tokenizer_and_model):
         assert gen.finish_reason == ("eos" if ref[-1] == tok.eos_token_id else "length")
 
 
+@pytest.mark.slow
 def test_results_do_not_depend_on_batching_or_prefix_sharing(tokenizer_and_model):
     tok, model = tokenizer_and_model
     stop = StopRule.build(tok, model, stop_at_newline=True)
@@ -56,6 +59,7 @@ def test_results_do_not_depend_on_batching_or_prefix_sharing(tokenizer_and_model
     assert len({len(g.token_ids) for g in batched}) > 1
 
 
+@pytest.mark.slow
 def test_a_stage_prefix_is_run_once_and_changes_no_result(tokenizer_and_model):
     """Batches reuse the stage-wide prefix's KV cache (the system turn) instead of running it again, and decode
     exactly as without it, whether a batch's own shared prefix is longer than the stage's or equal to it."""
@@ -85,6 +89,7 @@ def test_a_stage_prefix_is_run_once_and_changes_no_result(tokenizer_and_model):
         [g.token_ids for g in greedy_batch(model, other, 12, stop)]
 
 
+@pytest.mark.slow
 def test_rows_stop_at_the_end_of_their_first_line(tokenizer_and_model):
     tok, model = tokenizer_and_model
     ids = prompts(tok, ["List three fruits, one per line.", "What are the steps to make tea? Use a list.",
@@ -99,6 +104,7 @@ def test_rows_stop_at_the_end_of_their_first_line(tokenizer_and_model):
         assert text and "\n" not in text
 
 
+@pytest.mark.slow
 def test_length_limit_is_reported(tokenizer_and_model):
     tok, model = tokenizer_and_model
     [gen] = greedy_batch(model, prompts(tok, ["Write a long story about a dragon."]), 3,
@@ -106,8 +112,12 @@ def test_length_limit_is_reported(tokenizer_and_model):
     assert len(gen.token_ids) == 3 and gen.finish_reason == "length"
 
 
-def test_inputs_go_to_the_device_of_the_input_embeddings():
-    """The seam a multi-GPU map depends on: token ids go where the first module (the embeddings) lives."""
+def test_the_decoder_sends_its_inputs_where_input_device_says(monkeypatch):
+    """The seam a multi-GPU map depends on: token ids go where the first module (the input embeddings) lives, and so
+    do the mask and positions made for them. With input_device made to answer "meta" for a model that is wholly on
+    the CPU, every forward call of the real decoding path (the shared prefix, the stage prefix, the batch, each
+    decoding step) must receive its tensors on meta; a decoder that took the device from anywhere else fails."""
+    import pipeline.decoding as decoding
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -116,3 +126,42 @@ def test_inputs_go_to_the_device_of_the_input_embeddings():
     assert input_device(model) == torch.device("cpu")
     model.get_input_embeddings().to("meta")  # stands in for "cuda:0" while the rest stays elsewhere
     assert input_device(model) == torch.device("meta")
+
+    model = AutoModelForCausalLM.from_config(config).eval()  # all on the CPU
+    calls = []
+
+    def forward(*args, **kwargs):  # records where each input tensor is; computes nothing
+        assert not args, "the decoder passes its inputs by keyword"
+        calls.append({k: v.device for k, v in kwargs.items() if isinstance(v, torch.Tensor)})
+        rows = kwargs["input_ids"].shape[0]
+        return SimpleNamespace(logits=torch.zeros(rows, 1, config.vocab_size))
+
+    monkeypatch.setattr(model, "forward", forward)
+    monkeypatch.setattr(decoding, "input_device", lambda m: torch.device("meta"))
+    stop = StopRule(torch.zeros(config.vocab_size, dtype=torch.bool), None, None, None)
+    prompts = [[1, 2, 3, 4], [1, 2, 5]]  # share the prefix [1, 2]
+    runs = {
+        "logprobs, shared prefix": lambda: next_token_logprobs(model, prompts, [7, 8]),
+        "logprobs, no sharing": lambda: next_token_logprobs(model, prompts, [7, 8], share_prefix=False),
+        "logprobs, stage prefix": lambda: next_token_logprobs(model, prompts, [7, 8],
+                                                              stage_prefix=PrefixCache(prompts)),
+        "greedy, shared prefix": lambda: greedy_batch(model, prompts, 3, stop),
+        "greedy, no sharing": lambda: greedy_batch(model, prompts, 3, stop, share_prefix=False),
+    }
+    for name, run in runs.items():
+        calls.clear()
+        try:
+            run()
+        except Exception:  # the fake forward fills no cache; what was sent before that is what counts
+            pass
+        assert calls, f"{name}: the model was never called"
+        assert "input_ids" in calls[0], (name, calls[0])
+        assert all(device == torch.device("meta") for call in calls for device in call.values()), (name, calls)
+
+
+def test_an_outlier_runs_in_a_batch_of_its_own():
+    lengths = [10_000] + [48] * 40 + [40] * 23
+    batches = length_batches(lengths, 32)
+    assert batches[0] == (0, 1)  # the outlier alone, not padding 31 others to 10,000 tokens
+    assert [hi - lo for lo, hi in batches[1:]] == [32, 31]
+    assert length_batches([40] * 64, 32) == [(0, 32), (32, 64)]  # ordinary data: the batches it always had

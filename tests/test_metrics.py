@@ -1,8 +1,9 @@
-"""SQuAD-style normalisation, exact match and token F1 against hand-computed values."""
+"""metrics.py: SQuAD-style normalisation, exact match, token F1, ROUGE-L and whole-token containment of a
+reference, each against values worked out by hand."""
 
 import pytest
 
-from pipeline.metrics import exact_match, normalize_answer, token_f1
+from pipeline.metrics import contains_reference, exact_match, normalize_answer, rouge_l, rouge_tokens, token_f1
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -32,3 +33,21 @@ def test_token_f1_hand_computed():
     assert token_f1("paris paris", ["paris"]) == pytest.approx(2 * 0.5 * 1 / 1.5)
     assert token_f1("", ["Paris"]) == 0.0
     assert token_f1("the", ["a"]) == 1.0  # both normalise to empty
+
+
+def test_rouge_l_hand_computed():
+    # LCS("the cat sat on the mat", "the cat on the mat") = 5 tokens: P = 5/6, R = 5/5 -> F = 10/11
+    assert rouge_l("The cat sat on the mat.", ["the cat on the mat"]) == pytest.approx(10 / 11)
+    assert rouge_l("Paris", ["Lyon", "Paris"]) == 1.0  # best reference
+    assert rouge_l("", ["Paris"]) == 0.0 and rouge_l("Paris", []) == 0.0
+    assert rouge_l("It was Pelé.", ["Pelé"]) == pytest.approx(2 * (1 / 3) / (1 / 3 + 1))
+    assert rouge_tokens("Don't stop-me NOW!") == ["don", "t", "stop", "me", "now"]  # rouge-score's tokens
+    assert rouge_tokens("Zürich, 東京") == ["zürich", "東京"]  # non-ASCII letters kept
+
+
+def test_contains_reference_matches_whole_tokens():
+    assert contains_reference("It was The Beatles, of course.", ["Beatles"])
+    assert contains_reference("The answer is eight legs", ["8", "eight"])
+    assert not contains_reference("In 1985 it was founded", ["8"])
+    assert not contains_reference("", ["Paris"]) and not contains_reference("Paris", [""])
+    assert contains_reference("Antoine de Saint-Exupéry wrote it", ["Saint-Exupéry"])

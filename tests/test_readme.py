@@ -27,7 +27,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,7 +34,9 @@ import pandas as pd
 import pytest
 
 from conftest import read_jsonl
-from slurm_local import LocalSlurm, is_available
+
+pytestmark = pytest.mark.integration
+SLURM_GPUS = 8  # fake GPUs of the module's cluster (the `cluster` fixture of conftest.py)
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -98,6 +99,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make test": ("not from inside the suite (CI runs it): .ci/run must call it", "test_ci_runs_make_test"),
     "make setup": ("by make demo, which runs it first (already set up: returns at once)", "test_make_demo"),
     "make bench": ("not run (2.5 minutes): the target and its module are checked", "test_make_bench_target"),
+    "make test-fast": ("with PYTEST_ARGS=tests/test_rows.py (the fast set on one file); the target's filter checked",
+                       "test_make_test_fast"),
     "pip install -e '.[slurm]'": ("not run (it reinstalls the checkout): the extra must be declared and satisfied",
                                   "test_slurm_extra_is_installed"),
     # overview (inline)
@@ -284,6 +287,15 @@ def test_make_bench_target():
     assert importlib.util.find_spec("pipeline.bench") is not None
 
 
+def test_make_test_fast(tmp_path):
+    """`make test-fast` runs pytest on the tests not marked slow: the target's filter, and a real run of it on one file
+    (the whole fast set would run the suite inside the suite)."""
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r'^test-fast: setup\n\t\$\(PY\) -m pytest -m "not slow" \$\(PYTEST_ARGS\)$', makefile, flags=re.M)
+    out = sh(["make", "test-fast", "PYTEST_ARGS=tests/test_rows.py -p no:cacheprovider"], cwd=REPO, env=venv_env())
+    assert re.search(r"\d+ passed", out.stdout) and "failed" not in out.stdout, out.stdout[-2000:]
+
+
 def test_slurm_extra_is_installed():
     """`pip install -e ".[slurm]"` is what makes hydra/launcher=slurm work: the extra exists and is satisfied here."""
     from importlib.metadata import version
@@ -353,21 +365,9 @@ def test_make_demo():
 
 
 # ------------------------------------------------------------------------------------------------ started early
-# SLURM commands run on a private single-node cluster (tests/slurm_local.py) with 8 fake GPUs. They are submitted
-# here, before the CPU commands, and checked at the end of the file: their jobs use the second core meanwhile, as do
-# the literal commands of the `background` fixture.
-
-@pytest.fixture(scope="module")
-def cluster():
-    ok, why = is_available()
-    if not ok:
-        pytest.skip(why)
-    root = Path(tempfile.mkdtemp(prefix="sr", dir="/tmp"))  # short: munge's socket path must stay under ~107 bytes
-    slurm = LocalSlurm(root, gpus=8, cpus=8, memory_mb=16000).start()
-    yield slurm
-    slurm.stop()
-    shutil.rmtree(root, ignore_errors=True)
-
+# SLURM commands run on a private single-node cluster (conftest.py's `cluster`, tests/slurm_local.py) with
+# SLURM_GPUS = 8 fake GPUs. They are submitted here, before the CPU commands, and checked at the end of the file:
+# their jobs use the second core meanwhile, as do the literal commands of the `background` fixture.
 
 def by_job(states: dict, job: str) -> dict:
     return {k: v for k, v in states.items() if k == job or k.startswith(f"{job}_")}

@@ -15,7 +15,7 @@ import pytest
 
 from pipeline import generate, judge, merge, report
 from pipeline.errors import PipelineError
-from pipeline.shards import Shard, from_slurm, resolve
+from pipeline.shards import Shard, from_slurm, this_shard
 
 from conftest import make_cfg, read_jsonl, run_cli
 
@@ -38,16 +38,16 @@ def test_shard_comes_from_the_slurm_array_unless_given():
     assert from_slurm({}) is None
     assert from_slurm({**env, "SUBMITIT_EXECUTOR": "slurm"}) is None  # a Hydra sweep's array is not a data shard
     unset = make_cfg("/tmp/x").shard
-    assert resolve(unset, env) == Shard(1, 3)
-    assert resolve(unset, {}) == Shard(0, 1)
+    assert this_shard(unset, env) == Shard(1, 3)
+    assert this_shard(unset, {}) == Shard(0, 1)
     given = make_cfg("/tmp/x", "shard.index=0", "shard.count=2").shard
-    assert resolve(given, env) == Shard(0, 2)
+    assert this_shard(given, env) == Shard(0, 2)
 
 
 @pytest.mark.parametrize("index, count", [(3, 3), (-1, 2), (0, 0)])
 def test_shard_index_out_of_range(index, count):
     with pytest.raises(PipelineError, match="must be in 0..count-1"):
-        resolve(make_cfg("/tmp/x", f"shard.index={index}", f"shard.count={count}").shard, {})
+        this_shard(make_cfg("/tmp/x", f"shard.index={index}", f"shard.count={count}").shard, {})
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +154,7 @@ def wait_for_lines(path, n, proc, timeout=120):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_kill_9_at_a_random_moment_then_rerun_gives_every_id_once(tmp_path, model_dir):
     partial = tmp_path / "runs/k/generate/generations.jsonl.partial"
     proc = start_generate(tmp_path)
@@ -176,6 +177,7 @@ def test_kill_9_at_a_random_moment_then_rerun_gives_every_id_once(tmp_path, mode
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
 def test_sigterm_and_sigusr1_finish_the_batch_in_flight_and_stop_cleanly(tmp_path, model_dir, sig):
     partial = tmp_path / "runs/k/generate/generations.jsonl.partial"

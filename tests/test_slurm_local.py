@@ -20,6 +20,7 @@ import pytest
 
 from slurm_local import LocalSlurm, _cmdline, _comm, _environ, _is_running, is_available
 
+pytestmark = pytest.mark.integration  # each test that starts a cluster is also slow
 HARNESS = Path(__file__).with_name("slurm_local.py")
 DAEMONS = {"munged", "slurmctld", "slurmd", "slurmstepd"}
 
@@ -69,6 +70,7 @@ def cluster():
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_gpu_array_tasks_each_get_their_own_gpu(cluster):
     out = cluster.root / "array"
     out.mkdir()
@@ -85,6 +87,7 @@ def test_gpu_array_tasks_each_get_their_own_gpu(cluster):
     assert sorted(seen.values()) == ["0", "1", "2", "3"], seen
 
 
+@pytest.mark.slow
 def test_afterok_dependent_runs_after_the_whole_array(cluster):
     out = cluster.root / "dep"
     out.mkdir()
@@ -99,6 +102,7 @@ def test_afterok_dependent_runs_after_the_whole_array(cluster):
     assert (out / "count").read_text().strip() == "4"
 
 
+@pytest.mark.slow
 def test_failed_parent_cancels_afterok_dependent(cluster):
     parent = submit(cluster, "--output=/dev/null", "--wrap", "exit 3")
     child = submit(cluster, f"--dependency=afterok:{parent}", "--output=/dev/null", "--wrap", "true")
@@ -110,6 +114,7 @@ def test_failed_parent_cancels_afterok_dependent(cluster):
     assert cluster.jobcomp_states(parent) == {parent: "FAILED"}
 
 
+@pytest.mark.slow
 def test_too_many_gpus_is_rejected_at_submission(cluster):
     result = cluster.run("sbatch", "--gres=gpu:9", "--job-name=too-many-gpus", "--wrap", "true", check=False)
 
@@ -121,6 +126,7 @@ def test_too_many_gpus_is_rejected_at_submission(cluster):
     assert records == ["FAILED BadConstraints"], records
 
 
+@pytest.mark.slow
 def test_stop_leaves_no_daemons_steps_or_job_processes():
     require_cluster()
     root = short_root()
@@ -151,6 +157,7 @@ def test_stop_leaves_no_daemons_steps_or_job_processes():
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_command_line_start_and_stop():
     require_cluster()
     root = short_root()
@@ -177,6 +184,7 @@ def test_root_too_long_for_the_munge_socket_is_refused():
         LocalSlurm("/tmp/" + "x" * 100)
 
 
+@pytest.mark.slow
 def test_start_refuses_a_port_that_is_taken():
     require_cluster()
     root = short_root()

@@ -8,7 +8,7 @@ Stages (each a module with `run(cfg)`), all driven by Hydra from `python -m pipe
     report    result CSVs and figures from the stored records; a leaderboard across runs
     merge     the shards of SLURM array tasks merged and checked
     submit    generate array -> judge array -> report, chained on SLURM
-    plan      the judge's placement plan on declared or detected hardware (plan.py; no weights read)
+    plan      the judge's placement plan on declared or detected hardware (placement/; no weights read)
     doctor    what this node can run
 """
 

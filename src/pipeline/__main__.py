@@ -20,25 +20,14 @@ from __future__ import annotations
 import errno
 import importlib
 import logging
-import os
 import signal
 import sys
-from pathlib import Path
 
 import hydra
 
-from .config import STAGES, check, register
+from .config import check, conf_dir, register
 from .errors import PipelineError, os_error_message
 from .interrupts import StageStopped, requeue_this_job
-
-
-def conf_dir() -> Path:
-    """conf/ of the checkout this package runs from, or $PIPELINE_CONF_DIR."""
-    path = Path(os.environ.get("PIPELINE_CONF_DIR") or Path(__file__).resolve().parents[2] / "conf")
-    if not (path / "config.yaml").is_file():
-        sys.exit(f"error: no Hydra config at {path}/config.yaml. Run from a checkout of the repository "
-                 "(pip install -e .), or set PIPELINE_CONF_DIR to its conf/ folder.")
-    return path
 
 
 def setup_logging() -> None:
@@ -51,13 +40,12 @@ def setup_logging() -> None:
     logger.propagate = False
 
 
-STAGE_MODULES = {"import": "importer"}  # "import" cannot be a module name
+STAGE_MODULES = {"import": "importer", "plan": "placement"}  # "import" cannot be a module name
 
 
 def run_stage(cfg):
-    """Check every value, then run the stage module named by cfg.stage."""
-    if cfg.stage not in STAGES:
-        raise PipelineError(f"stage={cfg.stage!r} is not a stage; choose one of: {', '.join(STAGES)}.")
+    """Check every value, then run the stage module named by cfg.stage. It is one of config.Stage: Hydra refuses
+    any other value while composing the config (and precheck says so in one line)."""
     check(cfg)
     module = importlib.import_module(f"pipeline.{STAGE_MODULES.get(cfg.stage, cfg.stage)}")
     return module.run(cfg)

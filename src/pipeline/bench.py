@@ -27,32 +27,46 @@ LM_EVAL_BEST_QPS = 4.59
 def compose_config(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    from .__main__ import conf_dir
-    from .config import register
+    from .config import conf_dir, register
 
     register()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         return compose("config", overrides=overrides)
 
 
-def bench_generate(n: int, overrides: list[str]) -> dict:
-    from .data import load_items
-    from .decoding import PrefixCache, StopRule, greedy_batch
-    from .generate import generator_messages
-    from .models import cache_root, encode_chat, load_causal_lm, load_tokenizer, resolve_model, resolve_precision
+def load_cpu(cfg_model, precision_name: str | None, cache_dir):
+    """(tokenizer, model) of a preset on the CPU, loaded by the stages' own path (a one-device plan)."""
+    from omegaconf import OmegaConf
 
-    cfg = compose_config(overrides)
+    from .models import cache_root, load_planned, load_tokenizer, model_folder, choose_precision
+    from .placement import single_device
+
+    source = model_folder(cfg_model.model, cache_root(cache_dir))
+    if precision_name:
+        cfg_model = OmegaConf.merge(cfg_model, {"precision": precision_name})
+    precision = choose_precision(cfg_model, on_gpu=False)
+    return load_tokenizer(source, cfg_model), load_planned(single_device(cfg_model, precision, "cpu", source))
+
+
+def timed(methods: dict) -> tuple[dict, dict]:
+    """Run each method once: {name: seconds, questions/s, tokens/s, tokens}, {name: its output}."""
+    results, outputs = {}, {}
+    for name, fn in methods.items():
+        t = time.perf_counter()
+        outputs[name] = fn()
+        dt = time.perf_counter() - t
+        tokens = sum(len(r) for r in outputs[name])
+        results[name] = {"seconds": dt, "qps": len(outputs[name]) / dt, "tps": tokens / dt, "tokens": tokens}
+    return results, outputs
+
+
+def generate_methods(cfg, tok, model, prompts: list[list[int]]) -> dict:
+    """The three ways to answer the prompts: one at a time and batched with `model.generate`, and the stage's."""
+    from .decoding import PrefixCache, StopRule, greedy_batch
+
     g = cfg.generator
-    items, _ = load_items(cfg.dataset)
-    items = items[:n]
-    source = resolve_model(g.model, cache_root(cfg.cache_dir))
-    tok = load_tokenizer(source, g)
-    model = load_causal_lm(source, g, resolve_precision(g, on_gpu=False), {"": "cpu"})
-    prompts = [encode_chat(tok, generator_messages(cfg, it.question), True)[1] for it in items]
     stop = StopRule.build(tok, model, g.stop_at_newline)
     stop_ids = sorted(set(stop.is_eos.nonzero()[:, 0].tolist()) | set(stop.has_newline.nonzero()[:, 0].tolist()))
-    print(f"benchmark: {len(prompts)} questions from {cfg.dataset.name}, {g.name} (fp32, CPU, "
-          f"{torch.get_num_threads()} threads), greedy, max_new_tokens={g.max_new_tokens}, batch size {g.batch_size}")
 
     def hf_generate(batch: list[list[int]]) -> list[list[int]]:
         width = max(len(p) for p in batch)
@@ -78,21 +92,28 @@ def bench_generate(n: int, overrides: list[str]) -> dict:
                 result[i] = gen.token_ids
         return result
 
-    methods = {
+    hf_generate(prompts[:2])  # warm-up: first-call allocations are not part of any method
+    return {
         "one-at-a-time": lambda: [hf_generate([p])[0] for p in prompts],
         f"batched HF generate (batch {g.batch_size})": lambda: [
             row for s in range(0, len(prompts), g.batch_size) for row in hf_generate(prompts[s:s + g.batch_size])],
         "stage (greedy_batch)": stage_path,
     }
-    hf_generate(prompts[:2])  # warm-up: first-call allocations are not part of any method
-    results, outputs = {}, {}
-    for name, fn in methods.items():
-        t = time.perf_counter()
-        outputs[name] = fn()
-        dt = time.perf_counter() - t
-        tokens = sum(len(r) for r in outputs[name])
-        results[name] = {"seconds": dt, "qps": len(prompts) / dt, "tps": tokens / dt, "tokens": tokens}
 
+
+def bench_generate(n: int, overrides: list[str]) -> dict:
+    from .data import load_items
+    from .generate import generator_messages
+    from .models import encode_chat
+
+    cfg = compose_config(overrides)
+    g = cfg.generator
+    items = load_items(cfg.dataset)[0][:n]
+    tok, model = load_cpu(g, None, cfg.cache_dir)
+    prompts = [encode_chat(tok, generator_messages(cfg, it.question), True)[1] for it in items]
+    print(f"benchmark: {len(prompts)} questions from {cfg.dataset.name}, {g.name} (fp32, CPU, "
+          f"{torch.get_num_threads()} threads), greedy, max_new_tokens={g.max_new_tokens}, batch size {g.batch_size}")
+    results, outputs = timed(generate_methods(cfg, tok, model, prompts))
     base = results["one-at-a-time"]["qps"]
     print(f"{'method':38} {'questions/s':>12} {'tokens/s':>10} {'seconds':>8} {'vs one-at-a-time':>17}")
     for name, r in results.items():
@@ -110,7 +131,7 @@ def bench_generate(n: int, overrides: list[str]) -> dict:
 def bench_plan(overrides: list[str]) -> dict:
     """Wall time of planning the 70B presets on declared hardware: one plan, and a plan with recommendations."""
     from .hardware import from_profile
-    from .plan import _META_CACHE, plan_for
+    from .placement import _META_CACHE, plan_for
 
     results = {}
     print("benchmark: planning Llama-3.1-70B (meta device, all reserves counted)")
@@ -134,68 +155,72 @@ def bench_plan(overrides: list[str]) -> dict:
     return results
 
 
+def judge_work(base, overrides: list[str], tok, n: int) -> dict:
+    """{(mode, prompt name): (prompt config, prompt ids longest first)} on the same answers, half of them wrong."""
+    from .data import load_items
+    from .rows import GenerationRow
+    from .verdict import PromptBuilder
+
+    items = load_items(base.dataset)[0][:n]
+    answers = [GenerationRow.answer(it.id, it.question, it.references,
+                                    it.references[0] if i % 2 == 0 else items[(i + 7) % len(items)].references[0])
+               for i, it in enumerate(items)]
+    work = {}
+    for mode, prompt_name in [("logprob", "verdict-v2"), ("generate", "reasoned-v2"), ("generate", "verdict-v2")]:
+        prompt = compose_config([f"judge_prompt={prompt_name}", *overrides]).judge_prompt
+        build = PromptBuilder(tok, prompt, True)
+        work[(mode, prompt_name)] = (prompt, sorted((build(a)[1] for a in answers), key=len, reverse=True))
+    return work
+
+
+def judge_rate(judge_cfg, prompt, tok, model, prompts: list[list[int]]) -> float:
+    """Answers/s of the judge stage's own batch function (judges.make_judge) over `prompts`, after a warm-up."""
+    from .decoding import PrefixCache
+    from .judges import make_judge
+    from .verdict import VerdictTokens
+
+    tokens = VerdictTokens.build(tok, prompt) if judge_cfg.mode == "logprob" else None
+
+    def judge_all(batch_prompts: list[list[int]]) -> None:
+        judge_batch = make_judge(judge_cfg, prompt, tok, model, tokens, PrefixCache(batch_prompts))
+        for s in range(0, len(batch_prompts), judge_cfg.batch_size):
+            batch = batch_prompts[s:s + judge_cfg.batch_size]
+            judge_batch([str(i) for i in range(len(batch))], batch)
+
+    judge_all(prompts[-min(8, len(prompts)):])  # warm-up: first-call allocations are not measured
+    t = time.perf_counter()
+    judge_all(prompts)
+    return len(prompts) / (time.perf_counter() - t)
+
+
 def bench_judge(n: int, overrides: list[str]) -> dict:
     """Answers judged per second by the embedded judge on the same answers: logprob vs generate mode.
 
     The answers are the embedded questions' reference answers, every other one swapped for another question's
     answer (so half are wrong). logprob uses judge_prompt=verdict-v2 (one forward pass, no decoding); generate
     uses judge_prompt=reasoned-v2 (a one-sentence reasoning and a verdict, greedy, up to its reply_tokens), and
-    verdict-v2 (the verdict word only). Every mode runs the judge stage's path: prompts sorted by length, batches
-    of judge.batch_size, the stage-wide prompt prefix run once. Measured in fp32 (precision=auto on CPU) and, on a
-    CPU with native bf16 units, in bf16 too; one warm-up batch per mode comes first.
+    verdict-v2 (the verdict word only). Every mode runs the judge stage's path (judges.make_judge): prompts sorted
+    by length, batches of judge.batch_size, the stage-wide prompt prefix run once. Measured in fp32 (precision=auto
+    on CPU) and, on a CPU with native bf16 units, in bf16 too; one warm-up batch per mode comes first.
     """
     from omegaconf import OmegaConf
 
-    from .data import load_items
-    from .decoding import PrefixCache, StopRule, greedy_batch, next_token_logprobs
-    from .models import (cache_root, cpu_native, load_causal_lm, load_tokenizer, resolve_model,
-                         resolve_precision)
-    from .verdict import PromptBuilder, VerdictTokens
+    from .models import cpu_native
 
     base = compose_config(overrides)
-    items, _ = load_items(base.dataset)
-    items = items[:n]
-    answers = [it.references[0] if i % 2 == 0 else items[(i + 7) % len(items)].references[0]
-               for i, it in enumerate(items)]
     j = base.judge
-    source = resolve_model(j.model, cache_root(base.cache_dir))
-    tok = load_tokenizer(source, j)
-    modes = [("logprob", "verdict-v2"), ("generate", "reasoned-v2"), ("generate", "verdict-v2")]
-    work = {}
-    for mode, prompt_name in modes:
-        prompt = compose_config([f"judge_prompt={prompt_name}", *overrides]).judge_prompt
-        build = PromptBuilder(tok, prompt, True)
-        prompts = [build({"id": it.id, "question": it.question, "references": list(it.references),
-                          "prediction": a})[1] for it, a in zip(items, answers)]
-        prompts.sort(key=len, reverse=True)
-        work[(mode, prompt_name)] = (prompt, prompts)
     precisions = ["fp32"] + (["bf16"] if cpu_native("bf16") else [])
-    print(f"benchmark: judging {len(items)} answers with {j.name} on CPU ({torch.get_num_threads()} threads), "
-          f"batch size {j.batch_size}, in {' and '.join(precisions)}"
-          + ("" if "bf16" in precisions else " (this CPU has no native bf16 units)"))
-    results = {}
+    results, work = {}, None
     for precision_name in precisions:
-        precision = resolve_precision(OmegaConf.merge(j, {"precision": precision_name}), on_gpu=False)
-        model = load_causal_lm(source, j, precision, {"": "cpu"})
+        tok, model = load_cpu(j, precision_name, base.cache_dir)
+        work = work or judge_work(base, overrides, tok, n)
+        if precision_name == precisions[0]:
+            print(f"benchmark: judging {len(next(iter(work.values()))[1])} answers with {j.name} on CPU "
+                  f"({torch.get_num_threads()} threads), batch size {j.batch_size}, in {' and '.join(precisions)}"
+                  + ("" if "bf16" in precisions else " (this CPU has no native bf16 units)"))
         for (mode, prompt_name), (prompt, prompts) in work.items():
-            tokens = VerdictTokens.build(tok, prompt) if mode == "logprob" else None
-            stop = StopRule.build(tok, model, prompt.stop_at_newline)
-            reply_tokens = prompt.reply_tokens or j.max_new_tokens
-
-            def judge_all(batch_prompts: list[list[int]], model=model, tokens=tokens, stop=stop,
-                          reply_tokens=reply_tokens) -> None:
-                shared = PrefixCache(batch_prompts)
-                for s in range(0, len(batch_prompts), j.batch_size):
-                    batch = batch_prompts[s:s + j.batch_size]
-                    if tokens:
-                        next_token_logprobs(model, batch, tokens.ids, stage_prefix=shared)
-                    else:
-                        greedy_batch(model, batch, reply_tokens, stop, stage_prefix=shared)
-
-            judge_all(prompts[-min(8, len(prompts)):])  # warm-up: first-call allocations are not measured
-            t = time.perf_counter()
-            judge_all(prompts)
-            results[(precision_name, mode, prompt_name)] = len(prompts) / (time.perf_counter() - t)
+            results[(precision_name, mode, prompt_name)] = judge_rate(OmegaConf.merge(j, {"mode": mode}), prompt,
+                                                                      tok, model, prompts)
         del model
     print(f"{'precision':10} {'mode':10} {'prompt':12} {'answers/s':>10}")
     for (precision_name, mode, prompt_name), rate in results.items():

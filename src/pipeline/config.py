@@ -3,22 +3,32 @@
 The YAML files under `conf/` only set values; the dataclasses here say which keys exist and what type each has,
 so a misspelt key (`generator.batchsize=8`) or a wrong type fails when the config is composed, before any model
 is loaded. Config groups mirror code: `generator` -> generate.py, `judge` + `judge_prompt` -> judge.py,
-`dataset` -> data.py, `judge.placement` -> plan.py.
+`dataset` -> data.py, `judge.placement` -> placement/.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from .errors import PipelineError
 
+
+def conf_dir() -> Path:
+    """conf/ of the checkout this package runs from, or $PIPELINE_CONF_DIR."""
+    path = Path(os.environ.get("PIPELINE_CONF_DIR") or Path(__file__).resolve().parents[2] / "conf")
+    if not (path / "config.yaml").is_file():
+        sys.exit(f"error: no Hydra config at {path}/config.yaml. Run from a checkout of the repository "
+                 "(pip install -e .), or set PIPELINE_CONF_DIR to its conf/ folder.")
+    return path
 
 
 class Choice(str, Enum):
@@ -47,9 +57,6 @@ JudgeMode = Choice("JudgeMode", [(m, m) for m in ("logprob", "generate")])
 Strategy = Choice("Strategy", [(s, s) for s in ("balanced", "sequential", "balanced_low_0")])
 Devices = Choice("Devices", [(d, d) for d in ("auto", "gpu", "cpu")])
 
-STAGES = Stage.values()
-PRECISIONS = PrecisionName.values()
-
 
 @dataclass
 class ModelConfig:
@@ -61,9 +68,6 @@ class ModelConfig:
     # into a cached safetensors folder: "gguf:<python package>/<file>.gguf" (file shipped inside an installed
     # package) or "gguf:/path/to/file.gguf".
     model: str = MISSING
-    # The Hugging Face id of the same model, when `model` is a GGUF or local copy of it: stage=plan then uses the
-    # config shipped for that id instead of converting or reading the weights.
-    hub_id: Optional[str] = None
     revision: Optional[str] = None
     # auto: bf16 on a GPU (fp16 where bf16 is unsupported), fp32 on CPU. int8/nf4/fp4 use bitsandbytes.
     precision: PrecisionName = PrecisionName.auto
@@ -75,11 +79,12 @@ class ModelConfig:
     # null: use the tokenizer's chat template when it has one.
     use_chat_template: Optional[bool] = None
     batch_size: int = 32
-    max_new_tokens: int = 32
 
 
 @dataclass
 class GeneratorConfig(ModelConfig):
+    # Tokens each answer may have (the judge's reply length is judge_prompt.reply_tokens).
+    max_new_tokens: int = 32
     # auto: cuda:0 when a GPU is visible, else cpu. Or "cpu", "cuda", "cuda:1", ...
     device: str = "auto"
     # System message for chat models (null: the template's own default).
@@ -92,7 +97,7 @@ class GeneratorConfig(ModelConfig):
 
 @dataclass
 class PlacementConfig:
-    """How the judge is spread over the devices of one node (see plan.py)."""
+    """How the judge is spread over the devices of one node (see placement/)."""
 
     # auto: every visible GPU, or the CPU when there is none; gpu: refuse to run without GPUs; cpu: CPU only.
     devices: Devices = Devices.auto
@@ -189,6 +194,9 @@ class DoctorConfig:
 
 @dataclass
 class JudgeConfig(ModelConfig):
+    # The Hugging Face id of the same model, when `model` is a GGUF or local copy of it: planning (stage=plan,
+    # judge, doctor, submit) then uses the config shipped for that id instead of converting or reading the weights.
+    hub_id: Optional[str] = None
     # logprob: one forward pass per answer; P(correct) from the next-token probabilities of the verdict words.
     # generate: the judge writes a reply (greedy) whose last verdict marker is parsed.
     mode: JudgeMode = JudgeMode.logprob
@@ -222,8 +230,9 @@ class JudgePromptConfig:
     max_question_chars: int = 1000
     max_reference_chars: int = 300
     stop_at_newline: bool = False
-    # generate mode: tokens the judge may write with this prompt; null: judge.max_new_tokens.
-    reply_tokens: Optional[int] = None
+    # judge.mode=generate: the most tokens the judge may write in its reply (at least 1). Required: the reply's
+    # length belongs to the prompt that asks for it (logprob mode reads only the next token).
+    reply_tokens: int = MISSING
     # Worked examples shown before the real case, as earlier turns of the conversation: each a mapping with
     # question, references (a list), candidate and reply (what the judge should answer).
     examples: List[Any] = field(default_factory=list)
@@ -351,7 +360,7 @@ def check(cfg: Config) -> None:
 
     for key, value in (("generator.batch_size", cfg.generator.batch_size),
                        ("generator.max_new_tokens", cfg.generator.max_new_tokens),
-                       ("judge.batch_size", cfg.judge.batch_size), ("judge.max_new_tokens", cfg.judge.max_new_tokens),
+                       ("judge.batch_size", cfg.judge.batch_size),
                        ("judge_prompt.max_candidate_chars", cfg.judge_prompt.max_candidate_chars),
                        ("judge_prompt.max_question_chars", cfg.judge_prompt.max_question_chars),
                        ("judge_prompt.max_reference_chars", cfg.judge_prompt.max_reference_chars),
@@ -359,8 +368,12 @@ def check(cfg: Config) -> None:
                        ("slurm.generate_shards", cfg.slurm.generate_shards),
                        ("slurm.judge_shards", cfg.slurm.judge_shards)):
         need(value >= 1, f"{key}={value} must be at least 1")
-    for key, value in (("judge_prompt.reply_tokens", cfg.judge_prompt.reply_tokens),
-                       ("dataset.limit", cfg.dataset.limit), ("judge.placement.gpus", cfg.judge.placement.gpus),
+    reply_tokens = OmegaConf.select(cfg, "judge_prompt.reply_tokens", throw_on_missing=False)
+    need(reply_tokens is not None and reply_tokens >= 1,
+         f"judge_prompt.reply_tokens={reply_tokens} must be at least 1" if reply_tokens is not None else
+         f"judge_prompt.reply_tokens is not set in judge_prompt={cfg.judge_prompt.name}: give the most tokens the "
+         "judge may write (at least 1)")
+    for key, value in (("dataset.limit", cfg.dataset.limit), ("judge.placement.gpus", cfg.judge.placement.gpus),
                        ("threads", cfg.threads), ("slurm.max_parallel", cfg.slurm.max_parallel)):
         need(value is None or value >= 1, f"{key}={value} must be at least 1, or null")
     for key, value in (("judge.threshold", cfg.judge.threshold), ("judge.min_verdict_mass", cfg.judge.min_verdict_mass),

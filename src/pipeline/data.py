@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
@@ -36,7 +37,7 @@ class QAItem:
         return {"id": self.id, "question": self.question, "references": list(self.references)}
 
 
-def resolve_source(path: str) -> tuple[str, Path | None]:
+def locate_data(path: str) -> tuple[str, Path | None]:
     """('local', file) or ('hub', None) for a dataset.path value."""
     if path.startswith("package:"):
         name = path.removeprefix("package:")
@@ -64,7 +65,7 @@ def load_rows(cfg: DatasetConfig):
     import datasets
 
     datasets.disable_progress_bars()
-    kind, file = resolve_source(cfg.path)
+    kind, file = locate_data(cfg.path)
     if kind in ("local", "folder"):
         builder = LOCAL_BUILDERS[file.suffix.lower()] if kind == "local" else None
         where = str(file)
@@ -136,15 +137,6 @@ def get_field(row: dict, dotted: str):
     return value
 
 
-def check_fields(ds, cfg: DatasetConfig, where: str) -> None:
-    """Every mapped field must exist; the error lists the columns that do."""
-    wanted = {"dataset.fields.question": cfg.fields.question}
-    wanted |= {f"dataset.fields.answers[{i}]": f for i, f in enumerate(cfg.fields.answers)}
-    if cfg.fields.id is not None:
-        wanted["dataset.fields.id"] = cfg.fields.id
-    require_fields(ds, wanted, where)
-
-
 def require_fields(ds, wanted: dict[str, str], where: str) -> None:
     """Each {setting: dotted field} must exist in the first row; the error names it and lists the columns."""
     first = ds[0]
@@ -173,38 +165,52 @@ def as_references(value, dotted: str, row_no: int, where: str) -> list[str]:
                         "answers must be a string or a list of strings.")
 
 
-def load_items(cfg: DatasetConfig) -> tuple[list[QAItem], dict]:
-    """The data set as QA items, checked; plus a description for the manifest."""
-    ds, where = load_rows(cfg)
-    if len(ds) == 0:
-        raise PipelineError(f"{where}: the data set is empty (0 rows); there is nothing to evaluate.")
-    check_fields(ds, cfg, where)
-    total = len(ds)
-    if cfg.limit is not None:
-        if cfg.limit < 1:
-            raise PipelineError(f"dataset.limit={cfg.limit}: must be a positive number of rows, or null for all.")
-        ds = ds.select(range(min(cfg.limit, total)))
+def as_text(value) -> str:
+    """A cell as text: numbers are text too (an id 7, an answer "1985"); None and NaN are empty."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
 
-    items, problems = [], []
-    for i, row in enumerate(ds):
-        row_no = i + 1
-        raw_id = get_field(row, cfg.fields.id) if cfg.fields.id else f"{cfg.name}-{i:06d}"
-        question = get_field(row, cfg.fields.question)
-        refs: list[str] = []
-        for dotted in cfg.fields.answers:
-            refs += as_references(get_field(row, dotted), dotted, row_no, where)
-        refs = list(dict.fromkeys(r.strip() for r in refs if r and r.strip()))
-        if raw_id is None or str(raw_id).strip() == "":
-            problems.append(f"row {row_no}: empty id")
-        if not isinstance(question, str) or not question.strip():
-            problems.append(f"row {row_no} (id {raw_id}): empty question")
-        if not refs:
-            problems.append(f"row {row_no} (id {raw_id}): no reference answers")
-        items.append(QAItem(str(raw_id).strip(), str(question).strip(), tuple(refs)))
+
+@dataclass(frozen=True)
+class FieldMap:
+    """Which fields of a row hold the id, question and answers, and the setting that maps them (for messages)."""
+
+    setting: str  # "dataset.fields" or "import_fields"
+    question: str
+    answers: tuple[str, ...]
+    id: str | None = None  # None: the rows are numbered <name>-000000, ...
+
+    def wanted(self) -> dict[str, str]:
+        """{setting: dotted field} for require_fields."""
+        out = {f"{self.setting}.question": self.question}
+        out |= {f"{self.setting}.answers[{i}]": a for i, a in enumerate(self.answers)}
+        return out | ({f"{self.setting}.id": self.id} if self.id is not None else {})
+
+
+def read_item(row: dict, i: int, fields: FieldMap, name: str, where: str) -> tuple[QAItem, list[str]]:
+    """Row i (0-based) as a QA item, and what makes it unusable (an empty id or question, no reference answer)."""
+    row_no = i + 1
+    rid = as_text(get_field(row, fields.id)) if fields.id else f"{name}-{i:06d}"
+    question = get_field(row, fields.question)
+    question = as_text(question) if isinstance(question, (str, int, float)) or question is None else ""
+    refs: list[str] = []
+    for dotted in fields.answers:
+        refs += as_references(get_field(row, dotted), dotted, row_no, where)
+    refs = list(dict.fromkeys(r.strip() for r in refs if r and r.strip()))
+    problems = [text for bad, text in ((not rid, f"row {row_no}: empty id"),
+                                       (not question, f"row {row_no} (id {rid}): empty question"),
+                                       (not refs, f"row {row_no} (id {rid}): no reference answers")) if bad]
+    return QAItem(rid, question, tuple(refs)), problems
+
+
+def refuse_bad_rows(items: list[QAItem], problems: list[str], where: str, fields: FieldMap) -> None:
+    """Stop on unusable rows, then on ids that appear more than once (naming the rows)."""
     if problems:
         raise PipelineError(f"{where}: {plural(len(problems), 'row')} cannot be used: {preview(problems, 8)}. "
-                            "Fix the data, or map other fields with dataset.fields.*.")
-
+                            f"Fix the data, or map other fields with {fields.setting}.*.")
     counts = Counter(item.id for item in items)
     dups = {k: n for k, n in counts.items() if n > 1}
     if dups:
@@ -212,9 +218,29 @@ def load_items(cfg: DatasetConfig) -> tuple[list[QAItem], dict]:
         detail = "; ".join(f"{k!r} at rows {v}" for k, v in rows.items())
         raise PipelineError(
             f"{where}: {plural(len(dups), 'id')} appear more than once ({detail}"
-            f"{' ...' if len(dups) > 5 else ''}). Ids must be unique: fix the data, or set dataset.fields.id=null "
+            f"{' ...' if len(dups) > 5 else ''}). Ids must be unique: fix the data, or set {fields.setting}.id=null "
             "to number the rows instead."
         )
+
+
+def load_items(cfg: DatasetConfig) -> tuple[list[QAItem], dict]:
+    """The data set as QA items, checked; plus a description for the manifest."""
+    ds, where = load_rows(cfg)
+    if len(ds) == 0:
+        raise PipelineError(f"{where}: the data set is empty (0 rows); there is nothing to evaluate.")
+    fields = FieldMap("dataset.fields", cfg.fields.question, tuple(cfg.fields.answers), cfg.fields.id)
+    require_fields(ds, fields.wanted(), where)
+    total = len(ds)
+    if cfg.limit is not None:
+        if cfg.limit < 1:
+            raise PipelineError(f"dataset.limit={cfg.limit}: must be a positive number of rows, or null for all.")
+        ds = ds.select(range(min(cfg.limit, total)))
+    items, problems = [], []
+    for i, row in enumerate(ds):
+        item, bad = read_item(row, i, fields, cfg.name, where)
+        items.append(item)
+        problems += bad
+    refuse_bad_rows(items, problems, where, fields)
     description = {"name": cfg.name, "source": where, "rows_in_source": total, "rows_used": len(items),
                    "content_sha256": content_hash(items)}
     return items, description

@@ -18,10 +18,10 @@ from contextlib import contextmanager
 import torch
 from omegaconf import OmegaConf
 
-from .config import JudgeConfig
+from .config import JudgeConfig, conf_dir
 from .errors import PipelineError
 from .hardware import GiB, Hardware, detect
-from .plan import PRECISION_LADDER, plan_for, replace_precision
+from .placement import PRECISION_LADDER, plan_for, replace_precision
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,6 @@ def quiet(name: str):
 
 
 def judge_presets() -> dict[str, object]:
-    from .__main__ import conf_dir
-
     presets = {}
     for path in sorted((conf_dir() / "judge").glob("*.yaml")):
         presets[path.stem] = OmegaConf.merge(OmegaConf.structured(JudgeConfig), OmegaConf.load(path))
@@ -107,16 +105,17 @@ def describe_node(hardware: Hardware) -> list[str]:
 def smoke_test(cfg) -> str:
     """Load the generator and answer one question; the answer and the time it took."""
     from .decoding import StopRule, generated_text, greedy_batch
-    from .generate import generator_messages, pick_device
-    from .models import (cache_root, encode_chat, load_causal_lm, load_tokenizer, resolve_model, resolve_precision,
-                         use_chat_template)
+    from .generate import Generator, generator_messages
+    from .models import encode_chat, load_planned, load_tokenizer, use_chat_template
+    from .placement import verify_loaded
 
     g = cfg.generator
     started = time.perf_counter()
-    device = pick_device(g.device)
-    source = resolve_model(g.model, cache_root(cfg.cache_dir))
-    tok = load_tokenizer(source, g)
-    model = load_causal_lm(source, g, resolve_precision(g, on_gpu=device.type == "cuda"), {"": str(device)})
+    plan = Generator.prepare(cfg).plan
+    device = plan.device_map[""]
+    tok = load_tokenizer(plan.source, g)
+    model = load_planned(plan)
+    verify_loaded(model, plan)
     question = "What is the capital of France?"
     _, ids = encode_chat(tok, generator_messages(cfg, question), use_chat_template(tok, g.use_chat_template))
     [gen] = greedy_batch(model, [ids], g.max_new_tokens, StopRule.build(tok, model, g.stop_at_newline))
@@ -148,7 +147,7 @@ def run(cfg) -> bool:
         print(smoke_test(cfg))
 
     plan = plan_for(cfg.judge, hardware)
-    print(f"\n== chosen judge: {cfg.judge.name} ({plan.precision})")
+    print(f"\n== chosen judge: {cfg.judge.name} ({plan.precision_label})")
     if not plan.fits:
         raise PipelineError(f"judge {cfg.judge.name!r} cannot run on this node: {' '.join(plan.problems)} "
                             f"See `python -m pipeline stage=plan judge={cfg.judge.name}` for what would fit.")

@@ -133,7 +133,7 @@ def from_profile(profile) -> Hardware:
                     backend="cuda" if gpus else "none")
 
 
-def resolve(profile) -> Hardware:
+def for_profile(profile) -> Hardware:
     """hardware=auto detects this machine; any other profile is declared."""
     return detect() if profile.detect else from_profile(profile)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import shards
 from .errors import PipelineError
-from .runs import StageDir, resolve_run
+from .runs import StageDir, find_run
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def merge_run(run_dir: Path) -> list[str]:
 
 
 def run(cfg) -> list[str]:
-    run_dir = resolve_run(Path(cfg.runs_dir), cfg.run_id)
+    run_dir = find_run(Path(cfg.runs_dir), cfg.run_id)
     merged = merge_run(run_dir)
     print(f"run {run_dir.name}: merged {', '.join(merged)}" if merged else
           f"run {run_dir.name}: nothing to merge (every stage is finished as a whole)")

@@ -11,6 +11,8 @@ import re
 import string
 from collections import Counter
 
+# The yes/no criteria every report scores each answer by (the lexical ones here, the judge's verdict, the human label).
+CRITERIA = ("exact_match", "token_f1", "contains", "rouge_l", "judge", "human")
 PUNCTUATION = set(string.punctuation)
 
 

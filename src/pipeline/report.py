@@ -20,79 +20,51 @@ valid: an invalid verdict is left out, never counted as wrong), human (the human
 
 from __future__ import annotations
 
-import json
 import logging
+from dataclasses import asdict
 from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .config import ReportConfig
 from .errors import PipelineError
+from .figures import plot
 from .files import read_json, write_atomic
-from .metrics import contains_reference, exact_match, rouge_l, token_f1
-from .runs import StageDir, list_runs, resolve_run
+from .metrics import CRITERIA, contains_reference, exact_match, rouge_l, token_f1
+from .rows import SAMPLE_COLUMNS, GenerationRow, SampleRow, VerdictRow, parse_rows
+from .runs import StageDir, list_runs, find_run
 from .stats import agreement, auroc, bootstrap_ci, cohen_kappa
 from .verdict import CORRECT, INCORRECT, INVALID
 
 log = logging.getLogger(__name__)
 
-SAMPLE_COLUMNS = ["id", "question", "references", "prediction", "finish_reason", "num_generated_tokens",
-                  "sequence_nll", "mean_nll", "exact_match", "token_f1", "contains_reference", "rouge_l",
-                  "human_label", "judge", "judge_verdict", "judge_p_correct", "judge_invalid_reason", "judge_reply"]
-CRITERIA = ("exact_match", "token_f1", "contains", "rouge_l", "judge", "human")
-
-
-class Settings:
-    """The report.* settings (defaults when called without a config)."""
-
-    def __init__(self, cfg=None):
-        r = getattr(cfg, "report", None)
-        self.bootstrap = r.bootstrap if r else 1000
-        self.seed = r.seed if r else 0
-        self.f1_threshold = r.f1_threshold if r else 0.5
-        self.rouge_threshold = r.rouge_threshold if r else 0.5
-        self.plots = r.plots if r else True
+def settings(cfg=None) -> ReportConfig:
+    """The report.* settings of a config; the schema's defaults without one."""
+    return cfg.report if cfg is not None else ReportConfig()
 
 
 # ------------------------------------------------------------------------------------------- per sample
 
-def sample_rows(generations: list[dict], verdicts: list[dict], run_dir: Path, judge: str) -> pd.DataFrame:
-    by_id = {v["id"]: v for v in verdicts}
-    missing = [g["id"] for g in generations if g["id"] not in by_id]
+def sample_rows(answers: list[GenerationRow], verdicts: list[VerdictRow], run_dir: Path, judge: str) -> pd.DataFrame:
+    """samples.csv: one rows.SampleRow per answer, in data set order (file order for answers without an index)."""
+    by_id = {v.id: v for v in verdicts}
+    missing = [a.id for a in answers if a.id not in by_id]
     if missing:
         raise PipelineError(f"run {run_dir.name}: judge {judge} has no verdict for {len(missing)} answers "
                             f"(first: {missing[:5]}); re-run stage=judge to finish it.")
     rows = []
-    # data set order, whatever order they were made in (file order for records without an index)
-    for g in sorted(generations, key=lambda g: g.get("index", 0)):
-        v = by_id[g["id"]]
-        pred, refs = g["prediction"], g["references"]
-        label = g.get("human_label")
-        rows.append({
-            "id": g["id"],
-            "question": g["question"],
-            "references": json.dumps(refs, ensure_ascii=False),
-            "prediction": pred,
-            "finish_reason": g["finish_reason"],
-            "num_generated_tokens": g["num_generated_tokens"],
-            "sequence_nll": g["sequence_nll"],
-            "mean_nll": g["mean_nll"],
-            "exact_match": int(exact_match(pred, refs)),
-            "token_f1": round(token_f1(pred, refs), 6),
-            "contains_reference": int(contains_reference(pred, refs)),
-            "rouge_l": round(rouge_l(pred, refs), 6),
-            "human_label": None if label is None else int(label),
-            "judge": v["judge"],
-            "judge_verdict": v["verdict"],
-            "judge_p_correct": v.get("p_correct"),
-            "judge_invalid_reason": v.get("invalid_reason"),
-            "judge_reply": v["reply"],
-        })
+    for a in sorted(answers, key=lambda a: a.index):
+        scores = {"exact_match": exact_match(a.prediction, a.references),
+                  "token_f1": token_f1(a.prediction, a.references),
+                  "contains_reference": contains_reference(a.prediction, a.references),
+                  "rouge_l": rouge_l(a.prediction, a.references)}
+        rows.append(asdict(SampleRow.of(a, by_id[a.id], scores)))
     return pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
 
 
-def criteria(samples: pd.DataFrame, s: Settings) -> pd.DataFrame:
+def criteria(samples: pd.DataFrame, s: ReportConfig) -> pd.DataFrame:
     """One column per criterion: 1.0 (correct), 0.0 (not correct), NaN (undefined for that answer)."""
     judged = samples["judge_verdict"].map({CORRECT: 1.0, INCORRECT: 0.0, INVALID: np.nan})
     return pd.DataFrame({
@@ -107,8 +79,8 @@ def criteria(samples: pd.DataFrame, s: Settings) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------------------------- summary
 
-def summarize(samples: pd.DataFrame, run_id: str, judge: str, s: Settings | None = None) -> pd.DataFrame:
-    s = s or Settings()
+def summarize(samples: pd.DataFrame, run_id: str, judge: str, s: ReportConfig | None = None) -> pd.DataFrame:
+    s = s or settings()
     n = len(samples)
     counts = samples["judge_verdict"].value_counts()
     correct, incorrect, invalid = (int(counts.get(k, 0)) for k in (CORRECT, INCORRECT, INVALID))
@@ -169,105 +141,25 @@ def digest(row: dict) -> str:
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------------------ figures
-
-def plot(samples: pd.DataFrame, summary: pd.DataFrame, folder: Path, title: str, s: Settings) -> list[Path]:
-    """accuracy.png, and nll.png / reliability.png when the data allow; returns the files written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    row = summary.iloc[0]
-    shown = [c for c in CRITERIA if row[f"n_{c}"] > 0]
-    acc = np.array([row[f"acc_{c}"] for c in shown])
-    lo, hi = np.array([row[f"acc_{c}_lo"] for c in shown]), np.array([row[f"acc_{c}_hi"] for c in shown])
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.bar(shown, acc, color="#4c72b0", yerr=[np.nan_to_num(acc - lo), np.nan_to_num(hi - acc)], capsize=4)
-    ax.set_ylim(0, 1.12)
-    ax.set_ylabel("accuracy (95% bootstrap CI)")
-    ax.set_title(f"{title}: accuracy by criterion (n={len(samples)})", fontsize=10)
-    for x, (a, top, c) in enumerate(zip(acc, hi, shown)):
-        y = (top if not np.isnan(top) else a) + 0.02
-        ax.text(x, y, f"{a:.2f} (n={row[f'n_{c}']})", ha="center", va="bottom", fontsize=8)
-    written.append(save(fig, folder / "accuracy.png"))
-
-    nll = samples["sequence_nll"].astype(float)
-    verdict = samples["judge_verdict"]
-    if nll.notna().any() and verdict.isin([CORRECT, INCORRECT]).any():
-        fig, ax = plt.subplots(figsize=(7, 4))
-        bins = np.histogram_bin_edges(nll.dropna(), bins=20)
-        for label, color in ((CORRECT, "#55a868"), (INCORRECT, "#c44e52")):
-            part = nll[(verdict == label) & nll.notna()]
-            if len(part):
-                ax.hist(part, bins=bins, alpha=0.6, color=color, label=f"judged {label} (n={len(part)})")
-        ax.set_xlabel("sequence NLL of the generated answer")
-        ax.set_ylabel("answers")
-        ax.set_title(f"{title}: NLL by verdict (AUROC of -NLL for the judge's verdict: "
-                     f"{row['auroc_sequence_nll_judge']:.2f})", fontsize=10)
-        ax.legend()
-        written.append(save(fig, folder / "nll.png"))
-
-    p = pd.concat([pd.to_numeric(samples["judge_p_correct"], errors="coerce"),
-                   pd.to_numeric(samples["human_label"], errors="coerce")], axis=1).dropna()
-    if len(p):
-        p.columns = ["p", "human"]
-        edges = np.linspace(0, 1, 11)
-        which = np.clip(np.digitize(p["p"], edges) - 1, 0, 9)
-        mids, rates, sizes = [], [], []
-        for b in range(10):
-            part = p[which == b]
-            if len(part):
-                mids.append(part["p"].mean())
-                rates.append(part["human"].mean())
-                sizes.append(len(part))
-        fig, ax = plt.subplots(figsize=(5, 5))
-        ax.plot([0, 1], [0, 1], "--", color="grey", label="perfectly calibrated")
-        ax.plot(mids, rates, "o-", color="#4c72b0", label="judge")
-        for x, y, k in zip(mids, rates, sizes):
-            ax.annotate(str(k), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("judge P(correct), binned")
-        ax.set_ylabel("fraction correct by human label")
-        ax.set_title(f"{title}: reliability (Brier {row['brier_p_correct_human']:.3f})", fontsize=10)
-        ax.legend(loc="upper left")
-        written.append(save(fig, folder / "reliability.png"))
-    return written
-
-
-def save(fig, path: Path) -> Path:
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    write_atomic(path, buffer.getvalue())
-    return path
-
-
 # ---------------------------------------------------------------------------------------------- the stage
 
-def write(run_dir: Path, judge: str, s: Settings | None = None) -> tuple[Path, Path]:
+def write(run_dir: Path, judge: str, s: ReportConfig | None = None) -> tuple[Path, Path]:
     """(Re)write samples.csv, summary.csv and the figures for one finished judge of a run."""
-    s = s or Settings()
+    s = s or settings()
     gen = StageDir(run_dir / "generate", "generations.jsonl")
     stage = StageDir(run_dir / "judge" / judge, "verdicts.jsonl")
     if not stage.is_complete():
         raise PipelineError(f"run {run_dir.name}: judge {judge!r} has not finished ({stage.manifest_path} missing); "
                             f"run python -m pipeline stage=judge run_id={run_dir.name} judge={judge}.")
     with stage.lock():  # not while a judge of the same name is still writing
-        samples = sample_rows(gen.read_records(), stage.read_records(), run_dir, judge)
+        samples = sample_rows(parse_rows(GenerationRow, gen.read_records(), gen.records_path),
+                              parse_rows(VerdictRow, stage.read_records(), stage.records_path), run_dir, judge)
         summary = summarize(samples, run_dir.name, judge, s)
         samples_path, summary_path = stage.path / "samples.csv", stage.path / "summary.csv"
         write_atomic(samples_path, samples.to_csv(index=False))
         write_atomic(summary_path, summary.to_csv(index=False, float_format="%.6g"))
         if s.plots:
-            plot(samples, summary, stage.path, f"{run_dir.name} / {judge}", s)
+            plot(samples, summary, stage.path, f"{run_dir.name} / {judge}")
     return samples_path, summary_path
 
 
@@ -275,7 +167,7 @@ def finished_judges(run_dir: Path) -> list[str]:
     return sorted(p.name for p in (run_dir / "judge").glob("*") if StageDir(p, "verdicts.jsonl").is_complete())
 
 
-def report_run(run_dir: Path, s: Settings) -> list[dict]:
+def report_run(run_dir: Path, s: ReportConfig) -> list[dict]:
     """Merge the run's shards, rewrite every finished judge's results; one leaderboard row per judge."""
     from .merge import merge_run
 
@@ -306,17 +198,17 @@ LEADERBOARD_COLUMNS = ["dataset", "dataset_sha256", "run_id", "generator", "judg
 
 def run(cfg) -> list[Path]:
     """stage=report: one run (run_id), or several (report.runs) with a leaderboard across them."""
-    s = Settings(cfg)
+    s = settings(cfg)
     runs_dir = Path(cfg.runs_dir)
     names = list(cfg.report.runs) if cfg.report.runs else None
     if names == ["all"]:
         names = list_runs(runs_dir)
     if not names:
-        run_dir = resolve_run(runs_dir, cfg.run_id)
+        run_dir = find_run(runs_dir, cfg.run_id)
         report_run(run_dir, s)
         return [run_dir / "judge"]
     rows, skipped = [], []
-    for run_dir in [resolve_run(runs_dir, n) for n in names]:
+    for run_dir in [find_run(runs_dir, n) for n in names]:
         try:
             rows += report_run(run_dir, s)
         except PipelineError as e:  # one unfinished run does not hold up the others' results

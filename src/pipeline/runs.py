@@ -20,14 +20,11 @@ unfinished: re-running the same command resumes it, skipping the records already
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
-import platform
 import re
 import shutil
-import sys
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -37,6 +34,8 @@ from typing import Any, Iterator
 
 from .config import NAME_LIMIT, check_name
 from .errors import PipelineError, plural, preview
+from .locks import StageLock
+from .rows import check_versions
 from .files import (JsonlAppender, fsync_dir, parse_jsonl, read_json, repair_jsonl_tail, sha256_file, write_atomic,
                     write_json)
 
@@ -44,8 +43,6 @@ log = logging.getLogger(__name__)
 
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,%d}" % (NAME_LIMIT - 1))
 LATEST = "latest"
-# The record schemas each records file may hold; a reader refuses any other (a newer version, another tool's file).
-RECORD_SCHEMAS = {"generations.jsonl": ("generation/1",), "verdicts.jsonl": ("verdict/1",)}
 
 
 def check_run_id(run_id: str) -> str:
@@ -78,7 +75,7 @@ def list_runs(runs_dir: Path) -> list[str]:
     return [name for _, name in sorted(found)]
 
 
-def resolve_run(runs_dir: Path, run_id: str | None) -> Path:
+def find_run(runs_dir: Path, run_id: str | None) -> Path:
     """The directory of an existing run; None or 'latest' means the newest one."""
     runs_dir = Path(runs_dir)
     existing = list_runs(runs_dir)
@@ -153,73 +150,6 @@ def diff_fingerprints(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 
-def holder_description() -> dict:
-    """Who holds a lock: written into the lock file, shown to the process that finds it taken."""
-    return {"host": platform.node(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "slurm_job": os.environ.get("SLURM_JOB_ID"), "command": " ".join(sys.argv)[:300]}
-
-
-class StageLock:
-    """An exclusive OS lock (flock) that one process holds on a stage for the stage's whole life.
-
-    The lock file lives in runs/<id>/.locks/, outside the stage folder, so that moving a stage aside never moves
-    its lock. The kernel drops the lock when its process ends, however it ends (kill -9, node failure), so a lock
-    left by a dead process is simply taken over; the file's contents only say who held it last. Re-entrant within
-    one process (the judge stage writes its report under its own lock).
-    """
-
-    _held: dict[str, list] = {}  # lock path -> [fd, depth], for this process
-
-    def __init__(self, path: Path, what: str):
-        self.path, self.what = Path(path), what
-
-    def __enter__(self) -> "StageLock":
-        key = str(self.path.resolve())
-        if key in self._held:
-            self._held[key][1] += 1
-            return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = self._read(fd)
-            os.close(fd)
-            who = ", ".join(f"{k} {v}" for k, v in holder.items() if v and k != "command") or "unknown"
-            raise PipelineError(
-                f"{self.what} is in use by another process ({who}; command: {holder.get('command', '?')}). Two "
-                "processes on one stage would corrupt it, so this one stops without writing anything. Wait for the "
-                "other to finish (then this command has nothing left to do) or stop it; a stopped process releases "
-                "its lock at once, and running the same command again resumes."
-            ) from None
-        previous = self._read(fd)
-        if previous:
-            log.info("%s: taking over the lock last held by pid %s on %s (started %s); that process has ended",
-                     self.what, previous.get("pid"), previous.get("host"), previous.get("started"))
-        try:  # who holds it, for the next process to show; the lock itself needs no disk space
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(holder_description()) + "\n").encode(), 0)
-        except OSError as e:
-            log.debug("%s: could not record the lock's holder: %s", self.path, e)
-        self._held[key] = [fd, 1]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        key = str(self.path.resolve())
-        entry = self._held[key]
-        entry[1] -= 1
-        if entry[1] == 0:
-            del self._held[key]
-            os.close(entry[0])  # closing the descriptor releases the flock
-
-    @staticmethod
-    def _read(fd: int) -> dict:
-        try:
-            return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
-        except (ValueError, OSError):
-            return {}
-
-
 def run_dir_of(path: Path) -> Path:
     """The run folder a stage folder belongs to (the nearest parent with run.json), else the folder's parent."""
     for parent in Path(path).parents:
@@ -230,16 +160,7 @@ def run_dir_of(path: Path) -> Path:
 
 def check_records(records: list[dict], where: Path, records_name: str) -> None:
     """Every record has a known schema version and its own id: refuse anything else, naming lines and ids."""
-    allowed = RECORD_SCHEMAS.get(records_name)
-    if allowed:
-        bad = [(i, r.get("schema")) for i, r in enumerate(records, 1) if r.get("schema") not in allowed]
-        if bad:
-            shown = preview([f"line {i}: {v!r}" for i, v in bad], 3)
-            raise PipelineError(
-                f"{where}: {plural(len(bad), 'record')} with a schema this version cannot read ({shown}); it reads "
-                f"{', '.join(allowed)}. The file was written by another version or tool: use that version, or redo "
-                "the stage with overwrite=true."
-            )
+    check_versions(records, where, records_name)
     counts = Counter(r.get("id") for r in records)
     dups = {k: n for k, n in counts.items() if n > 1}
     if dups:

@@ -61,7 +61,7 @@ def from_slurm(env: dict[str, str] | None = None) -> Shard | None:
     return Shard((task - first) // step, count)
 
 
-def resolve(shard_cfg, env: dict[str, str] | None = None, overwrite: bool = False) -> Shard:
+def this_shard(shard_cfg, env: dict[str, str] | None = None, overwrite: bool = False) -> Shard:
     """shard.index / shard.count as given; unset ones come from the SLURM array; else 0 of 1.
 
     `overwrite` is refused for one shard of an array: the other shards would still hold the old results.
@@ -106,6 +106,31 @@ def parse_name(name: str) -> Shard:
 def merge_shards(stage_root: Path, records_name: str, expected_ids: list[str] | None) -> tuple[list[dict], dict]:
     """Every shard's records, checked: one shard count and one set of settings, no shard missing or unfinished,
     each shard holding exactly its ids, each expected id exactly once. Returns (records, what was merged)."""
+    count, present = complete_shards(stage_root, records_name)
+    manifests = {i: s.manifest() for i, s in present.items()}
+    first = manifests[0].get("fingerprint", {})
+    for i, m in manifests.items():
+        changes = diff_fingerprints(first, m.get("fingerprint", {}))
+        if changes:
+            raise PipelineError(f"{stage_root}/: shard {Shard(i, count).name} was made with other settings than "
+                                f"shard {Shard(0, count).name} ({'; '.join(changes)}); refusing to merge them.")
+    records, problems = collect(present, manifests, count)
+    seen = {r["id"] for r in records}
+    total = manifests[0].get("expected_total")
+    if expected_ids is None and total is not None and len(seen) != total:
+        problems.append(f"the data set has {total} questions but the shards hold {len(seen)}")
+    if expected_ids is not None:
+        lost, extra = sorted(set(expected_ids) - seen), sorted(seen - set(expected_ids))
+        problems += [f"{plural(len(lost), 'id')} in no shard: {preview(lost, 8)}"] if lost else []
+        problems += [f"{plural(len(extra), 'id')} not in the data set: {preview(extra, 8)}"] if extra else []
+    if problems:
+        raise PipelineError(f"{stage_root}/ shards do not add up: {'; '.join(problems)}.")
+    return records, {"shard_count": count, "shards": [Shard(i, count).name for i in range(count)],
+                     "fingerprint": first, "manifests": manifests}
+
+
+def complete_shards(stage_root: Path, records_name: str) -> tuple[int, dict[int, StageDir]]:
+    """The shard count and every shard's folder by index; refused unless all shards of one count are finished."""
     dirs = shard_dirs(stage_root)
     if not dirs:
         raise PipelineError(f"{stage_root}/ has neither finished results nor shards; run the stage first.")
@@ -123,47 +148,29 @@ def merge_shards(stage_root: Path, records_name: str, expected_ids: list[str] | 
                 ([f"unfinished: {preview(unfinished)}"] if unfinished else [])
         raise PipelineError(f"{stage_root}/ cannot be merged: {'; '.join(parts)} (of {count}). Run those array "
                             "tasks again (they resume), e.g. with sbatch --array=<their indices>.")
+    return count, present
 
-    manifests = {i: s.manifest() for i, s in present.items()}
-    first = manifests[0].get("fingerprint", {})
-    for i, m in manifests.items():
-        changes = diff_fingerprints(first, m.get("fingerprint", {}))
-        if changes:
-            raise PipelineError(f"{stage_root}/: shard {Shard(i, count).name} was made with other settings than "
-                                f"shard {Shard(0, count).name} ({'; '.join(changes)}); refusing to merge them.")
 
+def collect(present: dict[int, StageDir], manifests: dict[int, dict], count: int) -> tuple[list[dict], list[str]]:
+    """The shards' records in shard order, and what is wrong: a shard without exactly its assigned ids, an id in
+    two shards."""
     records, seen, problems = [], {}, []
     for i in range(count):
         shard_records = present[i].read_records()
         assigned = manifests[i].get("assigned_ids")
         got = [r["id"] for r in shard_records]
         if assigned is not None and sorted(got) != sorted(assigned):
-            lost = sorted(set(assigned) - set(got))
-            extra = sorted(set(got) - set(assigned))
-            problems.append(f"shard {Shard(i, count).name}: "
-                            + ", ".join(x for x in [f"missing ids {preview(lost, 5)}" if lost else "",
-                                                    f"ids not assigned to it {preview(extra, 5)}" if extra else ""]
-                                        if x))
+            lost, extra = sorted(set(assigned) - set(got)), sorted(set(got) - set(assigned))
+            problems.append(f"shard {Shard(i, count).name}: " + ", ".join(
+                x for x in [f"missing ids {preview(lost, 5)}" if lost else "",
+                            f"ids not assigned to it {preview(extra, 5)}" if extra else ""] if x))
         for r in shard_records:
             if r["id"] in seen:
                 problems.append(f"id {r['id']!r} in shards {Shard(seen[r['id']], count).name} and "
                                 f"{Shard(i, count).name}")
             seen[r["id"]] = i
             records.append(r)
-    total = manifests[0].get("expected_total")
-    if expected_ids is None and total is not None and len(seen) != total:
-        problems.append(f"the data set has {total} questions but the shards hold {len(seen)}")
-    if expected_ids is not None:
-        lost = sorted(set(expected_ids) - set(seen))
-        extra = sorted(set(seen) - set(expected_ids))
-        if lost:
-            problems.append(f"{plural(len(lost), 'id')} in no shard: {preview(lost, 8)}")
-        if extra:
-            problems.append(f"{plural(len(extra), 'id')} not in the data set: {preview(extra, 8)}")
-    if problems:
-        raise PipelineError(f"{stage_root}/ shards do not add up: {'; '.join(problems)}.")
-    return records, {"shard_count": count, "shards": [Shard(i, count).name for i in range(count)],
-                     "fingerprint": first, "manifests": manifests}
+    return records, problems
 
 
 def stage_records(stage_root: Path, records_name: str, expected_ids: list[str] | None = None) -> list[dict]:

@@ -33,9 +33,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from .config import conf_dir
 from .errors import PipelineError
 from .files import write_json
-from .hardware import resolve as resolve_hardware
+from .hardware import for_profile
 from .runs import create_run, move_aside, new_run_id
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,6 @@ NOT_FORWARDED = frozenset({"stage", "slurm", "shard", "overwrite", "run_id", "ru
 
 
 def slurm_dir() -> Path:
-    from .__main__ import conf_dir
-
     return conf_dir().parent / "slurm"
 
 
@@ -83,22 +82,22 @@ def held_back_overrides(overrides: list[str] | None = None) -> list[str]:
 
 def judge_gpus(cfg) -> int:
     """GPUs per judge task: slurm.judge_gpus, else the fewest GPUs of the hardware profile's kind that fit."""
-    from .models import resolve_precision
-    from .plan import Workload, fewest_gpus, load_model_config
+    from .models import choose_precision
+    from .placement import Workload, fewest_gpus, load_model_config
 
     if cfg.slurm.judge_gpus is not None:
         return cfg.slurm.judge_gpus
     j = cfg.judge
     if j.placement.devices == "cpu":
         return 0
-    hardware = resolve_hardware(cfg.hardware)
+    hardware = for_profile(cfg.hardware)
     if not hardware.gpus:
         raise PipelineError(
             "cannot tell how many GPUs each judge task needs: hardware=auto found no GPU on this machine (a login "
             "node?). Pass hardware=<one node of the partition> (profiles in conf/hardware/, e.g. hardware=4xA100-40GB) "
             "or slurm.judge_gpus=N."
         )
-    n = fewest_gpus(load_model_config(j.model, j), j.name, resolve_precision(j, on_gpu=True), hardware.gpu_kind,
+    n = fewest_gpus(load_model_config(j.model, j), j.name, choose_precision(j, on_gpu=True), hardware.gpu_kind,
                     j.placement, Workload(j.batch_size, j.placement.max_seq_len))
     if n is None or n > len(hardware.gpus):
         raise PipelineError(f"judge {j.name!r} does not fit on one node of {hardware.describe()}; see "

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from .config import JudgePromptConfig
 from .errors import PipelineError
+from .rows import GenerationRow
 
 CORRECT, INCORRECT, INVALID = "correct", "incorrect", "invalid"
 FENCE_OPEN, FENCE_CLOSE = "<<<", ">>>"
@@ -133,11 +134,11 @@ class PromptBuilder:
         messages = judge_messages(self.prompt, question, references, candidate, self.specials)
         return self.encode(self.tokenizer, messages, self.chat, self.prompt.reply_prefix or "")
 
-    def __call__(self, record: dict) -> tuple[str, list[int]]:
-        text, ids = self.build(record["question"], record["references"], record["prediction"])
+    def __call__(self, answer: GenerationRow) -> tuple[str, list[int]]:
+        text, ids = self.build(answer.question, answer.references, answer.prediction)
         if self.count(ids) != self.expected:
             raise PipelineError(
-                f"id {record['id']!r}: its judge prompt holds {self.count(ids)} special tokens where the template has "
+                f"id {answer.id!r}: its judge prompt holds {self.count(ids)} special tokens where the template has "
                 f"{self.expected}: a question, reference or answer would speak as the template. Nothing was judged; "
                 "please report this with the record."
             )

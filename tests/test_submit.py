@@ -1,5 +1,6 @@
-"""The pipeline on a real SLURM: a single-node cluster (Debian's slurmctld/slurmd/munge, fake GPU devices) started
-for this module by tests/slurm_local.py, and the real chain submitted by `python -m pipeline stage=submit`.
+"""submit.py (stage=submit) on a real SLURM: a single-node cluster (Debian's slurmctld/slurmd/munge, fake GPU devices)
+started for this module by tests/slurm_local.py (the `cluster` fixture of conftest.py), and the real chain submitted
+by `python -m pipeline stage=submit`; also its dry run, the requeue on SIGUSR1 and a Hydra multirun on SLURM.
 
 Needs root (slurmd, mknod, apt-get); skipped with the reason otherwise. CI runs as root, so CI runs these.
 """
@@ -7,37 +8,24 @@ Needs root (slurmd, mknod, apt-get); skipped with the reason otherwise. CI runs 
 import json
 import math
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from slurm_local import LocalSlurm, _cmdline, _environ, _fields, _is_running, is_available
+from slurm_local import _cmdline, _environ, _fields, _is_running
 
 from conftest import read_jsonl, run_cli
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+SLURM_GPUS = 4  # fake GPUs of the module's cluster (conftest.py)
 REPO = Path(__file__).resolve().parents[1]
 # What every submitted job shares here: a small slice of the embedded data set, one CPU and little memory per task.
 SMALL = ["dataset.limit=16", "threads=1", "slurm.partition=debug", "slurm.cpus_per_task=1", "slurm.mem=2G",
          "slurm.report_cpus=1", "slurm.report_mem=1G", "slurm.judge_gpus=1", "slurm.generate_gpus=1"]
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    ok, why = is_available()
-    if not ok:
-        pytest.skip(why)
-    root = Path(tempfile.mkdtemp(prefix="sl", dir="/tmp"))  # short: munge's socket path must stay under ~107 bytes
-    slurm = LocalSlurm(root, gpus=4, cpus=8, memory_mb=16000).start()
-    yield slurm
-    slurm.stop()
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def submit(cluster, tmp_path, run_id, *overrides, check=True):

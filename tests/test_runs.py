@@ -1,41 +1,18 @@
-"""Durable files, run ids, the latest run, and stage state (finished, unfinished, replaced)."""
+"""runs.py: run ids that cannot escape runs/, the latest run, stage folders (finished, unfinished, replaced, resumed
+with the same settings only), and records verified against their manifest whenever they are read."""
 
+import hashlib
 import json
 import os
+from pathlib import Path
 
 import pytest
 
+from pipeline import judge, report
 from pipeline.errors import PipelineError
-from pipeline.files import JsonlAppender, repair_jsonl_tail, write_atomic
-from pipeline.runs import StageDir, check_run_id, create_run, list_runs, resolve_run
+from pipeline.runs import StageDir, check_run_id, create_run, list_runs, find_run
 
-
-def test_write_atomic_replaces_whole_file_and_leaves_no_temporaries(tmp_path):
-    target = tmp_path / "summary.csv"
-    write_atomic(target, "old\n")
-    write_atomic(target, "new\n")
-    assert target.read_text() == "new\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.csv"]
-
-
-def test_torn_last_line_is_cut_off_and_earlier_records_kept(tmp_path):
-    path = tmp_path / "records.jsonl.partial"
-    with JsonlAppender(path) as out:
-        out.append([{"schema": "generation/1", "id": "a"}, {"schema": "generation/1", "id": "b"}])
-    with open(path, "a") as f:
-        f.write('{"id": "c", "predic')  # a writer killed mid-line
-    assert repair_jsonl_tail(path) == [{"schema": "generation/1", "id": "a"}, {"schema": "generation/1", "id": "b"}]
-    assert path.read_text() == '{"schema": "generation/1", "id": "a"}\n{"schema": "generation/1", "id": "b"}\n'
-    with JsonlAppender(path) as out:  # appending after the repair gives clean lines
-        out.append([{"schema": "generation/1", "id": "c"}])
-    assert [json.loads(x)["id"] for x in path.read_text().splitlines()] == ["a", "b", "c"]
-
-
-def test_damage_before_the_last_line_is_an_error_naming_the_line(tmp_path):
-    path = tmp_path / "records.jsonl.partial"
-    path.write_text('{"schema": "generation/1", "id": "a"}\nGARBAGE\n{"schema": "generation/1", "id": "c"}\n')
-    with pytest.raises(PipelineError, match=r"line 2"):
-        repair_jsonl_tail(path)
+from conftest import copy_run, make_cfg
 
 
 @pytest.mark.parametrize("bad", ["../x", "a/b", "..", "a\\b", "", ".hidden", "latest", "x" * 200, "a b"])
@@ -47,15 +24,15 @@ def test_run_ids_that_could_escape_runs_are_refused(bad):
 def test_unknown_run_lists_existing_runs_and_latest_points_at_newest(tmp_path):
     runs = tmp_path / "runs"
     with pytest.raises(PipelineError, match="no runs"):
-        resolve_run(runs, None)
+        find_run(runs, None)
     create_run(runs, "first")
     create_run(runs, "second")
     assert list_runs(runs) == ["first", "second"]
     assert os.readlink(runs / "latest") == "second"
-    assert resolve_run(runs, "latest").name == "second"
-    assert resolve_run(runs, None).name == "second"
+    assert find_run(runs, "latest").name == "second"
+    assert find_run(runs, None).name == "second"
     with pytest.raises(PipelineError, match=r"unknown run_id='third'.*second, first"):
-        resolve_run(runs, "third")
+        find_run(runs, "third")
 
 
 def finished_stage(tmp_path):
@@ -111,3 +88,61 @@ def test_unfinished_stage_resumes_only_with_the_same_settings(tmp_path):
         stage.begin({"generator": {"max_new_tokens": 16}}, False, "", run_dir)
     done = stage.begin({"generator": {"max_new_tokens": 32}}, False, "", run_dir)
     assert [r["id"] for r in done] == ["a", "b"]
+
+
+# ----------------------------------------------------------------------------------- records verified on read
+
+def rewrite_checksum(stage: Path, records_name: str) -> None:
+    """Make a manifest agree with its (edited) records file, as a careless hand-edit of both would."""
+    manifest = json.loads((stage / "manifest.json").read_text())
+    data = (stage / records_name).read_bytes()
+    manifest["records_file"].update(sha256=hashlib.sha256(data).hexdigest(),
+                                    records=sum(1 for line in data.splitlines() if line.strip()))
+    (stage / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["truncated", "duplicated", "edited"])
+def test_generations_changed_after_the_stage_finished_are_refused(judged_run, tmp_path, damage):
+    run = copy_run(judged_run, tmp_path)
+    f = run / "generate/generations.jsonl"
+    lines = f.read_text().splitlines(keepends=True)
+    if damage == "truncated":
+        f.write_text("".join(lines[:10]))
+    elif damage == "duplicated":
+        f.write_text("".join(lines + lines[:2]))
+    else:
+        record = json.loads(lines[3])
+        record["prediction"] = "a better answer, typed in by hand"
+        f.write_text("".join(lines[:3] + [json.dumps(record) + "\n"] + lines[4:]))
+    cfg = make_cfg(run.parent, "run_id=copy", "judge.name=second-opinion")
+    with pytest.raises(PipelineError, match="is not the file its stage wrote"):
+        judge.run(cfg)
+    with pytest.raises(PipelineError, match="is not the file its stage wrote"):
+        report.write(run, "smollm2-135m")
+    assert not (run / "judge/second-opinion").exists()
+
+
+@pytest.mark.slow
+def test_duplicate_ids_and_unknown_schemas_are_refused_even_with_a_matching_checksum(judged_run, tmp_path):
+    run = copy_run(judged_run, tmp_path)
+    f = run / "judge/smollm2-135m/verdicts.jsonl"
+    lines = f.read_text().splitlines(keepends=True)
+    f.write_text("".join(lines + lines[:1]))
+    rewrite_checksum(f.parent, "verdicts.jsonl")
+    with pytest.raises(PipelineError, match=r"1 id appear more than once"):
+        report.write(run, "smollm2-135m")
+
+    f.write_text("".join(lines[:-1] + [lines[-1].replace('"verdict/1"', '"verdict/9"')]))
+    rewrite_checksum(f.parent, "verdicts.jsonl")
+    with pytest.raises(PipelineError, match=r"schema this version cannot read \(line 16: 'verdict/9'\)"):
+        report.write(run, "smollm2-135m")
+
+
+@pytest.mark.slow
+def test_manifests_record_the_count_and_checksum_of_their_records(judged_run):
+    for stage in (judged_run / "generate", judged_run / "judge/smollm2-135m"):
+        manifest = json.loads((stage / "manifest.json").read_text())
+        name = manifest["records_file"]["name"]
+        assert manifest["records_file"]["records"] == 16
+        assert manifest["records_file"]["sha256"] == hashlib.sha256((stage / name).read_bytes()).hexdigest()

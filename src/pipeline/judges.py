@@ -1,0 +1,58 @@
+"""The two judge modes, each a small factory: built once from the judge, its prompt, tokenizer and model, then
+called on a batch of answers (their ids and prompt token ids) to give their VerdictRows.
+
+    judge_batch = make_judge(judge_cfg, prompt_cfg, tokenizer, model, tokens, prefix)
+    rows = judge_batch(ids, prompt_ids)
+
+logprob   one forward pass per answer, no decoding: the prompt ends where the verdict starts, and P(correct) is the
+          next-token probability of the correct words over that of all verdict words; the verdict is
+          P(correct) >= judge.threshold (invalid when the verdict words hold less than judge.min_verdict_mass).
+generate  the judge writes a reply (greedy, up to judge_prompt.reply_tokens); the last verdict marker in it is the
+          verdict, anything else is invalid with the reason.
+
+The judge stage and the judge benchmark call the same factory, so the benchmark measures the stage's own path.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from .config import JudgeConfig, JudgePromptConfig
+from .decoding import PrefixCache, StopRule, generated_text, greedy_batch, next_token_logprobs
+from .rows import VerdictRow
+from .verdict import VerdictTokens, parse_verdict, verdict_from_logprobs
+
+JudgeBatch = Callable[[list[str], list[list[int]]], list[VerdictRow]]
+
+
+def make_judge(judge: JudgeConfig, prompt: JudgePromptConfig, tokenizer, model, tokens: VerdictTokens | None,
+               prefix: PrefixCache | None = None) -> JudgeBatch:
+    """The batch -> rows function of the judge's mode: logprob when `tokens` (the verdict words) are given."""
+    base = {"judge": judge.name, "mode": judge.mode, "prompt_name": prompt.name, "prompt_version": prompt.version}
+    reply_prefix = prompt.reply_prefix or ""
+    if tokens is not None:
+        def judge_by_logprobs(ids: list[str], prompts: list[list[int]]) -> list[VerdictRow]:
+            logps, tops = next_token_logprobs(model, prompts, tokens.ids, stage_prefix=prefix)
+            rows = []
+            for rid, logp, top in zip(ids, logps, tops):
+                verdict, p_correct, mass = verdict_from_logprobs(logp, len(tokens.correct), judge.threshold,
+                                                                 judge.min_verdict_mass)
+                rows.append(VerdictRow(id=rid, **base, verdict=verdict.label, invalid_reason=verdict.reason,
+                                       p_correct=None if math.isnan(p_correct) else round(p_correct, 6),
+                                       verdict_mass=round(mass, 6),
+                                       reply=reply_prefix + tokenizer.decode([int(top)]), finish_reason=None))
+            return rows
+        return judge_by_logprobs
+
+    stop = StopRule.build(tokenizer, model, prompt.stop_at_newline)
+
+    def judge_by_reply(ids: list[str], prompts: list[list[int]]) -> list[VerdictRow]:
+        rows = []
+        for rid, gen in zip(ids, greedy_batch(model, prompts, prompt.reply_tokens, stop, stage_prefix=prefix)):
+            reply = reply_prefix + generated_text(tokenizer, gen, first_line_only=prompt.stop_at_newline, strip=False)
+            verdict = parse_verdict(reply, prompt)
+            rows.append(VerdictRow(id=rid, **base, verdict=verdict.label, invalid_reason=verdict.reason,
+                                   p_correct=None, verdict_mass=None, reply=reply, finish_reason=gen.finish_reason))
+        return rows
+    return judge_by_reply

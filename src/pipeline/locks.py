@@ -1,0 +1,83 @@
+"""The exclusive lock one process holds on a stage for the stage's whole life (runs/<id>/.locks/<stage>.lock)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import sys
+import time
+import fcntl
+from pathlib import Path
+
+from .errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+
+def holder_description() -> dict:
+    """Who holds a lock: written into the lock file, shown to the process that finds it taken."""
+    return {"host": platform.node(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "slurm_job": os.environ.get("SLURM_JOB_ID"), "command": " ".join(sys.argv)[:300]}
+
+
+class StageLock:
+    """An exclusive OS lock (flock) that one process holds on a stage for the stage's whole life.
+
+    The lock file lives in runs/<id>/.locks/, outside the stage folder, so that moving a stage aside never moves
+    its lock. The kernel drops the lock when its process ends, however it ends (kill -9, node failure), so a lock
+    left by a dead process is simply taken over; the file's contents only say who held it last. Re-entrant within
+    one process (the judge stage writes its report under its own lock).
+    """
+
+    _held: dict[str, list] = {}  # lock path -> [fd, depth], for this process
+
+    def __init__(self, path: Path, what: str):
+        self.path, self.what = Path(path), what
+
+    def __enter__(self) -> "StageLock":
+        key = str(self.path.resolve())
+        if key in self._held:
+            self._held[key][1] += 1
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._read(fd)
+            os.close(fd)
+            who = ", ".join(f"{k} {v}" for k, v in holder.items() if v and k != "command") or "unknown"
+            raise PipelineError(
+                f"{self.what} is in use by another process ({who}; command: {holder.get('command', '?')}). Two "
+                "processes on one stage would corrupt it, so this one stops without writing anything. Wait for the "
+                "other to finish (then this command has nothing left to do) or stop it; a stopped process releases "
+                "its lock at once, and running the same command again resumes."
+            ) from None
+        previous = self._read(fd)
+        if previous:
+            log.info("%s: taking over the lock last held by pid %s on %s (started %s); that process has ended",
+                     self.what, previous.get("pid"), previous.get("host"), previous.get("started"))
+        try:  # who holds it, for the next process to show; the lock itself needs no disk space
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(holder_description()) + "\n").encode(), 0)
+        except OSError as e:
+            log.debug("%s: could not record the lock's holder: %s", self.path, e)
+        self._held[key] = [fd, 1]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        key = str(self.path.resolve())
+        entry = self._held[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self._held[key]
+            os.close(entry[0])  # closing the descriptor releases the flock
+
+    @staticmethod
+    def _read(fd: int) -> dict:
+        try:
+            return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        except (ValueError, OSError):
+            return {}

@@ -1,0 +1,170 @@
+"""The rows the pipeline writes, defined once: the JSONL records of each stage and the per-sample CSV columns.
+
+    GenerationRow  generate/generations.jsonl, one per question (made by stage=generate and stage=import)
+    VerdictRow     judge/<judge>/verdicts.jsonl, one per answer
+    SampleRow      judge/<judge>/samples.csv, one per answer: the answer, its lexical criteria and the verdict
+
+Every record carries its schema version ("generation/2"); a reader accepts the versions in `READS` and refuses any
+other, naming the file and line. A change to a row's fields is a new version, and the reader of the old one says
+how the old records map onto the new fields.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, asdict, dataclass, fields
+from typing import Any, ClassVar, Iterable, Optional, TypeVar
+
+from .errors import PipelineError, plural, preview
+
+R = TypeVar("R", bound="Row")
+
+
+class Row:
+    """A JSONL record with a schema version. Subclasses are dataclasses."""
+
+    SCHEMA: ClassVar[str]
+    READS: ClassVar[tuple[str, ...]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": self.SCHEMA, **asdict(self)}
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def required(cls) -> list[str]:
+        return [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+
+    @classmethod
+    def from_json(cls: type[R], record: dict, where: str = "") -> R:
+        """The row a record holds; a PipelineError naming `where` for an unknown version or missing fields."""
+        version = record.get("schema")
+        if version not in cls.READS:
+            raise PipelineError(f"{where}: a record with schema {version!r}, which this version cannot read (it "
+                                f"reads {', '.join(cls.READS)}); use the version that wrote it, or redo the stage.")
+        missing = [name for name in cls.required() if name not in record]
+        if missing:
+            raise PipelineError(f"{where}: a {version} record (id {record.get('id')!r}) lacks "
+                                f"{', '.join(missing)}; the file was edited or written by another tool.")
+        return cls(**{name: record[name] for name in cls.names() if name in record})
+
+
+@dataclass(frozen=True)
+class GenerationRow(Row):
+    """One answer to one question. The token fields are None for imported answers (no log-probabilities).
+
+    Version 2 added `human_label` to every record (version 1 had it only on imported ones; a missing label reads as
+    None, so version 1 files are read unchanged)."""
+
+    SCHEMA: ClassVar[str] = "generation/2"
+    READS: ClassVar[tuple[str, ...]] = ("generation/1", "generation/2")
+
+    id: str
+    index: int  # position in the data set (the import file)
+    question: str
+    references: list[str]
+    prompt: Optional[str]  # what the generator read, exactly (None for imported answers)
+    prediction: str
+    finish_reason: Optional[str]  # "eos" | "newline" | "length"; None for imported answers
+    num_generated_tokens: Optional[int]
+    token_ids: Optional[list[int]]
+    tokens: Optional[list[str]]
+    token_logprobs: Optional[list[float]]
+    sequence_nll: Optional[float]
+    mean_nll: Optional[float]
+    human_label: Optional[bool] = None
+
+    @classmethod
+    def answer(cls, id: str, question: str, references: list[str], prediction: str, index: int = 0,
+               human_label: Optional[bool] = None) -> "GenerationRow":
+        """An answer made elsewhere (imported): no prompt, no tokens, no log-probabilities."""
+        return cls(id=id, index=index, question=question, references=list(references), prompt=None,
+                   prediction=prediction, finish_reason=None, num_generated_tokens=None, token_ids=None, tokens=None,
+                   token_logprobs=None, sequence_nll=None, mean_nll=None, human_label=human_label)
+
+
+@dataclass(frozen=True)
+class VerdictRow(Row):
+    """One judge's verdict on one answer."""
+
+    SCHEMA: ClassVar[str] = "verdict/1"
+    READS: ClassVar[tuple[str, ...]] = ("verdict/1",)
+
+    id: str
+    judge: str
+    mode: str  # "logprob" | "generate"
+    prompt_name: str
+    prompt_version: int
+    verdict: str  # "correct" | "incorrect" | "invalid"
+    invalid_reason: Optional[str]
+    p_correct: Optional[float]  # logprob mode: P(correct) among the verdict words; None in generate mode
+    verdict_mass: Optional[float]  # logprob mode: the probability the verdict words had in all
+    reply: str  # what the judge wrote (logprob mode: its most likely verdict word)
+    finish_reason: Optional[str]  # generate mode: why the reply ended
+
+
+# The records file of each stage and the row type it holds.
+ROW_TYPES: dict[str, type[Row]] = {"generations.jsonl": GenerationRow, "verdicts.jsonl": VerdictRow}
+
+
+def check_versions(records: list[dict], where: object, records_name: str) -> None:
+    """Refuse records whose schema version the file's row type cannot read, naming their lines."""
+    row_type = ROW_TYPES.get(records_name)
+    if row_type is None:
+        return
+    bad = [(i, r.get("schema")) for i, r in enumerate(records, 1) if r.get("schema") not in row_type.READS]
+    if bad:
+        shown = preview([f"line {i}: {v!r}" for i, v in bad], 3)
+        raise PipelineError(
+            f"{where}: {plural(len(bad), 'record')} with a schema this version cannot read ({shown}); it reads "
+            f"{', '.join(row_type.READS)}. The file was written by another version or tool: use that version, or "
+            "redo the stage with overwrite=true."
+        )
+
+
+def parse_rows(row_type: type[R], records: Iterable[dict], where: object) -> list[R]:
+    return [row_type.from_json(r, f"{where}, line {i}") for i, r in enumerate(records, 1)]
+
+
+@dataclass(frozen=True)
+class SampleRow:
+    """One line of samples.csv: the answer (from its GenerationRow), the lexical criteria, the human label and the
+    judge's verdict (from its VerdictRow, as judge_<field>). The CSV's columns are this class's fields, in order."""
+
+    id: str
+    question: str
+    references: str  # the JSON list, so that the cell reads back exactly
+    prediction: str
+    finish_reason: Optional[str]
+    num_generated_tokens: Optional[int]
+    sequence_nll: Optional[float]
+    mean_nll: Optional[float]
+    exact_match: int
+    token_f1: float
+    contains_reference: int
+    rouge_l: float
+    human_label: Optional[int]
+    judge: str
+    judge_verdict: str
+    judge_p_correct: Optional[float]
+    judge_invalid_reason: Optional[str]
+    judge_reply: str
+
+    @classmethod
+    def of(cls, answer: GenerationRow, verdict: VerdictRow, scores: dict[str, float]) -> "SampleRow":
+        """`scores`: exact_match, token_f1, contains_reference, rouge_l of the prediction."""
+        return cls(
+            id=answer.id, question=answer.question, references=json.dumps(answer.references, ensure_ascii=False),
+            prediction=answer.prediction, finish_reason=answer.finish_reason,
+            num_generated_tokens=answer.num_generated_tokens, sequence_nll=answer.sequence_nll,
+            mean_nll=answer.mean_nll, exact_match=int(scores["exact_match"]), token_f1=round(scores["token_f1"], 6),
+            contains_reference=int(scores["contains_reference"]), rouge_l=round(scores["rouge_l"], 6),
+            human_label=None if answer.human_label is None else int(answer.human_label),
+            judge=verdict.judge, judge_verdict=verdict.verdict, judge_p_correct=verdict.p_correct,
+            judge_invalid_reason=verdict.invalid_reason, judge_reply=verdict.reply,
+        )
+
+
+SAMPLE_COLUMNS = [f.name for f in fields(SampleRow)]
