@@ -181,16 +181,17 @@ def judge_rate(judge_cfg, prompt, tok, model, prompts: list[list[int]]) -> float
 
     tokens = VerdictTokens.build(tok, prompt) if judge_cfg.mode == "logprob" else None
 
-    def judge_all(batch_prompts: list[list[int]]) -> None:
+    def judge_all(batch_prompts: list[list[int]]) -> float:
+        """Seconds to judge `batch_prompts` in batches; the judge is built (stop rule, prefix) before the clock."""
         judge_batch = make_judge(judge_cfg, prompt, tok, model, tokens, PrefixCache(batch_prompts))
+        t = time.perf_counter()
         for s in range(0, len(batch_prompts), judge_cfg.batch_size):
             batch = batch_prompts[s:s + judge_cfg.batch_size]
             judge_batch([str(i) for i in range(len(batch))], batch)
+        return time.perf_counter() - t
 
     judge_all(prompts[-min(8, len(prompts)):])  # warm-up: first-call allocations are not measured
-    t = time.perf_counter()
-    judge_all(prompts)
-    return len(prompts) / (time.perf_counter() - t)
+    return len(prompts) / judge_all(prompts)
 
 
 def bench_judge(n: int, overrides: list[str]) -> dict:
