@@ -104,13 +104,15 @@ def generate_methods(cfg, tok, model, prompts: list[list[int]]) -> dict:
 def bench_generate(n: int, overrides: list[str]) -> dict:
     from .data import load_items
     from .generate import generator_messages
+    from .verdict import special_texts
     from .models import encode_chat
 
     cfg = compose_config(overrides)
     g = cfg.generator
     items = load_items(cfg.dataset)[0][:n]
     tok, model = load_cpu(g, None, cfg.cache_dir)
-    prompts = [encode_chat(tok, generator_messages(cfg, it.question), True)[1] for it in items]
+    specials = special_texts(tok)
+    prompts = [encode_chat(tok, generator_messages(cfg, it.question, specials), True)[1] for it in items]
     print(f"benchmark: {len(prompts)} questions from {cfg.dataset.name}, {g.name} (fp32, CPU, "
           f"{torch.get_num_threads()} threads), greedy, max_new_tokens={g.max_new_tokens}, batch size {g.batch_size}")
     results, outputs = timed(generate_methods(cfg, tok, model, prompts))

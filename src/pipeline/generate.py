@@ -27,6 +27,7 @@ from .models import (cache_root, encode_chat, load_planned, load_tokenizer, mode
                      choose_precision, source_info, use_chat_template)
 from .placement import Plan, single_device, verify_loaded
 from .rows import GenerationRow
+from .verdict import defuse_special, special_texts
 from .runner import Attempt, StageJob
 from .runs import StageDir, create_run, new_run_id
 
@@ -49,9 +50,11 @@ def pick_device(setting: str) -> torch.device:
     return device
 
 
-def generator_messages(cfg: Config, question: str) -> list[dict]:
+def generator_messages(cfg: Config, question: str, specials: tuple[str, ...] = ()) -> list[dict]:
+    """The chat turns the generator reads. `specials`: the tokenizer's special-token texts (verdict.special_texts),
+    replaced by spaces in the question, so that a question cannot open or close a turn of the template."""
     g = cfg.generator
-    user = g.prompt_template.replace("{question}", question)
+    user = g.prompt_template.replace("{question}", defuse_special(question, specials))
     return ([{"role": "system", "content": g.system_prompt}] if g.system_prompt else []) + \
         [{"role": "user", "content": user}]
 
@@ -61,6 +64,7 @@ def fit_to_context(cfg: Config, tokenizer, chat: bool, items: list[QAItem], prom
     say which; returns {id: tokens the full prompt had}. The records' `prompt` shows exactly what the model read."""
     if limit is None:
         return {}
+    specials = special_texts(tokenizer)
     budget = limit - cfg.generator.max_new_tokens
     cut = {}
     for it in items:
@@ -70,11 +74,12 @@ def fit_to_context(cfg: Config, tokenizer, chat: bool, items: list[QAItem], prom
         lo, hi = 0, len(it.question)  # the longest start of the question whose prompt still fits
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if len(encode_chat(tokenizer, generator_messages(cfg, it.question[:mid] + " [...]"), chat)[1]) <= budget:
+            shorter = generator_messages(cfg, it.question[:mid] + " [...]", specials)
+            if len(encode_chat(tokenizer, shorter, chat)[1]) <= budget:
                 lo = mid
             else:
                 hi = mid - 1
-        prompt = encode_chat(tokenizer, generator_messages(cfg, it.question[:lo] + " [...]"), chat)
+        prompt = encode_chat(tokenizer, generator_messages(cfg, it.question[:lo] + " [...]", specials), chat)
         if len(prompt[1]) > budget:
             raise PipelineError(f"generator {cfg.generator.name}: even without its question, the prompt of id "
                                 f"{it.id!r} is longer than the model's {limit} positions minus "
@@ -130,7 +135,8 @@ def answer_questions(cfg: Config, attempt: Attempt, gen: Generator, items: list[
         torch.set_num_threads(cfg.threads)
     tokenizer = load_tokenizer(gen.plan.source, g)
     chat = use_chat_template(tokenizer, g.use_chat_template)
-    prompts = {it.id: encode_chat(tokenizer, generator_messages(cfg, it.question), chat) for it in todo}
+    specials = special_texts(tokenizer)
+    prompts = {it.id: encode_chat(tokenizer, generator_messages(cfg, it.question, specials), chat) for it in todo}
     info = {"chat_template": chat, "truncated": fit_to_context(cfg, tokenizer, chat, todo, prompts, gen.limit),
             "load_s": 0.0, "new_tokens": 0}
     if not todo:  # an attempt stopped after its last batch has nothing left to answer, and loads no model
