@@ -217,3 +217,31 @@ def cluster(request):
     yield slurm
     slurm.stop()
     shutil.rmtree(root, ignore_errors=True)
+
+
+def write_run(runs_dir: Path, run_id: str, answers: list, judges: dict | None = None) -> Path:
+    """A finished run made by hand, without a model: its generate stage holds `answers` (rows.GenerationRow) and
+    each judge in `judges` ({name: [rows.VerdictRow, ...]}) a finished judge stage, with the manifest fields the
+    report reads. For tests of what comes after judging (labels, juries, statistics, the report)."""
+    from pipeline.runs import StageDir, create_run
+
+    run_dir = create_run(Path(runs_dir), run_id)
+    StageDir(run_dir / "generate", "generations.jsonl").publish(
+        [a.to_json() for a in answers],
+        {"stage": "generate", "run_id": run_id, "records": len(answers), "fingerprint": {"hand-made": True},
+         "dataset": {"name": "hand-made", "content_sha256": "0" * 64}, "generator": {"name": "hand-made"}})
+    for name, verdicts in (judges or {}).items():
+        StageDir(run_dir / "judge" / name, "verdicts.jsonl").publish(
+            [v.to_json() for v in verdicts],
+            {"stage": "judge", "run_id": run_id, "records": len(verdicts), "fingerprint": {"hand-made": name},
+             "judge": {"name": name, "mode": verdicts[0].mode if verdicts else "logprob"}})
+    return run_dir
+
+
+def verdict_row(id: str, judge: str, verdict: str, p_correct: float | None = None, mode: str = "logprob"):
+    """A rows.VerdictRow with plausible values for the fields a test does not care about."""
+    from pipeline.rows import VerdictRow
+
+    return VerdictRow(id=id, judge=judge, mode=mode, prompt_name="hand-made", prompt_version=1, verdict=verdict,
+                      invalid_reason="no verdict word" if verdict == "invalid" else None, p_correct=p_correct,
+                      verdict_mass=None if p_correct is None else 0.9, reply=verdict, finish_reason=None)

@@ -40,7 +40,7 @@ def setup_logging() -> None:
     logger.propagate = False
 
 
-STAGE_MODULES = {"import": "importer", "plan": "placement"}  # "import" cannot be a module name
+STAGE_MODULES = {"import": "importer", "plan": "placement", "label": "labels"}  # "import" cannot be a module name
 
 
 def run_stage(cfg):

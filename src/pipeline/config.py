@@ -49,11 +49,12 @@ class Choice(str, Enum):
         return tuple(m.value for m in cls)
 
 
-Stage = Choice("Stage", [(s, s) for s in ("generate", "import", "judge", "report", "merge", "plan", "doctor",
-                                          "submit")])
+Stage = Choice("Stage", [(s, s) for s in ("generate", "import", "judge", "label", "jury", "report", "merge", "plan",
+                                          "doctor", "submit")])
 PrecisionName = Choice("PrecisionName", [(p, p) for p in ("auto", "fp32", "bf16", "fp16", "int8", "nf4", "fp4")])
 ComputeDtype = Choice("ComputeDtype", [(p, p) for p in ("auto", "fp32", "bf16", "fp16")])
 JudgeMode = Choice("JudgeMode", [(m, m) for m in ("logprob", "generate")])
+JuryMethod = Choice("JuryMethod", [(m, m) for m in ("mean", "majority")])
 Strategy = Choice("Strategy", [(s, s) for s in ("balanced", "sequential", "balanced_low_0")])
 Devices = Choice("Devices", [(d, d) for d in ("auto", "gpu", "cpu")])
 
@@ -261,6 +262,12 @@ class ImportFields:
     # A human correctness label (true/false, 1/0, yes/no, correct/incorrect, right/wrong); auto: the file's
     # `human_label` or `label` column if it has one; null: none.
     label: Optional[str] = "auto"
+    # Another judge's verdicts on these answers (an API judge, an old run, a spreadsheet): the column holding them
+    # (the same accepted forms as the label; an empty cell is an invalid verdict), and optionally its P(correct)
+    # column. They become the judge run runs/<run_id>/judge/<verdict_judge>/, reported like any other. null: none.
+    verdict: Optional[str] = None
+    p_correct: Optional[str] = None
+    verdict_judge: str = "external"
 
 
 @dataclass
@@ -277,6 +284,37 @@ class ReportConfig:
     rouge_threshold: float = 0.5
     # Write PNG figures next to the CSVs.
     plots: bool = True
+    # With human labels: how many labels an interval of this half-width needs (from the measured variances).
+    target_halfwidth: float = 0.02
+    # The length breakdown splits answers at this many words (<= words, > words).
+    length_words: int = 5
+    # Equal-width bins of P(correct) for the expected calibration error.
+    calibration_bins: int = 10
+
+
+@dataclass
+class LabelConfig:
+    """stage=label: a sheet of randomly drawn answers for people to label, and reading the filled sheet back."""
+
+    # How many answers to draw (uniformly at random, without replacement), and the seed of the draw. The draw is a
+    # prefix of one fixed random order per seed, so a larger n with the same seed extends a sheet already labelled.
+    n: int = 200
+    seed: int = 0
+    # A filled sheet to read back (its id and human_label columns); null: write a new sheet.
+    sheet: Optional[str] = None
+
+
+@dataclass
+class JuryConfig:
+    """stage=jury: judges already run on a run, combined into a judge of their own."""
+
+    judges: List[str] = field(default_factory=list)
+    # The new judge's name (its folder under runs/<run_id>/judge/); null: "jury-" + the members joined by "+".
+    name: Optional[str] = None
+    # mean: the mean P(correct) of the members (their votes' share where one has no P(correct)); majority: votes.
+    method: JuryMethod = JuryMethod.mean
+    # mean: the verdict is correct when the mean is at least this.
+    threshold: float = 0.5
 
 
 @dataclass
@@ -316,6 +354,8 @@ class Config:
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     doctor: DoctorConfig = field(default_factory=DoctorConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
+    jury: JuryConfig = field(default_factory=JuryConfig)
     # stage=import: a JSONL/JSON/CSV/Parquet file of answers produced elsewhere, and its columns.
     predictions: Optional[str] = None
     import_fields: ImportFields = field(default_factory=ImportFields)
@@ -366,7 +406,9 @@ def check(cfg: Config) -> None:
                        ("judge_prompt.max_reference_chars", cfg.judge_prompt.max_reference_chars),
                        ("judge.placement.max_seq_len", cfg.judge.placement.max_seq_len),
                        ("slurm.generate_shards", cfg.slurm.generate_shards),
-                       ("slurm.judge_shards", cfg.slurm.judge_shards)):
+                       ("slurm.judge_shards", cfg.slurm.judge_shards),
+                       ("label.n", cfg.label.n), ("report.length_words", cfg.report.length_words),
+                       ("report.calibration_bins", cfg.report.calibration_bins)):
         need(value >= 1, f"{key}={value} must be at least 1")
     reply_tokens = OmegaConf.select(cfg, "judge_prompt.reply_tokens", throw_on_missing=False)
     need(reply_tokens is not None and reply_tokens >= 1,
@@ -378,10 +420,13 @@ def check(cfg: Config) -> None:
         need(value is None or value >= 1, f"{key}={value} must be at least 1, or null")
     for key, value in (("judge.threshold", cfg.judge.threshold), ("judge.min_verdict_mass", cfg.judge.min_verdict_mass),
                        ("report.f1_threshold", cfg.report.f1_threshold),
-                       ("report.rouge_threshold", cfg.report.rouge_threshold)):
+                       ("report.rouge_threshold", cfg.report.rouge_threshold),
+                       ("jury.threshold", cfg.jury.threshold)):
         need(0.0 <= value <= 1.0, f"{key}={value} must lie in [0, 1]")
     need(0.0 <= cfg.judge.placement.margin < 1.0,
          f"judge.placement.margin={cfg.judge.placement.margin} must lie in [0, 1) (a fraction kept free)")
+    need(0.0 < cfg.report.target_halfwidth < 0.5,
+         f"report.target_halfwidth={cfg.report.target_halfwidth} must lie in (0, 0.5) (half an interval's width)")
     need(cfg.report.bootstrap >= 0, f"report.bootstrap={cfg.report.bootstrap} must be 0 (no intervals) or more")
     need(cfg.slurm.signal_seconds >= 0, f"slurm.signal_seconds={cfg.slurm.signal_seconds} must be 0 or more")
     need(DEVICE_PATTERN.fullmatch(str(cfg.generator.device)) is not None,
@@ -391,6 +436,9 @@ def check(cfg: Config) -> None:
     if cfg.run_id is not None and str(cfg.run_id) != "latest":
         check_name("run_id", cfg.run_id)
     check_name("judge.name", cfg.judge.name)
+    check_name("import_fields.verdict_judge", cfg.import_fields.verdict_judge)
+    if cfg.jury.name is not None:
+        check_name("jury.name", cfg.jury.name)
     runs_dir = Path(cfg.runs_dir).expanduser()
     if runs_dir.exists() and not runs_dir.is_dir():
         raise PipelineError(f"runs_dir={cfg.runs_dir!r} is a file, not a folder; point runs_dir at a folder "

@@ -105,8 +105,23 @@ class VerdictRow(Row):
     finish_reason: Optional[str]  # generate mode: why the reply ended
 
 
+@dataclass(frozen=True)
+class LabelRow(Row):
+    """One human correctness label attached to a run by stage=label (runs/<run_id>/labels/labels.jsonl)."""
+
+    SCHEMA: ClassVar[str] = "label/1"
+    READS: ClassVar[tuple[str, ...]] = ("label/1",)
+
+    id: str
+    human_label: bool
+    sheet: str  # the file the label was read from (its name)
+    sheet_sha256: str
+    line: int  # its line in that file (1 is the header)
+
+
 # The records file of each stage and the row type it holds.
-ROW_TYPES: dict[str, type[Row]] = {"generations.jsonl": GenerationRow, "verdicts.jsonl": VerdictRow}
+ROW_TYPES: dict[str, type[Row]] = {"generations.jsonl": GenerationRow, "verdicts.jsonl": VerdictRow,
+                                   "labels.jsonl": LabelRow}
 
 
 def check_versions(records: list[dict], where: object, records_name: str) -> None:
