@@ -309,7 +309,7 @@ class JuryConfig:
     """stage=jury: judges already run on a run, combined into a judge of their own."""
 
     judges: List[str] = field(default_factory=list)
-    # The new judge's name (its folder under runs/<run_id>/judge/); null: "jury-" + the members joined by "+".
+    # The new judge's name (its folder under runs/<run_id>/judge/); null: "jury-" + the members joined by "_".
     name: Optional[str] = None
     # mean: the mean P(correct) of the members (their votes' share where one has no P(correct)); majority: votes.
     method: JuryMethod = JuryMethod.mean
