@@ -428,6 +428,7 @@ def check(cfg: Config) -> None:
     need(0.0 < cfg.report.target_halfwidth < 0.5,
          f"report.target_halfwidth={cfg.report.target_halfwidth} must lie in (0, 0.5) (half an interval's width)")
     need(cfg.report.bootstrap >= 0, f"report.bootstrap={cfg.report.bootstrap} must be 0 (no intervals) or more")
+    need(cfg.label.seed >= 0, f"label.seed={cfg.label.seed} must be 0 or more")
     need(cfg.slurm.signal_seconds >= 0, f"slurm.signal_seconds={cfg.slurm.signal_seconds} must be 0 or more")
     need(DEVICE_PATTERN.fullmatch(str(cfg.generator.device)) is not None,
          f"generator.device={cfg.generator.device!r} is not a device: use auto, cpu, cuda, cuda:N or mps")

@@ -1,0 +1,399 @@
+"""stage=label: a uniform random sample of a run's answers for people to label, and the filled sheet read back.
+
+    python -m pipeline stage=label run_id=<id> label.n=200 label.seed=0     # write a sheet of 200 drawn answers
+    python -m pipeline stage=label run_id=<id> label.sheet=<filled sheet>   # attach its labels (+ overwrite=true)
+
+Correcting a judge's bias with human labels (prediction-powered inference) is only valid when the labelled answers
+are a uniform random sample of the run. The frame is every answer, ordered by index then id; seed s draws a prefix of
+one fixed order, numpy.random.default_rng(s).permutation(frame size). So a larger n with the same seed extends an
+earlier sheet, and the first k rows of a sheet, labelled in order, are a uniform sample of k.
+
+runs/<run_id>/labels/sheet-n<n>-seed<s>.csv   the n drawn answers in draw order: id, question, references (joined
+    by " | "), prediction, human_label (empty, or prefilled with labels already attached); no verdicts or scores, so
+    labellers are not anchored. UTF-8 with a byte order mark, which spreadsheets need. A cell starting with = + - @
+    (or tab, CR) would run as a formula in a spreadsheet, so it is written with a single quote ' in front (so is one
+    starting with '); reading back takes it off. A sheet is never overwritten: it may hold a labeller's work.
+runs/<run_id>/labels/draws.json     each draw: seed, n, frame_size, frame_sha256 (of the frame's ids joined by
+    newlines), ids (in draw order), sheet (its file name), written (time)
+runs/<run_id>/labels/labels.jsonl   one rows.LabelRow per labelled id, in frame order, rewritten whole under the lock
+    runs/<run_id>/.locks/labels.lock (a second read-back waits); overwrite=true keeps the old one in replaced/<time>/
+
+A sheet read back needs its id and human_label columns; labels take importer.parse_label's forms in any case, and an
+empty cell is "not labelled yet". Line numbers count rows as a spreadsheet shows them (line 1 is the header).
+`load_labels` is what the report uses: a run's human labels, and whether they are a uniform sample.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import shlex
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from itertools import count
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import PipelineError, plural, preview
+from .files import read_json, sha256_file, write_atomic, write_json
+from .importer import FALSE_LABELS, TRUE_LABELS, parse_label
+from .locks import StageLock
+from .rows import GenerationRow, LabelRow, parse_rows
+from .runs import StageDir, find_run
+from .shards import shard_dirs
+
+log = logging.getLogger(__name__)
+
+SHEET_COLUMNS = ["id", "question", "references", "prediction", "human_label"]
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")  # "'" too, so that reading back can always take one off
+ACCEPTED = (f"{'/'.join(TRUE_LABELS)} for correct, {'/'.join(FALSE_LABELS)} for incorrect (any case), or an "
+            "empty cell for not labelled yet")
+DRAW_KEYS = ("seed", "n", "frame_size", "frame_sha256", "ids", "sheet")
+LOCK_WAIT_S = 300.0  # how long a read-back waits for another one to finish
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Every human label of a run, and whether they can be taken as a uniform random sample of its answers."""
+
+    by_id: dict[str, bool]
+    drawn_uniformly: bool
+    warnings: list[str]
+    draws: list[dict]
+    source: str
+
+
+def labels_path(run_dir: Path, name: str = "labels.jsonl") -> Path:
+    return Path(run_dir) / "labels" / name
+
+
+def frame(answers: list[GenerationRow]) -> list[GenerationRow]:
+    """The sampling frame: every answer of the run, ordered by index then id."""
+    return sorted(answers, key=lambda a: (a.index, a.id))
+
+
+def frame_sha256(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()
+
+
+def draw(answers: list[GenerationRow], n: int, seed: int) -> list[GenerationRow]:
+    """The first min(n, frame size) answers of seed's fixed random order of the frame."""
+    ordered = frame(answers)
+    return [ordered[int(i)] for i in np.random.default_rng(seed).permutation(len(ordered))[:n]]
+
+
+def finished_answers(run_dir: Path) -> list[GenerationRow]:
+    """The answers of the run's finished generate stage; refused, with the command to finish it, otherwise."""
+    gen = StageDir(run_dir / "generate", "generations.jsonl")
+    if not gen.is_complete():
+        todo = (f"stage=merge run_id={run_dir.name} once every generate shard has finished" if shard_dirs(gen.path)
+                else f"stage=generate run_id={run_dir.name} " + ("to finish it" if gen.path.exists() else "first"))
+        raise PipelineError(f"run {run_dir.name}: its generate stage is not finished ({gen.manifest_path} is missing "
+                            f"or incomplete), so there are no answers to label yet; run python -m pipeline {todo}.")
+    return parse_rows(GenerationRow, gen.read_records(), gen.records_path)
+
+
+def read_label_rows(path: Path, known_ids: set[str]) -> list[LabelRow]:
+    """labels.jsonl, checked line by line: JSON records of label/1, known ids, each once, true/false labels."""
+    fix = "it was edited by hand: fix or delete that line (reading the sheets back again restores labels)"
+    rows, seen = [], {}
+    for lineno, line in ((k, x) for k, x in enumerate(path.read_bytes().split(b"\n") if path.is_file() else [], 1)
+                         if x.strip()):
+        where = f"{path}, line {lineno}"
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise PipelineError(f"{where}: not a valid JSON record ({getattr(e, 'msg', e)}); {fix}.") from None
+        row = LabelRow.from_json(record, where) if isinstance(record, dict) else None
+        problem = ("not a JSON object" if row is None else
+                   f"human_label is {row.human_label!r}, not true or false" if not isinstance(row.human_label, bool)
+                   else f"id {row.id!r} is not an answer of this run" if not isinstance(row.id, str) or
+                   row.id not in known_ids
+                   else f"id {row.id!r} is already labelled on line {seen[row.id]}" if row.id in seen else None)
+        if problem:
+            raise PipelineError(f"{where}: {problem}; {fix}.")
+        seen[row.id] = lineno
+        rows.append(row)
+    return rows
+
+
+def read_draws(run_dir: Path) -> list[dict]:
+    """draws.json ([] when there is none), each entry checked for the fields a draw has."""
+    path = labels_path(run_dir, "draws.json")
+    draws = read_json(path) if path.is_file() else []
+    if not isinstance(draws, list) or not all(isinstance(d, dict) and all(k in d for k in DRAW_KEYS) for d in draws):
+        raise PipelineError(f"{path}: not a list of draws, each with {', '.join(DRAW_KEYS)}; it was edited by hand. "
+                            "Restore it, or move it away (its sheets then no longer count as drawn).")
+    return draws
+
+
+def is_prefix(order: list[str], labelled: set[str]) -> bool:
+    """Whether `labelled` is exactly the first k ids of `order`, for some k >= 1."""
+    return 1 <= len(labelled) <= len(order) and set(order[:len(labelled)]) == labelled
+
+
+def load_labels(run_dir: Path, answers: list[GenerationRow]) -> Labels:
+    """Every human label of the run (imported with the answers, and attached by stage=label); read-only."""
+    ids = [a.id for a in frame(answers)]
+    rows = read_label_rows(labels_path(run_dir), set(ids))
+    imported = {a.id: a.human_label for a in answers if a.human_label is not None}
+    clash = [r.id for r in rows if r.id in imported and imported[r.id] != r.human_label]
+    if clash:
+        raise PipelineError(f"{labels_path(run_dir)}: {plural(len(clash), 'label')} contradict the human labels "
+                            f"imported with the answers in {Path(run_dir) / 'generate/generations.jsonl'} (ids "
+                            f"{preview(clash, 5)}); delete those lines from labels.jsonl.")
+    draws, sha, by_id = read_draws(run_dir), frame_sha256(ids), {**imported, **{r.id: r.human_label for r in rows}}
+    prefix = next((d for d in draws if d["frame_sha256"] == sha and is_prefix(d["ids"], {r.id for r in rows})), None)
+    return Labels(by_id=by_id, drawn_uniformly=prefix is not None and not imported, draws=draws,
+                  warnings=label_warnings(rows, imported, draws, by_id, sha, len(ids), prefix is not None),
+                  source=describe(rows, imported, draws, prefix))
+
+
+def label_warnings(rows: list[LabelRow], imported: dict, draws: list[dict], by_id: dict, sha: str, size: int,
+                   prefix: bool) -> list[str]:
+    """One plain-English line per reason the labels may not be a uniform random sample of the run."""
+    out = [f"{plural(len(imported), 'label')} were imported with the answers, not drawn by stage=label, so a uniform "
+           "random sample of the run cannot be assumed for them"] if imported else []
+    of_sheet = {d["sheet"]: d for d in draws}  # the latest draw of each sheet name
+    sheets = list(dict.fromkeys(r.sheet for r in rows))
+    for sheet, d in ((s, of_sheet.get(s)) for s in sheets):
+        missing = [i for i in d["ids"] if i not in by_id] if d else []
+        if d is None:  # harmless when the labelled ids are the first of a draw all the same
+            out += [f"{plural(sum(r.sheet == sheet for r in rows), 'label')} from {sheet}, which stage=label did not "
+                    "draw (not in draws.json): a uniform random sample cannot be assumed for them"] * (not prefix)
+        elif d["frame_sha256"] != sha:
+            out.append(f"the draw of {sheet} (seed {d['seed']}) was made from {d['frame_size']} answers that no longer "
+                       f"match the run's {size} answers (they changed since), so its labels do not count as a uniform "
+                       "sample; draw a new sheet")
+        elif missing and not is_prefix(d["ids"], set(d["ids"]) - set(missing)):
+            out.append(f"{len(missing)} of the {len(d['ids'])} drawn answers (seed {d['seed']}) "
+                       f"{'has' if len(missing) == 1 else 'have'} no label; the estimate assumes the skipped ones were "
+                       "skipped at random")
+    seeds = sorted({of_sheet[s]["seed"] for s in sheets if s in of_sheet})
+    if len(seeds) > 1:
+        out.append(f"the labels come from draws of {len(seeds)} seeds ({', '.join(map(str, seeds))}): together they "
+                   "are not one uniform sample; label the sheets of one seed, in order")
+    if rows and not prefix and len(out) == bool(imported):
+        out.append(f"the {plural(len(rows), 'label')} attached by stage=label are not the first answers of any draw of "
+                   "the run's current answers, so a uniform random sample cannot be assumed")
+    return out
+
+
+def describe(rows: list[LabelRow], imported: dict, draws: list[dict], prefix: dict | None) -> str:
+    """A short description of where the labels come from."""
+    seeds = sorted({d["seed"] for d in draws if d["sheet"] in {r.sheet for r in rows}})
+    how = (f"seed {prefix['seed']}, first {len(rows)} of the draw" if prefix else "not the first answers of one draw; "
+           + (f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}" if seeds else "no recorded draw"))
+    told = [f"{plural(len(imported), 'label')} imported with the answers"] * bool(imported) + \
+        [f"{plural(len(rows), 'label')} from stage=label ({how})"] * bool(rows)
+    return " and ".join(told) or "no human labels"
+
+
+def with_labels(answers: list[GenerationRow], labels: Labels) -> list[GenerationRow]:
+    """The answers with human_label set from labels.by_id."""
+    return [replace(a, human_label=labels.by_id.get(a.id)) for a in answers]
+
+
+@contextmanager
+def labels_lock(run_dir: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """The run's labels lock, waiting (up to wait_s) while another stage=label process holds it."""
+    lock = StageLock(Path(run_dir) / ".locks" / "labels.lock", f"{labels_path(run_dir).parent}/")
+    deadline = time.monotonic() + wait_s
+    for attempt in count():
+        try:
+            lock.__enter__()
+            break
+        except PipelineError:  # held by another process
+            if time.monotonic() > deadline:
+                raise
+            if attempt == 0:
+                log.info("%s: another process is attaching labels; waiting for it", lock.what)
+            time.sleep(0.1)
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def command(cfg, run_dir: Path, *args: str) -> str:
+    """The exact command line for this run (runs_dir included when it is not the default)."""
+    where = [] if str(cfg.runs_dir) == "runs" else [shlex.quote(f"runs_dir={cfg.runs_dir}")]
+    return " ".join(["python -m pipeline", *args, f"run_id={run_dir.name}", *where])
+
+
+def safe_cell(text: str) -> str:
+    """A text cell a spreadsheet will not run as a formula: a ' in front of = + - @ (and of ' itself)."""
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def keep_copy(run_dir: Path, path: Path) -> Path:
+    """Copy `path` into run_dir/replaced/<time>/ before it is rewritten, never over an earlier copy."""
+    stamp, k = time.strftime("%Y%m%d-%H%M%S"), 1
+    while (dest := run_dir / "replaced" / (stamp if k == 1 else f"{stamp}-{k}") / path.relative_to(run_dir)).exists():
+        k += 1
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy2(path, dest))
+
+
+def write_sheet(cfg, run_dir: Path, answers: list[GenerationRow]) -> Path:
+    """Draw label.n answers with label.seed, write them as a new sheet and record the draw."""
+    n, seed = cfg.label.n, cfg.label.seed
+    if seed < 0 or not answers:
+        raise PipelineError(f"label.seed={seed} must be 0 or more." if seed < 0 else
+                            f"run {run_dir.name} has no answers; there is nothing to label.")
+    picks, ids = draw(answers, n, seed), [a.id for a in frame(answers)]
+    if n > len(ids):
+        print(f"label.n={n} is more than the run's {len(ids)} answers: the sheet holds all of them, in random order")
+    path = labels_path(run_dir, f"sheet-n{len(picks)}-seed{seed}.csv")
+    back = command(cfg, run_dir, "stage=label", shlex.quote(f"label.sheet={path}"))
+    with labels_lock(run_dir):
+        if path.exists():
+            print(f"kept {path}: the sheet exists already (it may hold a labeller's work) and is never overwritten "
+                  f"(move it away to draw it again).\nread it back with: {back}")
+            return path
+        known, buf = load_labels(run_dir, answers).by_id, io.StringIO()
+        csv.writer(buf).writerows([SHEET_COLUMNS] + [[safe_cell(x) for x in (a.id, a.question, " | ".join(
+            a.references), a.prediction)] + [str(known.get(a.id, "")).lower()] for a in picks])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, "\ufeff" + buf.getvalue())  # a byte order mark: spreadsheets then read UTF-8
+        write_json(labels_path(run_dir, "draws.json"), read_draws(run_dir) + [{
+            "seed": seed, "n": len(picks), "frame_size": len(ids), "frame_sha256": frame_sha256(ids),
+            "ids": [a.id for a in picks], "sheet": path.name, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}])
+    prefilled = sum(a.id in known for a in picks)
+    print(f"wrote {path}: {plural(len(picks), 'row')} ({len(picks)} of the run's {len(ids)} answers drawn at random, "
+          f"seed {seed}{f'; {prefilled} prefilled with labels already attached' if prefilled else ''}). Fill in "
+          f"human_label ({ACCEPTED}), in row order if you stop early, then read it back with:\n{back}")
+    return path
+
+
+def sheet_records(value: str, run_dir: Path) -> tuple[Path, list[str], list[list[str]]]:
+    """The sheet's path, header and rows (a byte order mark, ',', ';' or tab separators all read)."""
+    path = Path(value).expanduser()
+    if not path.is_file() and len(path.parts) == 1 and labels_path(run_dir, path.name).is_file():
+        path = labels_path(run_dir, path.name)  # label.sheet=<name of a sheet in the run's labels folder>
+    if not path.is_file():
+        raise PipelineError(f"label.sheet={value!r}: no such file ({path.resolve()}).")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+        first = {d: {c.strip().strip('"').lower() for c in text.split("\n", 1)[0].split(d)} for d in ",;\t"}
+        delimiter = next((d for d, cells in first.items() if {"id", "human_label"} <= cells), ",")
+        records = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise PipelineError(f"{path}: not a readable UTF-8 CSV file ({e}); save it as CSV UTF-8 and read it back.") \
+            from None
+    header = [c.strip().lower() for c in (records[0] if records else [])]
+    missing = [c for c in ("id", "human_label") if c not in header]
+    if missing:
+        raise PipelineError(f"{path}: no {' or '.join(missing)} column; its columns are "
+                            f"{preview(header, 12) or 'none'}. A sheet needs id and human_label (others are ignored).")
+    return path, header, records[1:]
+
+
+def read_sheet(path: Path, header: list[str], records: list[list[str]], answers: list[GenerationRow]
+               ) -> tuple[list[tuple[str, bool, int]], int]:
+    """The sheet's labels as (id, label, line), and how many of its rows have no label yet; every problem refused."""
+    id_col, label_col, known = header.index("id"), header.index("human_label"), {a.id for a in answers}
+    unknown, twice, bad, labels, empty, seen = [], [], [], [], 0, {}
+    for line, rec in enumerate(records, 2):
+        cell, value = [(rec[c] if c < len(rec) else "").strip() for c in (id_col, label_col)]
+        key = next((c for c in (cell[1:] if cell.startswith("'") else cell, cell) if c in known), None)
+        if not cell and not value:
+            continue  # a blank row
+        elif key is None:
+            unknown.append(f"line {line}: {cell!r}")
+        elif key in seen:
+            twice.append(f"{key!r} on lines {seen[key]} and {line}")
+        else:
+            seen[key] = line
+            try:
+                label = parse_label(value)
+            except ValueError:
+                bad.append(f"line {line}: {value!r}")
+                continue
+            empty += label is None
+            labels += [(key, label, line)] if label is not None else []
+    problems = [f"{plural(len(found), what)} ({preview(found, 5)}){tail}" for found, what, tail in (
+        (unknown, "id not in this run", ""), (twice, "id appearing twice", ""),
+        (bad, "label in an unreadable form", f"; accepted: {ACCEPTED}")) if found]
+    if problems:
+        raise PipelineError(f"{path}: {'; '.join(problems)} ({plural(empty, 'row')} without a label yet). Nothing was "
+                            "attached; correct the sheet and read it back again.")
+    return labels, empty
+
+
+def attach(cfg, run_dir: Path, answers: list[GenerationRow], sheet: Path, labels: list[tuple[str, bool, int]]
+           ) -> tuple[int, int, int]:
+    """Merge the sheet's labels into labels.jsonl (call under the labels lock): (added, replaced, unchanged)."""
+    path, ids = labels_path(run_dir), [a.id for a in frame(answers)]
+    old = {r.id: r for r in read_label_rows(path, set(ids))}
+    imported = {a.id: a.human_label for a in answers if a.human_label is not None}
+    rows, sha, counts, clashes, against = dict(old), sha256_file(sheet), [0, 0, 0], [], []
+    for i, lab, line in labels:
+        prev = imported.get(i, old[i].human_label if i in old else None)
+        if prev is None or (prev != lab and cfg.overwrite and i not in imported):
+            rows[i] = LabelRow(id=i, human_label=lab, sheet=sheet.name, sheet_sha256=sha, line=line)
+        counts[0 if prev is None else 1 if prev != lab else 2] += 1
+        if prev is not None and prev != lab:
+            (against if i in imported else clashes).append(f"line {line}: {i!r} says {str(lab).lower()}, " + (
+                f"imported {str(prev).lower()}" if i in imported else f"attached {str(prev).lower()} from "
+                f"{old[i].sheet}"))
+    if against:
+        raise PipelineError(f"{sheet}: {plural(len(against), 'label')} contradict the human labels imported with the "
+                            f"answers in {run_dir / 'generate/generations.jsonl'} ({preview(against, 5)}); those "
+                            "cannot be replaced here, not even with overwrite=true. Correct the sheet, or import the "
+                            "answers again with the right labels. Nothing was attached.")
+    if clashes and not cfg.overwrite:
+        raise PipelineError(f"{sheet}: {plural(len(clashes), 'label')} contradict labels already attached to run "
+                            f"{run_dir.name} in {path} ({preview(clashes, 5)}). Nothing was attached; correct the "
+                            f"sheet, or pass overwrite=true to replace them (the old {path.name} is kept under "
+                            f"{run_dir / 'replaced'}/).")
+    if counts[0] or counts[1]:
+        if counts[1]:
+            log.info("kept the previous labels as %s", keep_copy(run_dir, path))
+        position = {i: k for k, i in enumerate(ids)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n"
+                                   for r in sorted(rows.values(), key=lambda r: position[r.id])))
+    return counts[0], counts[1], counts[2]
+
+
+def read_back(cfg, run_dir: Path, answers: list[GenerationRow]) -> Path:
+    """stage=label label.sheet=<file>: attach the sheet's labels, then rewrite the report of finished judges."""
+    from . import report  # at call time: the report reads the labels through load_labels
+
+    sheet, header, records = sheet_records(cfg.label.sheet, run_dir)
+    labels, empty = read_sheet(sheet, header, records, answers)
+    with labels_lock(run_dir):
+        added, replaced, unchanged = attach(cfg, run_dir, answers, sheet, labels)
+        judges = report.finished_judges(run_dir) if added or replaced else []
+        try:
+            if judges:
+                report.report_run(run_dir, report.settings(cfg))
+        except PipelineError as e:
+            raise PipelineError(f"the labels were attached ({labels_path(run_dir)}), but rewriting the report failed: "
+                                f"{e}") from None
+        by_id = load_labels(run_dir, answers).by_id
+    drawn = next((d for d in reversed(read_draws(run_dir)) if d["sheet"] == sheet.name), None)
+    pool = drawn["ids"] if drawn else [i for i, _, _ in labels]
+    left = sum(i not in by_id for i in pool) + (0 if drawn else empty)
+    of = f"the {len(pool)} drawn answers (seed {drawn['seed']})" if drawn else f"the sheet's {len(pool) + empty} rows"
+    done = f"attached {plural(added, 'new label')}, replaced {replaced}" if added or replaced else \
+        "nothing changed (reading a sheet again is harmless)"
+    print(f"{sheet.name}: {done}, {unchanged} already attached, {plural(empty, 'row')} without a label yet; {left} of "
+          f"{of} {'is' if left == 1 else 'are'} still unlabelled. Labels: {labels_path(run_dir)}"
+          f"{'; rewrote the results of ' + ', '.join(judges) if judges else ''}.\nreport: "
+          f"{command(cfg, run_dir, 'stage=report')}")
+    return labels_path(run_dir)
+
+
+def run(cfg) -> Path:
+    """stage=label: read a filled sheet back (label.sheet set), else write a new sheet."""
+    run_dir = find_run(Path(cfg.runs_dir), cfg.run_id)
+    return (read_back if cfg.label.sheet else write_sheet)(cfg, run_dir, finished_answers(run_dir))
