@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
@@ -44,7 +43,6 @@ log = logging.getLogger(__name__)
 
 FINGERPRINT_KEYS = ("model", "revision", "precision", "compute_dtype", "double_quant", "use_chat_template", "mode",
                     "threshold", "min_verdict_mass")
-RESULT_FILES = ("samples.csv", "summary.csv")
 
 
 def generations_of(run_dir: Path) -> list[GenerationRow]:
@@ -193,16 +191,7 @@ def details(cfg: Config, attempt: Attempt, plan: Plan, prompts: Prompts, loaded:
 
 
 def write_results(cfg: Config, run_dir: Path) -> None:
-    samples, summary = report.write(run_dir, cfg.judge.name, report.settings(cfg))
-    log.info("run %s: results in %s and %s", run_dir.name, samples, summary)
-    print("\n" + report.digest(pd.read_csv(summary).iloc[0].to_dict()), flush=True)
-
-
-def results_present(folder: Path) -> bool:
-    """Whether the result CSVs of a finished judge are there and not older than its manifest."""
-    manifest = folder / "manifest.json"
-    return all((folder / f).is_file() and (folder / f).stat().st_mtime_ns >= manifest.stat().st_mtime_ns
-               for f in RESULT_FILES)
+    report.write_and_print(run_dir, cfg.judge.name, report.settings(cfg))
 
 
 def make_job(cfg: Config) -> tuple[StageJob, list[GenerationRow]]:
@@ -223,7 +212,7 @@ def run(cfg: Config) -> Path:
     """Judge every stored answer of this shard not yet judged by this judge; returns the stage directory."""
     job, answers = make_job(cfg)
     if job.finished():
-        if not job.sharded and not results_present(job.stage.path):  # e.g. killed, or out of disk, while reporting
+        if not job.sharded and not report.results_present(job.stage.path):  # e.g. killed, or out of disk, while reporting
             log.info("run %s: the result files of %s are not all there; writing them again", job.run_dir.name,
                      job.stage.path)
             write_results(cfg, job.run_dir)

@@ -8,7 +8,10 @@ runs/<run_id>/judge/<judge>/
     samples.csv      one row per question: the lexical criteria, the verdict and P(correct), NLL, human label
     summary.csv      one row: accuracy under every criterion with bootstrap 95% intervals; agreement and Cohen's
                      kappa between each pair of criteria; against human labels (agreement, kappa, false positives,
-                     false negatives); AUROC of the generator's NLL against each criterion; invalid verdicts
+                     false negatives); AUROC of the generator's NLL against each criterion; invalid verdicts; with
+                     human labels, the prediction-powered (PPI++) accuracy and the calibrated thresholds
+    metrics.csv      every statistic as one row of a long table (tidy.py): run_id, judge, criterion, statistic,
+                     against, value, lo, hi, n
     accuracy.png     accuracy per criterion with its interval
     nll.png          NLL of the answers the judge called correct vs incorrect (when the run has NLLs)
     reliability.png  P(correct) against the human labels (logprob mode with human labels)
@@ -36,6 +39,7 @@ from .metrics import CRITERIA, contains_reference, exact_match, rouge_l, token_f
 from .rows import SAMPLE_COLUMNS, GenerationRow, SampleRow, VerdictRow, parse_rows
 from .runs import StageDir, list_runs, find_run
 from .stats import agreement, auroc, bootstrap_ci, cohen_kappa
+from .tidy import metrics_table, pick
 from .verdict import CORRECT, INCORRECT, INVALID
 
 log = logging.getLogger(__name__)
@@ -122,7 +126,58 @@ def summarize(samples: pd.DataFrame, run_id: str, judge: str, s: ReportConfig | 
     return pd.DataFrame([row])
 
 
-def digest(row: dict) -> str:
+def with_estimates(summary: pd.DataFrame, metrics: pd.DataFrame, labels) -> pd.DataFrame:
+    """summary.csv's columns for the label-based statistics (NaN without labels), from metrics.csv's rows."""
+    row = summary.iloc[0].to_dict()
+    ppi = pick(metrics, "judge", "ppi_accuracy", "human")
+    row.update({"ppi_acc_judge": ppi.get("value", np.nan), "ppi_acc_judge_lo": ppi.get("lo", np.nan),
+                "ppi_acc_judge_hi": ppi.get("hi", np.nan),
+                "ppi_lambda_judge": pick(metrics, "judge", "ppi_lambda", "human").get("value", np.nan),
+                "labels_needed_ppi_judge": pick(metrics, "judge", "labels_needed", "human").get("value", np.nan),
+                "labels_needed_human": pick(metrics, "human", "labels_needed").get("value", np.nan),
+                "labels_uniform": bool(labels.drawn_uniformly) if labels.by_id else np.nan,
+                "labels_source": labels.source if labels.by_id else "",
+                "labels_warnings": " | ".join(labels.warnings)})
+    for name in ("max_kappa", "equal_error"):
+        row[f"threshold_{name}"] = pick(metrics, "judge_p_correct", f"threshold[{name}]", "human").get("value", np.nan)
+        row[f"acc_judge_at_{name}"] = pick(metrics, "judge_p_correct", f"accuracy[{name}]").get("value", np.nan)
+    row["ece_p_correct_human"] = pick(metrics, "judge_p_correct", "ece", "human").get("value", np.nan)
+    return pd.DataFrame([row])
+
+
+PPI_ASSUMPTION = ("assumes the labelled answers are a uniform random sample of the run (stage=label draws one) and "
+                  "that the judge was not tuned on them")
+
+
+def label_lines(row: dict, target: float | None = None) -> list[str]:
+    """What the digest says about the human labels: PPI beside the judge-only and human-only estimates."""
+    if not row.get("n_human"):
+        return []
+    lines = []
+    if not pd.isna(row.get("ppi_acc_judge")):
+        lines.append(f"accuracy from judge + {int(row['n_human'])} human labels (PPI++, lambda "
+                     f"{row['ppi_lambda_judge']:.2f}): {row['ppi_acc_judge']:.3f} [{row['ppi_acc_judge_lo']:.3f}, "
+                     f"{row['ppi_acc_judge_hi']:.3f}]; judge alone {row['acc_judge']:.3f}, humans alone "
+                     f"{row['acc_human']:.3f} [{row['acc_human_lo']:.3f}, {row['acc_human_hi']:.3f}]. This "
+                     + PPI_ASSUMPTION + ".")
+        need = f"labels for a +-{target:g} interval: " if target else "labels needed: "
+        lines.append(need + f"{fmt_count(row.get('labels_needed_ppi_judge'), row['n'])} with the judge (PPI++), "
+                     f"{fmt_count(row.get('labels_needed_human'), row['n'])} without")
+    if not pd.isna(row.get("threshold_max_kappa")):
+        lines.append(f"calibrated P(correct) threshold: {row['threshold_max_kappa']:.3f} maximises kappa with humans "
+                     f"(accuracy there {row['acc_judge_at_max_kappa']:.3f}), {row['threshold_equal_error']:.3f} "
+                     f"equalises the error rates; calibration error (ECE) {row['ece_p_correct_human']:.3f}")
+    warnings = row.get("labels_warnings")
+    if isinstance(warnings, str) and warnings:
+        lines += [f"warning: {w}" for w in warnings.split(" | ")]
+    return lines
+
+
+def fmt_count(value, answers: int) -> str:
+    return f"more than the run's {answers} answers" if value is None or pd.isna(value) else str(int(value))
+
+
+def digest(row: dict, target: float | None = None) -> str:
     """A few lines a person reads at the end of a run: accuracy by criterion with intervals, agreement."""
     def acc(c: str) -> str:
         if not row.get(f"n_{c}"):
@@ -138,7 +193,7 @@ def digest(row: dict) -> str:
     if not pd.isna(row.get("auroc_sequence_nll_judge")):
         extra.append(f"AUROC of -NLL vs judge {row['auroc_sequence_nll_judge']:.2f}")
     lines.append("; ".join(extra))
-    return "\n".join(lines)
+    return "\n".join(lines + label_lines(row, target))
 
 
 # ---------------------------------------------------------------------------------------------- the stage
@@ -151,16 +206,43 @@ def write(run_dir: Path, judge: str, s: ReportConfig | None = None) -> tuple[Pat
     if not stage.is_complete():
         raise PipelineError(f"run {run_dir.name}: judge {judge!r} has not finished ({stage.manifest_path} missing); "
                             f"run python -m pipeline stage=judge run_id={run_dir.name} judge={judge}.")
+    from .labels import load_labels, with_labels  # (labels -> importer -> report: imported when used)
+
     with stage.lock():  # not while a judge of the same name is still writing
-        samples = sample_rows(parse_rows(GenerationRow, gen.read_records(), gen.records_path),
+        answers = parse_rows(GenerationRow, gen.read_records(), gen.records_path)
+        labels = load_labels(run_dir, answers)
+        samples = sample_rows(with_labels(answers, labels),
                               parse_rows(VerdictRow, stage.read_records(), stage.records_path), run_dir, judge)
         summary = summarize(samples, run_dir.name, judge, s)
+        metrics = metrics_table(samples, criteria(samples, s), summary.iloc[0].to_dict(), s, labels.drawn_uniformly,
+                                stage.manifest().get("panel"))
+        summary = with_estimates(summary, metrics, labels)
         samples_path, summary_path = stage.path / "samples.csv", stage.path / "summary.csv"
         write_atomic(samples_path, samples.to_csv(index=False))
         write_atomic(summary_path, summary.to_csv(index=False, float_format="%.6g"))
+        write_atomic(stage.path / "metrics.csv", metrics.to_csv(index=False, float_format="%.6g"))
         if s.plots:
             plot(samples, summary, stage.path, f"{run_dir.name} / {judge}")
     return samples_path, summary_path
+
+
+def write_and_print(run_dir: Path, judge: str, s: ReportConfig | None = None) -> tuple[Path, Path]:
+    """`write`, then print the digest a person reads at the end of a stage (judge, import, jury)."""
+    s = s or settings()
+    samples, summary = write(run_dir, judge, s)
+    log.info("run %s: results in %s and %s", run_dir.name, samples, summary)
+    print("\n" + digest(pd.read_csv(summary).iloc[0].to_dict(), s.target_halfwidth), flush=True)
+    return samples, summary
+
+
+RESULT_FILES = ("samples.csv", "summary.csv", "metrics.csv")
+
+
+def results_present(folder: Path) -> bool:
+    """Whether the result CSVs of a finished judge are there and not older than its manifest (a stage killed, or
+    out of disk, while reporting has them missing or stale: it writes them again when run again)."""
+    made = (folder / "manifest.json").stat().st_mtime_ns
+    return all((folder / f).is_file() and (folder / f).stat().st_mtime_ns >= made for f in RESULT_FILES)
 
 
 def finished_judges(run_dir: Path) -> list[str]:
@@ -182,7 +264,8 @@ def report_run(run_dir: Path, s: ReportConfig) -> list[dict]:
     for judge in judges:
         samples_path, summary_path = write(run_dir, judge, s)
         summary = pd.read_csv(summary_path).iloc[0].to_dict()
-        print(f"{digest(summary)}\nresults: {samples_path.parent}/{{samples,summary}}.csv and figures\n")
+        print(f"{digest(summary, s.target_halfwidth)}\nresults: {samples_path.parent}/{{samples,summary,metrics}}.csv "
+              "and figures\n")
         judge_manifest = read_json(run_dir / "judge" / judge / "manifest.json")
         rows.append({"dataset": dataset.get("name"), "dataset_sha256": (dataset.get("content_sha256") or "")[:12],
                      "generator": gen_manifest.get("generator", {}).get("name"),
@@ -191,7 +274,8 @@ def report_run(run_dir: Path, s: ReportConfig) -> list[dict]:
 
 
 LEADERBOARD_COLUMNS = ["dataset", "dataset_sha256", "run_id", "generator", "judge", "judge_mode", "n",
-                       "acc_judge", "acc_judge_lo", "acc_judge_hi", "judge_invalid", "acc_exact_match",
+                       "acc_judge", "acc_judge_lo", "acc_judge_hi", "ppi_acc_judge", "ppi_acc_judge_lo",
+                       "ppi_acc_judge_hi", "n_human", "judge_invalid", "acc_exact_match",
                        "acc_token_f1", "acc_contains", "acc_rouge_l", "acc_human", "kappa_judge_human",
                        "kappa_exact_match_judge", "auroc_sequence_nll_judge", "auroc_sequence_nll_exact_match"]
 

@@ -1,0 +1,180 @@
+"""metrics.csv: every statistic of one (run, judge) as one row of a long table, the shape pandas filters and plots
+without reshaping.
+
+    run_id, judge, criterion, statistic, against, value, lo, hi, n
+    nq, gpt-4, judge, kappa, human, 0.70, 0.66, 0.74, 1490
+    nq, gpt-4, judge, ppi_accuracy, human, 0.61, 0.58, 0.64, 200
+
+`criterion` is what is measured (a criterion of report.py, `judge_p_correct`, `sequence_nll`, a jury member, or
+`panel`), `against` what it is compared with (empty for a criterion's own accuracy), `lo`/`hi` the 95% interval
+where there is one, `n` the answers (or labels) it rests on. Statistics:
+
+    accuracy                 share correct under the criterion (percentile bootstrap interval)
+    agreement, kappa         with another criterion, where both are defined (bootstrap intervals)
+    ppi_accuracy             the human-label accuracy estimated from this criterion on every answer plus the labels
+                             (PPI++; valid when the labels are a uniform random subset); `ppi_lambda` its weight
+    labels_needed            labels for an interval of half-width report.target_halfwidth (criterion=human: with
+                             the labels alone)
+    threshold[max_kappa], threshold[equal_error]   calibrated P(correct) thresholds against the labels, with
+                             kappa[...], accuracy[...] and error_rate[equal_error] at each; ece the calibration error
+    <statistic>[words<=5], <statistic>[words>5]    accuracy, agreement and kappa by answer length
+    auroc, brier             the generator's NLL or the judge's P(correct) as a score of a criterion
+    labels_uniform           1 when the labels were drawn by stage=label (and labelled in draw order), else 0
+    fleiss_kappa             (jury judges) the panel's agreement; members' pairwise kappa/agreement as well
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+
+from . import estimates
+from .config import ReportConfig
+from .metrics import CRITERIA
+from .stats import agreement, auroc, cohen_kappa
+
+COLUMNS = ["run_id", "judge", "criterion", "statistic", "against", "value", "lo", "hi", "n"]
+PREDICTORS = CRITERIA[:-1]  # every criterion but the human label can stand in for it
+
+
+class Table:
+    """The rows of one (run, judge), appended as they are computed."""
+
+    def __init__(self, run_id: str, judge: str):
+        self.run_id, self.judge, self.rows = run_id, judge, []
+
+    def add(self, criterion: str, statistic: str, against: str, value, lo=math.nan, hi=math.nan, n=0) -> None:
+        self.rows.append([self.run_id, self.judge, criterion, statistic, against, value, lo, hi, int(n)])
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=COLUMNS)
+
+
+def pairs(table: Table, crit: pd.DataFrame, s: ReportConfig, suffix: str = "") -> None:
+    """Agreement and kappa of every pair of criteria where both are defined."""
+    for a, b in combinations(CRITERIA, 2):
+        both = crit[[a, b]].dropna()
+        if len(both) == 0:
+            continue
+        x, y = both[a].to_numpy() == 1, both[b].to_numpy() == 1
+        boot = estimates.paired_bootstrap(x, y, s.bootstrap, s.seed) if not suffix else {}
+        table.add(a, f"agreement{suffix}", b, agreement(x, y), *boot.get("agreement", (math.nan,) * 2), len(both))
+        table.add(a, f"kappa{suffix}", b, cohen_kappa(x, y), *boot.get("kappa", (math.nan,) * 2), len(both))
+
+
+def predictor_scores(samples: pd.DataFrame, crit: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Each criterion's score of every answer for PPI (an undefined one, such as an invalid verdict, counts 0.5: any
+    fixed rule is valid, the labels correct its bias); `judge_p_correct` when the judge gave P(correct)."""
+    scores = {c: crit[c].fillna(0.5).to_numpy() for c in PREDICTORS}
+    p = pd.to_numeric(samples["judge_p_correct"], errors="coerce")
+    if p.notna().any():
+        scores["judge_p_correct"] = p.fillna(crit["judge"]).fillna(0.5).to_numpy()
+    return scores
+
+
+def with_labels(table: Table, samples: pd.DataFrame, crit: pd.DataFrame, s: ReportConfig, uniform: bool) -> None:
+    """PPI accuracy from each criterion, the human-only estimate's label needs, calibration of P(correct)."""
+    human = crit["human"].to_numpy()
+    labelled = ~np.isnan(human)
+    y = human[labelled]
+    table.add("human", "labels_uniform", "", float(uniform), n=len(y))
+    if len(y) < 2:
+        return
+    table.add("human", "labels_needed", "", estimates.labels_needed_classical(y, s.target_halfwidth), n=len(y))
+    for name, f in predictor_scores(samples, crit).items():
+        est = estimates.ppi_mean(y, f[labelled], f[~labelled])
+        table.add(name, "ppi_accuracy", "human", est.value, est.lo, est.hi, len(y))
+        table.add(name, "ppi_lambda", "human", est.lam if est.lam is not None else math.nan, n=len(y))
+        table.add(name, "labels_needed", "human",
+                  estimates.labels_needed_ppi(y, f[labelled], f[~labelled], s.target_halfwidth), n=len(y))
+    calibration(table, samples, crit, s)
+
+
+def calibration(table: Table, samples: pd.DataFrame, crit: pd.DataFrame, s: ReportConfig) -> None:
+    """Thresholds of P(correct) chosen against the labels, and the calibration error (logprob judges)."""
+    p_all = pd.to_numeric(samples["judge_p_correct"], errors="coerce")
+    both = pd.concat([p_all, crit["human"]], axis=1, keys=["p", "human"]).dropna()
+    if len(both) < 2:
+        return
+    p, y, scored = both["p"].to_numpy(), both["human"].to_numpy(), p_all.dropna().to_numpy()
+    for name, (t, quality) in (("max_kappa", estimates.best_kappa_threshold(p, y)),
+                               ("equal_error", estimates.equal_error_threshold(p, y))):
+        table.add("judge_p_correct", f"threshold[{name}]", "human", t, n=len(y))
+        if name == "equal_error":
+            table.add("judge_p_correct", f"error_rate[{name}]", "human", quality, n=len(y))
+        if not math.isnan(t):
+            at = estimates.verdicts_at(p, y, t)
+            table.add("judge_p_correct", f"kappa[{name}]", "human", at["kappa"], n=len(y))
+            table.add("judge_p_correct", f"accuracy[{name}]", "", float(np.mean(scored >= t)), n=len(scored))
+    table.add("judge_p_correct", "ece", "human", estimates.calibration_error(p, y, s.calibration_bins), n=len(y))
+
+
+def by_length(table: Table, samples: pd.DataFrame, crit: pd.DataFrame, s: ReportConfig) -> None:
+    """Accuracy, agreement and kappa separately for short and long answers (lexical criteria fail on long ones)."""
+    words = samples["prediction"].fillna("").astype(str).str.split().str.len().to_numpy()
+    for name, mask in ((f"words<={s.length_words}", words <= s.length_words),
+                       (f"words>{s.length_words}", words > s.length_words)):
+        part = crit[mask]
+        for c in CRITERIA:
+            values = part[c].dropna()
+            if len(values):
+                table.add(c, f"accuracy[{name}]", "", float(values.mean()), n=len(values))
+        pairs(table, part, s, suffix=f"[{name}]")
+
+
+def scores(table: Table, samples: pd.DataFrame, crit: pd.DataFrame) -> None:
+    """AUROC of the generator's NLL for each criterion; AUROC and Brier score of P(correct) against humans."""
+    for nll in ("sequence_nll", "mean_nll"):
+        for c in CRITERIA:
+            both = pd.concat([samples[nll].astype(float), crit[c]], axis=1).dropna()
+            if len(both):
+                table.add(nll, "auroc", c, auroc(-both[nll], both[c] == 1), n=len(both))
+    p = pd.concat([pd.to_numeric(samples["judge_p_correct"], errors="coerce"), crit["human"]], axis=1).dropna()
+    if len(p):
+        table.add("judge_p_correct", "auroc", "human", auroc(p.iloc[:, 0], p["human"] == 1), n=len(p))
+        table.add("judge_p_correct", "brier", "human", float(((p.iloc[:, 0] - p["human"]) ** 2).mean()), n=len(p))
+
+
+def panel_rows(table: Table, panel: dict) -> None:
+    """A jury's own agreement statistics, from its manifest (stage=jury computed them)."""
+    value = lambda x: math.nan if x is None else x  # noqa: E731 (null in JSON)
+    for pair in panel.get("pairs", []):
+        table.add(pair["a"], "agreement", pair["b"], value(pair["agreement"]), n=pair["n"])
+        table.add(pair["a"], "kappa", pair["b"], value(pair["kappa"]), n=pair["n"])
+    for member in panel.get("with_jury", []):
+        table.add(member["member"], "agreement", table.judge, value(member["agreement"]), n=member["n"])
+        table.add(member["member"], "kappa", table.judge, value(member["kappa"]), n=member["n"])
+    fleiss = panel.get("fleiss_kappa")
+    if fleiss:
+        table.add("panel", "fleiss_kappa", "+".join(panel.get("members", [])), value(fleiss["value"]), n=fleiss["n"])
+
+
+def metrics_table(samples: pd.DataFrame, crit: pd.DataFrame, summary: dict, s: ReportConfig,
+                  labels_uniform: bool, panel: dict | None = None) -> pd.DataFrame:
+    """Every statistic of one (run, judge): `crit` as report.criteria makes it, `summary` the summary.csv row
+    (whose accuracies and intervals are reused)."""
+    table = Table(summary["run_id"], summary["judge"])
+    for c in CRITERIA:
+        if summary.get(f"n_{c}"):
+            table.add(c, "accuracy", "", summary[f"acc_{c}"], summary[f"acc_{c}_lo"], summary[f"acc_{c}_hi"],
+                      summary[f"n_{c}"])
+    table.add("judge", "invalid_share", "", summary["judge_invalid"] / summary["n"] if summary["n"] else math.nan,
+              n=summary["n"])
+    pairs(table, crit, s)
+    if crit["human"].notna().any():
+        with_labels(table, samples, crit, s, labels_uniform)
+    by_length(table, samples, crit, s)
+    scores(table, samples, crit)
+    if panel:
+        panel_rows(table, panel)
+    return table.frame()
+
+
+def pick(metrics: pd.DataFrame, criterion: str, statistic: str, against: str = "") -> dict:
+    """The one row of `metrics` with these keys, as a dict (empty when there is none)."""
+    hit = metrics[(metrics.criterion == criterion) & (metrics.statistic == statistic) &
+                  (metrics.against.fillna("") == against)]
+    return hit.iloc[0].to_dict() if len(hit) else {}

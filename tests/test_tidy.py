@@ -1,0 +1,129 @@
+"""tidy.py and the report's label-based statistics on hand-made runs (no model): metrics.csv's shape, the PPI rows
+equal to the estimator on the same answers, the calibrated thresholds, the length breakdown on rows made so that
+exact match fails only on long answers, the labels' provenance in the summary, and the leaderboard's PPI columns."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import estimates, report, tidy
+from pipeline.rows import GenerationRow
+
+from conftest import make_cfg, run_cli, verdict_row, write_run
+
+
+def labelled_run(tmp_path, n=240, labelled=90, seed=0, name="hand"):
+    """A run whose answers are right 60% of the time; short right answers match the reference exactly, long
+    right ones only contain it (so exact match fails on them); the judge errs on ~10%; the first `labelled`
+    answers carry (imported) human labels."""
+    rng = np.random.default_rng(seed)
+    answers, verdicts = [], []
+    for i in range(n):
+        right, long = bool(rng.random() < 0.6), i % 4 == 0
+        prediction = ("I am fairly sure that it is paris" if long else "paris") if right else \
+            ("I am fairly sure that it is rome" if long else "rome")
+        answers.append(GenerationRow.answer(f"q{i:03d}", f"capital {i}?", ["Paris"], prediction, i,
+                                            right if i < labelled else None))
+        judged = right if rng.random() > 0.1 else not right
+        p = float(np.clip((0.85 if judged else 0.2) + rng.normal(0, 0.08), 0, 1))
+        verdicts.append(verdict_row(f"q{i:03d}", "j", "correct" if p >= 0.5 else "incorrect", p))
+    return write_run(tmp_path / "runs", name, answers, {"j": verdicts})
+
+
+def test_metrics_csv_has_the_long_columns_and_ppi_equals_the_estimator(tmp_path):
+    run = labelled_run(tmp_path)
+    report.write(run, "j")
+    metrics = pd.read_csv(run / "judge/j/metrics.csv")
+    assert list(metrics.columns) == tidy.COLUMNS
+    assert (metrics.run_id == "hand").all() and (metrics.judge == "j").all()
+    samples = pd.read_csv(run / "judge/j/samples.csv")
+    human = pd.to_numeric(samples.human_label, errors="coerce").to_numpy()
+    f = (samples.judge_verdict == "correct").astype(float).to_numpy()
+    mask = ~np.isnan(human)
+    expected = estimates.ppi_mean(human[mask], f[mask], f[~mask])
+    row = tidy.pick(metrics, "judge", "ppi_accuracy", "human")
+    assert (row["value"], row["lo"], row["hi"], row["n"]) == pytest.approx(
+        (expected.value, expected.lo, expected.hi, 90), rel=1e-5)
+    summary = pd.read_csv(run / "judge/j/summary.csv").iloc[0]
+    assert summary.ppi_acc_judge == pytest.approx(expected.value, rel=1e-5)
+    assert summary.ppi_acc_judge_lo < summary.ppi_acc_judge < summary.ppi_acc_judge_hi
+    assert (summary.ppi_acc_judge_hi - summary.ppi_acc_judge_lo) < (summary.acc_human_hi - summary.acc_human_lo)
+    p = samples.judge_p_correct.to_numpy()
+    t, kappa = estimates.best_kappa_threshold(p[mask], human[mask])
+    assert tidy.pick(metrics, "judge_p_correct", "threshold[max_kappa]", "human")["value"] == pytest.approx(t)
+    assert summary.threshold_max_kappa == pytest.approx(t, rel=1e-5)
+    assert summary.acc_judge_at_max_kappa == pytest.approx(np.mean(p >= t), rel=1e-5)
+    assert summary.ece_p_correct_human == pytest.approx(estimates.calibration_error(p[mask], human[mask]), rel=1e-5)
+    needed = tidy.pick(metrics, "human", "labels_needed")["value"]
+    assert needed == estimates.labels_needed_classical(human[mask], 0.02)
+    assert summary.labels_uniform == 0 and "imported with the answers" in summary.labels_warnings
+
+
+def test_the_length_breakdown_shows_exact_match_failing_on_long_answers(tmp_path):
+    run = labelled_run(tmp_path, labelled=240)
+    report.write(run, "j")
+    metrics = pd.read_csv(run / "judge/j/metrics.csv")
+    samples = pd.read_csv(run / "judge/j/samples.csv")
+    long = samples.prediction.str.split().str.len() > 5
+    assert long.sum() == 60  # every fourth answer
+    for part, mask in (("words<=5", ~long), ("words>5", long)):
+        rows = samples[mask]
+        want = float(np.mean(rows.exact_match == rows.human_label))
+        got = tidy.pick(metrics, "exact_match", f"agreement[{part}]", "human")
+        assert got["value"] == pytest.approx(want) and got["n"] == mask.sum()
+        judge = float(np.mean((rows.judge_verdict == "correct") == (rows.human_label == 1)))
+        assert tidy.pick(metrics, "judge", f"agreement[{part}]", "human")["value"] == pytest.approx(judge)
+    assert tidy.pick(metrics, "exact_match", "agreement[words<=5]", "human")["value"] == 1.0
+    long_rows = samples[long]
+    assert tidy.pick(metrics, "exact_match", "agreement[words>5]", "human")["value"] == pytest.approx(
+        1 - long_rows.human_label.mean())  # exact match calls every long answer wrong
+    assert tidy.pick(metrics, "exact_match", "accuracy[words>5]")["value"] == 0.0
+
+
+def test_without_labels_there_is_no_ppi_and_nothing_claims_otherwise(tmp_path):
+    run = labelled_run(tmp_path, labelled=0)
+    report.write(run, "j")
+    metrics = pd.read_csv(run / "judge/j/metrics.csv")
+    assert not (metrics.against == "human").any()
+    assert metrics.statistic.str.startswith("ppi").sum() == 0
+    summary = pd.read_csv(run / "judge/j/summary.csv").iloc[0]
+    assert math.isnan(summary.ppi_acc_judge) and math.isnan(summary.threshold_max_kappa)
+    assert "PPI" not in report.digest(summary.to_dict())
+
+
+def test_labels_drawn_by_stage_label_count_as_uniform_and_the_leaderboard_carries_ppi(tmp_path):
+    run = labelled_run(tmp_path, labelled=0)
+    out = run_cli("stage=label", "run_id=hand", "label.n=80", "label.seed=3", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    sheet = run / "labels/sheet-n80-seed3.csv"
+    filled = pd.read_csv(sheet, dtype=str, keep_default_na=False)
+    filled["human_label"] = ["yes" if "paris" in p else "no" for p in filled.prediction]
+    filled.to_csv(sheet, index=False)
+    out = run_cli("stage=label", "run_id=hand", f"label.sheet={sheet}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    summary = pd.read_csv(run / "judge/j/summary.csv").iloc[0]
+    assert summary.n_human == 80 and summary.labels_uniform == 1 and pd.isna(summary.labels_warnings)
+    assert "PPI++" in out.stdout and "uniform random sample" in out.stdout and "warning" not in out.stdout
+    out = run_cli("stage=report", "report.runs=[hand]", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    board = pd.read_csv(tmp_path / "runs/leaderboard.csv")
+    assert board.loc[0, "ppi_acc_judge"] == pytest.approx(summary.ppi_acc_judge, rel=1e-3)
+    assert board.loc[0, "n_human"] == 80
+
+
+def test_report_settings_reach_the_statistics(tmp_path):
+    run = labelled_run(tmp_path)
+    cfg = make_cfg(tmp_path / "runs", "report.target_halfwidth=0.05", "report.length_words=3",
+                   "report.calibration_bins=4")
+    report.write(run, "j", report.settings(cfg))
+    metrics = pd.read_csv(run / "judge/j/metrics.csv")
+    samples = pd.read_csv(run / "judge/j/samples.csv")
+    human = pd.to_numeric(samples.human_label, errors="coerce").to_numpy()
+    mask = ~np.isnan(human)
+    assert tidy.pick(metrics, "human", "labels_needed")["value"] == estimates.labels_needed_classical(
+        human[mask], 0.05)
+    assert tidy.pick(metrics, "judge", "accuracy[words<=3]")  # the boundary moved
+    assert tidy.pick(metrics, "judge_p_correct", "ece", "human")["value"] == pytest.approx(
+        estimates.calibration_error(samples.judge_p_correct.to_numpy()[mask], human[mask], 4), rel=1e-5)
