@@ -4,6 +4,7 @@ and an imported run is judged and reported against its human labels."""
 
 import json
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -12,7 +13,7 @@ from pipeline import importer
 from pipeline.errors import PipelineError
 from pipeline.stats import auroc
 
-from conftest import make_cfg, read_jsonl, run_cli
+from conftest import make_cfg, one_error_line, read_jsonl, run_cli
 
 
 def test_predictions_without_a_prediction_column_name_what_is_there(tmp_path):
@@ -70,3 +71,186 @@ def test_import_judge_report_with_human_labels(clear_cut_run):
         assert (clear_cut_run / "judge/smollm2-135m" / png).stat().st_size > 1000
     manifest = json.loads((clear_cut_run / "generate/manifest.json").read_text())
     assert manifest["human_labels"] == 6 and len(manifest["imported_from"]["sha256"]) == 64
+
+
+# --------------------------------------------------------------------------------- external verdicts (no model)
+
+FORMS = ["yes", "0", "Correct", "", "FALSE"]  # one cycle of the verdict column's cells
+FORM_VERDICTS = ["correct", "incorrect", "correct", "invalid", "incorrect"]
+P_CELLS = ["0.9", "0.2", "", "0.5", "0.05"]  # P(correct) cells, in the same cycle
+
+
+def graded_csv(folder, n=20, verdict_at=None, p_at=None):
+    """A CSV of n answers with another judge's verdicts (column gpt4_verdict, the forms in FORMS) and P(correct)
+    (column gpt4_p); verdict_at / p_at: (row number, 1-based, and the cell to put there instead)."""
+    lines = ["id,question,references,prediction,human_label,gpt4_verdict,gpt4_p"]
+    for i in range(n):
+        verdict, p = FORMS[i % 5], P_CELLS[i % 5]
+        if verdict_at and verdict_at[0] == i + 1:
+            verdict = verdict_at[1]
+        if p_at and p_at[0] == i + 1:
+            p = p_at[1]
+        label = ("yes" if i % 2 == 0 else "no") if i < 6 else ""
+        lines.append(f"q{i},Question {i}?,ans{i},{'ans' if i % 2 == 0 else 'wrong'}{i},{label},{verdict},{p}")
+    path = folder / "graded.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def expected_verdicts(n=20):
+    return [FORM_VERDICTS[i % 5] for i in range(n)]
+
+
+def expected_p(n=20):
+    return [float(P_CELLS[i % 5]) if P_CELLS[i % 5] else None for i in range(n)]
+
+
+VERDICT_ARGS = ("import_fields.verdict=gpt4_verdict", "import_fields.p_correct=gpt4_p",
+                "import_fields.verdict_judge=gpt4")
+
+
+def import_graded(tmp_path, *extra, run_id="ext"):
+    path = graded_csv(tmp_path)
+    importer.run(make_cfg(tmp_path / "runs", f"predictions={path}", f"run_id={run_id}", *VERDICT_ARGS, *extra))
+    return tmp_path / "runs" / run_id
+
+
+def snapshot(folder):
+    """Every file under `folder`: its bytes and modification time."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_imported_verdicts_become_a_finished_judge_stage(tmp_path, capsys):
+    run_dir = import_graded(tmp_path)
+    stage = run_dir / "judge/gpt4"
+    records = read_jsonl(stage / "verdicts.jsonl")
+    answers = read_jsonl(run_dir / "generate/generations.jsonl")
+    assert [r["id"] for r in records] == [a["id"] for a in answers] == [f"q{i}" for i in range(20)]
+    assert [r["verdict"] for r in records] == expected_verdicts()
+    assert [r["p_correct"] for r in records] == expected_p()
+    assert [r["reply"] for r in records] == [FORMS[i % 5] for i in range(20)]  # the cell itself, for audit
+    assert {(r["judge"], r["mode"], r["prompt_name"], r["prompt_version"], r["verdict_mass"], r["finish_reason"])
+            for r in records} == {("gpt4", "external", "import:gpt4_verdict", 1, None, None)}
+    assert [r["invalid_reason"] for r in records if r["verdict"] == "invalid"] == \
+        ["no verdict in column 'gpt4_verdict'"] * 4
+    assert all(r["invalid_reason"] is None for r in records if r["verdict"] != "invalid")
+    manifest = json.loads((stage / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["stage"] == "judge" and manifest["records"] == 20
+    assert manifest["judge"] == {"name": "gpt4", "mode": "external", "verdict_column": "gpt4_verdict",
+                                 "p_correct_column": "gpt4_p", "threshold": None}
+    assert manifest["verdicts"] == {"correct": 8, "incorrect": 8, "invalid": 4}
+    assert manifest["imported_from"]["sha256"] == json.loads(
+        (run_dir / "generate/manifest.json").read_text())["imported_from"]["sha256"]
+    assert manifest["fingerprint"] == {"import": {"sha256": manifest["imported_from"]["sha256"],
+                                                  "verdict": "gpt4_verdict", "p_correct": "gpt4_p"}}
+
+    samples = pd.read_csv(stage / "samples.csv")
+    assert list(samples["judge_verdict"]) == expected_verdicts() and set(samples["judge"]) == {"gpt4"}
+    assert [None if math.isnan(p) else p for p in samples["judge_p_correct"]] == expected_p()
+    s = pd.read_csv(stage / "summary.csv").iloc[0]
+    assert (s["n"], s["judge_correct"], s["judge_incorrect"], s["judge_invalid"]) == (20, 8, 8, 4)
+    assert s["acc_judge"] == 0.5 and s["n_judge"] == 16  # the invalid ones are left out, not counted wrong
+    assert s["n_human"] == 6 and (stage / "accuracy.png").stat().st_size > 1000
+    out = capsys.readouterr().out
+    assert "20 answers (6 with human labels)" in out and "8 correct, 8 incorrect, 4 invalid" in out
+    assert "stage=judge run_id=ext" in out and "stage=report report.runs=[ext]" in out
+
+
+def test_the_same_import_again_changes_nothing_and_an_interrupted_one_resumes(tmp_path):
+    run_dir = import_graded(tmp_path)
+    before = snapshot(run_dir)
+    import_graded(tmp_path)
+    assert snapshot(run_dir) == before  # both stages complete: not a byte, not a modification time
+
+    stage = run_dir / "judge/gpt4"  # stopped after 5 verdicts: the records not yet published, no manifest
+    lines = (stage / "verdicts.jsonl").read_text().splitlines(keepends=True)
+    (stage / "verdicts.jsonl.partial").write_text("".join(lines[:5]))
+    for name in ("verdicts.jsonl", "manifest.json", "samples.csv", "summary.csv"):
+        (stage / name).unlink()
+    import_graded(tmp_path)
+    assert (stage / "verdicts.jsonl").read_text() == "".join(lines)
+    assert json.loads((stage / "manifest.json").read_text())["resumed_with"] == 5
+    assert (stage / "samples.csv").read_bytes() == before["judge/gpt4/samples.csv"][0]
+    assert snapshot(run_dir / "generate") == {k.removeprefix("generate/"): v for k, v in before.items()
+                                              if k.startswith("generate/")}
+
+
+def test_verdicts_can_join_answers_imported_before_them(tmp_path):
+    path = graded_csv(tmp_path)
+    importer.run(make_cfg(tmp_path / "runs", f"predictions={path}", "run_id=ext"))
+    run_dir = tmp_path / "runs/ext"
+    assert not (run_dir / "judge").exists()  # no verdict column named: answers only, as before
+    answers = snapshot(run_dir / "generate")
+    import_graded(tmp_path)
+    assert snapshot(run_dir / "generate") == answers
+    assert [r["verdict"] for r in read_jsonl(run_dir / "judge/gpt4/verdicts.jsonl")] == expected_verdicts()
+
+
+def test_jsonl_with_boolean_verdicts(tmp_path):
+    rows = [{"id": "a", "question": "Q?", "references": ["x"], "prediction": "x", "v": True, "p": 1},
+            {"id": "b", "question": "Q?", "references": ["x"], "prediction": "y", "v": False, "p": 0.25},
+            {"id": "c", "question": "Q?", "references": ["x"], "prediction": "z", "v": None, "p": None}]
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    importer.run(make_cfg(tmp_path / "runs", f"predictions={path}", "run_id=j", "import_fields.verdict=v",
+                          "import_fields.p_correct=p"))
+    records = read_jsonl(tmp_path / "runs/j/judge/external/verdicts.jsonl")
+    assert [(r["verdict"], r["p_correct"], r["reply"]) for r in records] == \
+        [("correct", 1.0, "True"), ("incorrect", 0.25, "False"), ("invalid", None, "")]
+    assert records[2]["invalid_reason"] == "no verdict in column 'v'"
+
+
+@pytest.mark.parametrize("value, p", [(0, 0.0), (1, 1.0), (0.7, 0.7), ("0.7", 0.7), (" 0.25 ", 0.25), ("", None),
+                                      (None, None), (float("nan"), None)])
+def test_p_correct_forms(value, p):
+    assert importer.parse_p_correct(value) == p
+
+
+@pytest.mark.parametrize("value", [1.5, -0.1, "high", True, float("inf"), [0.5]])
+def test_p_correct_outside_0_1_is_refused(value):
+    with pytest.raises((ValueError, TypeError)):
+        importer.parse_p_correct(value)
+
+
+@pytest.mark.parametrize("where, extra, says", [
+    ({"verdict_at": (7, "maybe")}, VERDICT_ARGS,
+     (r"1 verdict in column 'gpt4_verdict' \(import_fields.verdict\) not in a recognised form: row 7 \(id q6\): "
+      r"'maybe'\. Accepted \(any case\): true/false.*an empty cell for an invalid verdict")),
+    ({"p_at": (4, "1.5")}, VERDICT_ARGS,
+     (r"1 P\(correct\) value in column 'gpt4_p' \(import_fields.p_correct\) not a number in \[0, 1\]: "
+      r"row 4 \(id q3\): 1\.5\. Write each as a number from 0 to 1")),
+    ({"p_at": (12, "high")}, VERDICT_ARGS, r"in column 'gpt4_p' .*: row 12 \(id q11\): 'high'\."),
+    ({}, ("import_fields.p_correct=gpt4_p",), r"import_fields.p_correct='gpt4_p' needs import_fields.verdict="),
+    ({}, ("import_fields.verdict=gpt5",), (r"has no field 'gpt5' \(set by import_fields.verdict\)\. Its columns "
+                                           r"are: id, question.*gpt4_verdict")),
+])
+def test_bad_verdicts_are_one_line_and_leave_nothing_behind(tmp_path, where, extra, says):
+    path = graded_csv(tmp_path, **where)
+    out = run_cli("stage=import", f"predictions={path}", "run_id=ext", f"runs_dir={tmp_path}/runs", *extra,
+                  cwd=tmp_path)
+    line = one_error_line(out)
+    assert re.search(says, line), line
+    assert str(path) in line or "p_correct=" in line  # names the file (the settings error names the setting)
+    assert not (tmp_path / "runs").exists()  # no run folder, no runs/latest, no stage.json
+
+
+@pytest.mark.slow  # two stages in subprocesses, with the report's figures
+@pytest.mark.integration
+def test_import_verdicts_then_the_leaderboard_from_the_command_line(tmp_path):
+    path = graded_csv(tmp_path)
+    runs = tmp_path / "runs"
+    out = run_cli("stage=import", f"predictions={path}", *VERDICT_ARGS, "run_id=ext", f"runs_dir={runs}",
+                  "progress=false", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "ext / gpt4: n=20, verdicts 8 correct, 8 incorrect, 4 invalid" in out.stdout  # the report's digest
+    assert "stage=report report.runs=[ext]" in out.stdout
+    assert [r["verdict"] for r in read_jsonl(runs / "ext/judge/gpt4/verdicts.jsonl")] == expected_verdicts()
+    out = run_cli("stage=report", "report.runs=[ext]", f"runs_dir={runs}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    board = pd.read_csv(runs / "leaderboard.csv")
+    assert len(board) == 1
+    row = board.iloc[0]
+    assert (row["run_id"], row["judge"], row["judge_mode"], row["n"], row["judge_invalid"]) == \
+        ("ext", "gpt4", "external", 20, 4)
+    assert row["acc_judge"] == 0.5 and row["generator"] == "import:graded"

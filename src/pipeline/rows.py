@@ -94,7 +94,7 @@ class VerdictRow(Row):
 
     id: str
     judge: str
-    mode: str  # "logprob" | "generate"
+    mode: str  # "logprob" | "generate" | "external" (stage=import) | "jury" (stage=jury)
     prompt_name: str
     prompt_version: int
     verdict: str  # "correct" | "incorrect" | "invalid"
