@@ -1,5 +1,5 @@
 """Every YAML under conf/ composes, exactly as the CLI composes it, into the values it sets, and passes
-config.check; every judge prompt builds a real prompt for the embedded judge. Pure config refusals (a misspelt
+checks.check; every judge prompt builds a real prompt for the embedded judge. Pure config refusals (a misspelt
 key, a value outside its choices or range) are checked here in-process, without running a stage.
 
 Option files are found with a glob, so a new preset is covered as soon as it exists.
@@ -18,7 +18,7 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from conftest import CONF, make_cfg
-from pipeline import config
+from pipeline import checks, config
 from pipeline.errors import PipelineError
 from pipeline.rows import GenerationRow
 
@@ -83,14 +83,14 @@ def test_every_option_file_composes_into_its_own_values_and_passes_the_checks(tm
         pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     choice = f"{group_of(path)}={path.stem}"
     cfg = make_cfg(tmp_path / "runs", choice)
-    config.check(cfg)
+    checks.check(cfg)
     composed = with_hydra(choice) if package_of(path).startswith("hydra") else cfg
     assert_sets(node(composed, package_of(path)), yaml_values(path), package_of(path))
 
 
 def test_the_root_config_composes_into_its_values_and_its_defaults(tmp_path):
     cfg = make_cfg(tmp_path / "runs")
-    config.check(cfg)
+    checks.check(cfg)
     values = yaml_values(CONF / "config.yaml")
     assert_sets(node(with_hydra(), "hydra"), values.pop("hydra"), "hydra")
     assert_sets(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True), values, "config")
@@ -139,7 +139,7 @@ def test_every_judge_prompt_builds_a_real_prompt_and_its_verdict_tokens(tmp_path
 ])
 def test_a_bad_value_is_refused_by_the_checks_in_one_line(tmp_path, overrides, says):
     with pytest.raises(PipelineError) as refused:
-        config.check(make_cfg(tmp_path / "runs", *overrides))
+        checks.check(make_cfg(tmp_path / "runs", *overrides))
     assert says in str(refused.value) and "\n" not in str(refused.value)
 
 
@@ -147,13 +147,13 @@ def test_a_prompt_without_reply_tokens_is_refused_naming_the_key(tmp_path):
     cfg = make_cfg(tmp_path / "runs")
     cfg.judge_prompt.reply_tokens = MISSING
     with pytest.raises(PipelineError, match=r"judge_prompt.reply_tokens is not set in judge_prompt=verdict"):
-        config.check(cfg)
+        checks.check(cfg)
 
 
 def test_runs_dir_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "runs").write_text("not a folder")
     with pytest.raises(PipelineError, match="is a file, not a folder"):
-        config.check(make_cfg(tmp_path / "runs"))
+        checks.check(make_cfg(tmp_path / "runs"))
 
 
 @pytest.mark.parametrize("overrides, says", [

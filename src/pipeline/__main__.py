@@ -25,7 +25,8 @@ import sys
 
 import hydra
 
-from .config import check, conf_dir, register
+from .checks import check
+from .config import conf_dir, register
 from .errors import PipelineError, os_error_message
 from .interrupts import StageStopped, requeue_this_job
 
