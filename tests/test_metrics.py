@@ -1,6 +1,7 @@
 """metrics.py: SQuAD-style normalisation, exact match, token F1, ROUGE-L and whole-token containment of a
 reference, each against values worked out by hand."""
 
+import random
 import pytest
 
 from pipeline.metrics import contains_reference, exact_match, normalize_answer, rouge_l, rouge_tokens, token_f1
@@ -51,3 +52,19 @@ def test_contains_reference_matches_whole_tokens():
     assert not contains_reference("In 1985 it was founded", ["8"])
     assert not contains_reference("", ["Paris"]) and not contains_reference("Paris", [""])
     assert contains_reference("Antoine de Saint-Exupéry wrote it", ["Saint-Exupéry"])
+
+
+def test_rouge_l_equals_googles_rouge_score_on_ascii_text():
+    rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    pairs = [("The cat sat on the mat.", "the cat on the mat"), ("Paris", "paris, France"),
+             ("It was in 1985, I think", "1985"), ("George Washington", "Washington, George"),
+             ("", "Paris"), ("a b c d e f", "f e d c b a"), ("New York City", "new york"),
+             ("the the the", "the"), ("Don't stop-me NOW!", "dont stop me now")]
+    rng = random.Random(0)
+    words = "a an the cat dog paris york new 1985 x-ray don't".split()
+    pairs += [(" ".join(rng.choices(words, k=rng.randint(1, 12))), " ".join(rng.choices(words, k=rng.randint(1, 6))))
+              for _ in range(200)]
+    for prediction, reference in pairs:
+        expected = scorer.score(reference, prediction)["rougeL"].fmeasure
+        assert rouge_l(prediction, [reference]) == pytest.approx(expected, abs=1e-12), (prediction, reference)
