@@ -2,6 +2,7 @@
 reference, each against values worked out by hand."""
 
 import random
+
 import pytest
 
 from pipeline.metrics import contains_reference, exact_match, normalize_answer, rouge_l, rouge_tokens, token_f1
