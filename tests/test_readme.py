@@ -74,6 +74,14 @@ SUBSTITUTIONS: dict[str, list[str]] = {
     "slurm.account=myproj": [],
     "hydra.launcher.partition=gpu": ["hydra.launcher.partition=debug"],
     "sbatch": ["sbatch", "--output={logs}/%x-%A_%a.out"],
+    # Accuracy you can defend: the nq sample has 8 questions, so the sheet draws 5 of them (3 stay unlabelled);
+    # the jury's members are the three embedded judges the README's rescoring commands made; graded.csv is written
+    # by the test from the run's own answers.
+    "label.n=200": ["label.n=5"],
+    "label.sheet=runs/nq-8b/labels/sheet-n200-seed0.csv": ["label.sheet=runs/nq-8b/labels/sheet-n5-seed0.csv"],
+    "jury.judges=[llama70b-8bit,llama70b-4bit,llama8b]":
+        ["jury.judges=[smollm2-135m-int8,smollm2-135m-nf4,smollm2-135m-bf16]"],
+    "predictions=graded.csv": ["predictions={graded}"],
 }
 
 # Commands that run exactly as written (a cwd or environment of the test's choosing, nothing added).
@@ -152,6 +160,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "python -m pipeline stage=report 'run_id=<id>'": ("over run nq-8b", "test_report_one_run"),
     "python -m pipeline stage=report 'report.runs=[a,b]'": ("over nq-8b and vllm-nq", "test_report_several_runs"),
     "python -m pipeline stage=report 'report.runs=[all]'": ("over every run of the test", "test_report_all_runs"),
+    # Accuracy you can defend
+    "python -m pipeline stage=label run_id=nq-8b label.n=200 label.seed=0":
+        ("label.n=5 (the run has 8 answers)", "test_label_sheet_then_ppi_in_the_report"),
+    "python -m pipeline stage=label run_id=nq-8b label.sheet=runs/nq-8b/labels/sheet-n200-seed0.csv":
+        ("the n=5 sheet, filled by the test", "test_label_sheet_then_ppi_in_the_report"),
+    "python -m pipeline stage=import predictions=graded.csv run_id=nq-8b import_fields.verdict=gpt4_verdict "
+    "import_fields.p_correct=gpt4_p import_fields.verdict_judge=gpt-4":
+        ("a graded.csv of the run's answers", "test_external_verdicts_onto_a_run"),
+    "python -m pipeline stage=jury run_id=nq-8b 'jury.judges=[llama70b-8bit,llama70b-4bit,llama8b]' jury.name=panel "
+    "jury.method=mean": ("the three embedded judges of the run", "test_jury_of_the_runs_judges"),
 }
 
 
@@ -509,12 +527,14 @@ def pipeline(work: Path, command: str, *extra: str, ok=(0,), **placeholders) -> 
 
 def check_judged(run: Path, judge: str, n: int, precision: str | None = None, shards: int = 0,
                  figures=("accuracy.png", "nll.png")) -> pd.DataFrame:
-    """The files a finished judge promises (README, "What a run leaves behind"); with shards, a plan per shard.
-    Imported answers have no NLL figure; answers with human labels get the reliability figure."""
+    """The files a finished judge promises (README, "What a run leaves behind"); with shards, a plan per shard
+    (juries and imported verdicts load no model: no plan). Imported answers have no NLL figure; answers with human
+    labels get the reliability figure."""
     folder = run / "judge" / judge
-    for name in ("samples.csv", "summary.csv", "verdicts.jsonl", "manifest.json", *figures):
+    for name in ("samples.csv", "summary.csv", "metrics.csv", "verdicts.jsonl", "manifest.json", *figures):
         assert (folder / name).is_file(), f"{folder} has no {name}: {sorted(p.name for p in folder.iterdir())}"
-    plans = [folder / "plan.json"] if not shards else \
+    loaded = json.loads((folder / "manifest.json").read_text())["judge"]["mode"] in ("logprob", "generate")
+    plans = [] if not loaded else [folder / "plan.json"] if not shards else \
         [folder / f"shards/{i:05d}-of-{shards:05d}/plan.json" for i in range(shards)]
     assert all(p.is_file() for p in plans), plans
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -751,3 +771,75 @@ def test_hydra_multirun_sweeps(sweeps):
              for j in ("smollm2-135m-bf16", "smollm2-135m-int8")}
     assert len(slurm) == 2  # one job per judge
     assert not (runs / "sweep-smollm2-135m/judge").exists()
+
+
+# ------------------------------------------------------------------------------- accuracy you can defend
+# These add labels and judges to nq-8b, so they come after the tests above that count its judges.
+
+@pytest.mark.slow
+def test_label_sheet_then_ppi_in_the_report(work, nq_run):
+    from pipeline.metrics import contains_reference
+
+    out = pipeline(work, "python -m pipeline stage=label run_id=nq-8b label.n=200 label.seed=0")
+    sheet = nq_run / "labels/sheet-n5-seed0.csv"
+    assert str(sheet) in out.stdout + out.stderr
+    rows = pd.read_csv(sheet, dtype=str, keep_default_na=False)
+    assert list(rows.columns) == ["id", "question", "references", "prediction", "human_label"] and len(rows) == 5
+    assert (rows.human_label == "").all()  # nothing to anchor on
+    rows["human_label"] = ["yes" if contains_reference(p, r.split(" | ")) else "no"  # a labeller's verdict
+                           for p, r in zip(rows.prediction, rows.references)]
+    rows.loc[0, "human_label"] = "no" if rows.loc[0, "human_label"] == "yes" else "yes"  # and one disagreement
+    rows.to_csv(sheet, index=False)
+    out = pipeline(work, "python -m pipeline stage=label run_id=nq-8b "
+                         "label.sheet=runs/nq-8b/labels/sheet-n200-seed0.csv")
+    assert "PPI++" in out.stdout and "uniform random sample" in out.stdout
+    folder = nq_run / "judge/smollm2-135m-int8"
+    summary = pd.read_csv(folder / "summary.csv").iloc[0]
+    assert summary.n_human == 5 and summary.labels_uniform == 1
+    assert summary.ppi_acc_judge_lo <= summary.ppi_acc_judge <= summary.ppi_acc_judge_hi
+    metrics = pd.read_csv(folder / "metrics.csv")
+    statistics = set(metrics.statistic)
+    assert {"ppi_accuracy", "labels_needed", "threshold[max_kappa]", "threshold[equal_error]", "ece",
+            "agreement[words<=5]"} <= statistics, statistics
+    labels = read_jsonl(nq_run / "labels/labels.jsonl")
+    assert sorted(r["id"] for r in labels) == sorted(rows.id)
+
+
+@pytest.mark.slow
+def test_external_verdicts_onto_a_run(work, nq_run):
+    answers = read_jsonl(nq_run / "generate/generations.jsonl")
+    graded = pd.DataFrame({"id": [a["id"] for a in answers][::-1], "prediction": [a["prediction"] for a in answers][::-1],
+                           "gpt4_verdict": (["yes", "no", "", "correct"] * 4)[:len(answers)],
+                           "gpt4_p": ([0.9, 0.2, None, 0.8] * 4)[:len(answers)]})
+    graded.to_csv(work / "graded.csv", index=False)
+    before = (nq_run / "generate/generations.jsonl").read_bytes()
+    pipeline(work, "python -m pipeline stage=import predictions=graded.csv run_id=nq-8b "
+                   "import_fields.verdict=gpt4_verdict import_fields.p_correct=gpt4_p import_fields.verdict_judge=gpt-4",
+             graded=work / "graded.csv")
+    assert (nq_run / "generate/generations.jsonl").read_bytes() == before  # the answers are the run's own
+    samples = check_judged(nq_run, "gpt-4", len(answers)).set_index("id")
+    want = dict(zip(graded.id, graded.gpt4_verdict.map({"yes": "correct", "correct": "correct", "no": "incorrect"})
+                    .fillna("invalid")))
+    assert samples.judge_verdict.to_dict() == want
+    out = pipeline(work, "python -m pipeline stage=report 'report.runs=[a,b]'", run_a="nq-8b", run_b="vllm-nq")
+    board = pd.read_csv(work / "runs/leaderboard.csv")
+    row = board[(board.run_id == "nq-8b") & (board.judge == "gpt-4")]
+    assert len(row) == 1 and row.iloc[0].judge_mode == "external" and "nq-8b / gpt-4" in out.stdout
+
+
+@pytest.mark.slow
+def test_jury_of_the_runs_judges(work, nq_run):
+    for judge in ("llama70b-4bit", "llama8b"):  # the members: already there when the rescoring test ran
+        pipeline(work, f"python -m pipeline stage=judge run_id=nq-8b judge={judge}")
+    out = pipeline(work, "python -m pipeline stage=jury run_id=nq-8b "
+                         "'jury.judges=[llama70b-8bit,llama70b-4bit,llama8b]' jury.name=panel jury.method=mean")
+    samples = check_judged(nq_run, "panel", len(NQ_ROWS), figures=("accuracy.png",))
+    members = {m: pd.read_csv(nq_run / "judge" / m / "samples.csv").set_index("id")
+               for m in ("smollm2-135m-int8", "smollm2-135m-nf4", "smollm2-135m-bf16")}
+    for row in samples.itertuples():  # the mean of the members' P(correct), each verdict valid here
+        ps = [m.loc[row.id, "judge_p_correct"] for m in members.values()
+              if m.loc[row.id, "judge_verdict"] != "invalid"]
+        if ps:
+            assert row.judge_p_correct == pytest.approx(sum(ps) / len(ps), abs=1e-9)
+    metrics = pd.read_csv(nq_run / "judge/panel/metrics.csv")
+    assert "fleiss_kappa" in set(metrics.statistic) and "Fleiss" in out.stdout
