@@ -2,12 +2,15 @@
 holder died is taken over, and two generates started together on one run leave every id exactly once."""
 
 import json
+import logging
+import os
 import signal
 import subprocess
 import sys
 
 import pytest
 
+from pipeline.locks import StageLock
 from pipeline.runs import StageDir
 
 from conftest import SMALL, one_error_line, read_jsonl, run_cli
@@ -62,3 +65,13 @@ def test_two_generates_at_once_on_one_run_leave_every_id_exactly_once(tmp_path, 
     stage = StageDir(tmp_path / "runs/twice/generate", "generations.jsonl")
     ids = [r["id"] for r in stage.read_records()]  # verified against the manifest
     assert len(ids) == len(set(ids)) == 8
+
+
+def test_a_clean_release_leaves_no_holder_to_report(tmp_path, caplog):
+    lock_file = tmp_path / ".locks/stage.lock"
+    with StageLock(lock_file, "stage/"):
+        assert json.loads(lock_file.read_text())["pid"] == os.getpid()  # who holds it, while held
+    assert lock_file.read_text() == ""
+    with caplog.at_level(logging.INFO, logger="pipeline"), StageLock(lock_file, "stage/"):
+        pass
+    assert "taking over" not in caplog.text

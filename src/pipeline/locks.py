@@ -27,7 +27,8 @@ class StageLock:
 
     The lock file lives in runs/<id>/.locks/, outside the stage folder, so that moving a stage aside never moves
     its lock. The kernel drops the lock when its process ends, however it ends (kill -9, node failure), so a lock
-    left by a dead process is simply taken over; the file's contents only say who held it last. Re-entrant within
+    left by a dead process is simply taken over; the file's contents say who holds it (emptied on a clean release,
+    so a holder found there died holding it, and the log says so). Re-entrant within
     one process (the judge stage writes its report under its own lock).
     """
 
@@ -73,6 +74,10 @@ class StageLock:
         entry[1] -= 1
         if entry[1] == 0:
             del self._held[key]
+            try:  # a clean release leaves no holder behind: the next process only reports a holder that died
+                os.ftruncate(entry[0], 0)
+            except OSError:
+                pass
             os.close(entry[0])  # closing the descriptor releases the flock
 
     @staticmethod
