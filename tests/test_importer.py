@@ -4,16 +4,18 @@ and an imported run is judged and reported against its human labels."""
 
 import json
 import math
+import random
 import re
 
 import pandas as pd
 import pytest
 
-from pipeline import importer
+from pipeline import importer, report
 from pipeline.errors import PipelineError
+from pipeline.rows import GenerationRow
 from pipeline.stats import auroc
 
-from conftest import make_cfg, one_error_line, read_jsonl, run_cli
+from conftest import make_cfg, one_error_line, read_jsonl, run_cli, verdict_row, write_run
 
 
 def test_predictions_without_a_prediction_column_name_what_is_there(tmp_path):
@@ -254,3 +256,161 @@ def test_import_verdicts_then_the_leaderboard_from_the_command_line(tmp_path):
     assert (row["run_id"], row["judge"], row["judge_mode"], row["n"], row["judge_invalid"]) == \
         ("ext", "gpt4", "external", 20, 4)
     assert row["acc_judge"] == 0.5 and row["generator"] == "import:graded"
+
+
+# ------------------------------------------------------------- verdicts onto a run our own stage made (no model)
+
+GEN_N = 12
+
+
+def generated_run(runs):
+    """A run that looks made by stage=generate (its generate stage was not written by an import), judged by `ours`."""
+    answers = [GenerationRow.answer(f"g{i}", f"Question {i}?", [f"ans{i}"], f"ans{i}" if i % 3 else f"wrong {i}", i)
+               for i in range(GEN_N)]
+    ours = [verdict_row(a.id, "ours", "correct" if i % 3 else "incorrect", 0.8 if i % 3 else 0.3)
+            for i, a in enumerate(answers)]
+    return write_run(runs, "gen", answers, {"ours": ours}), answers
+
+
+def verdicts_csv(folder, answers, name="gpt4.csv", forms=FORMS, drop=(), extra=(), change=None, columns=None):
+    """Another judge's verdicts on `answers`, keyed by id, in a shuffled order: id, prediction, gpt4_verdict (the
+    cycle `forms`), gpt4_p, human_label. drop: ids left out; extra: more rows; change: {id: {column: cell}};
+    columns: the columns kept."""
+    rows = [{"id": a.id, "prediction": a.prediction, "gpt4_verdict": forms[i % 5], "gpt4_p": P_CELLS[i % 5],
+             "human_label": "yes"} for i, a in enumerate(answers) if a.id not in drop]
+    rows = [{**r, **(change or {}).get(r["id"], {})} for r in rows] + [dict(r) for r in extra]
+    random.Random(7).shuffle(rows)
+    path = folder / name
+    pd.DataFrame(rows)[columns or list(rows[0])].to_csv(path, index=False)
+    return path
+
+
+def import_onto(runs, path, *extra):
+    return importer.run(make_cfg(runs, f"predictions={path}", "run_id=gen", *VERDICT_ARGS, *extra))
+
+
+def test_external_verdicts_join_a_generated_run_beside_our_judge(tmp_path, caplog):
+    runs = tmp_path / "runs"
+    run_dir, answers = generated_run(runs)
+    before = snapshot(run_dir)
+    path = verdicts_csv(tmp_path, answers)
+    lines = path.read_text().splitlines()
+    assert [line.split(",")[0] for line in lines[1:]] != [a.id for a in answers]  # really shuffled
+    with caplog.at_level("INFO", logger="pipeline"):
+        assert import_onto(runs, path) == run_dir / "judge/gpt4"
+    assert "human labels (column 'human_label') are not imported" in caplog.text
+
+    after = snapshot(run_dir)
+    assert any(k.startswith("generate/") for k in before) and any(k.startswith("judge/ours/") for k in before)
+    assert {k: after.get(k) for k in before} == before  # the answers and our judge: not a byte, not a modification time
+    assert all(k.startswith(("judge/gpt4/", ".locks/judge--gpt4")) for k in set(after) - set(before))
+    stage = run_dir / "judge/gpt4"
+    records = read_jsonl(stage / "verdicts.jsonl")
+    assert [r["id"] for r in records] == [a.id for a in answers]  # the run's order, not the file's
+    assert [r["verdict"] for r in records] == expected_verdicts(GEN_N)
+    assert [r["p_correct"] for r in records] == expected_p(GEN_N)
+    assert {(r["judge"], r["mode"], r["prompt_name"], r["prompt_version"], r["verdict_mass"], r["finish_reason"])
+            for r in records} == {("gpt4", "external", "import:gpt4_verdict", 1, None, None)}
+    manifest = json.loads((stage / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["stage"] == "judge" and manifest["records"] == GEN_N
+    assert manifest["judge"] == {"name": "gpt4", "mode": "external", "verdict_column": "gpt4_verdict",
+                                 "p_correct_column": "gpt4_p", "threshold": None}
+    assert manifest["verdicts"] == {"correct": 5, "incorrect": 5, "invalid": 2} and manifest["onto_run"] is True
+    assert manifest["fingerprint"] == {"import": {"sha256": manifest["imported_from"]["sha256"],
+                                                  "verdict": "gpt4_verdict", "p_correct": "gpt4_p"}}
+    assert manifest["answers_sha256"] == json.loads(
+        (run_dir / "generate/manifest.json").read_text())["records_file"]["sha256"]
+
+    samples = pd.read_csv(stage / "samples.csv", keep_default_na=False)
+    assert list(samples["id"]) == [a.id for a in answers]
+    assert list(samples["prediction"]) == [a.prediction for a in answers]  # the run's answers ...
+    assert list(samples["judge_verdict"]) == expected_verdicts(GEN_N)  # ... with the external verdicts
+    assert set(samples["human_label"]) == {""}  # the file's labels were not imported
+
+    report.run(make_cfg(runs, "report.runs=[gen]", "report.plots=false"))
+    board = pd.read_csv(runs / "leaderboard.csv")
+    assert sorted(zip(board["run_id"], board["judge"], board["judge_mode"], board["n"])) == \
+        [("gen", "gpt4", "external", GEN_N), ("gen", "ours", "logprob", GEN_N)]
+    gpt4 = board[board["judge"] == "gpt4"].iloc[0]
+    assert gpt4["acc_judge"] == 0.5 and gpt4["judge_invalid"] == 2
+    assert board[board["judge"] == "ours"].iloc[0]["acc_judge"] == pytest.approx(8 / 12, abs=1e-4)
+
+
+def test_verdicts_join_answers_imported_from_another_file(tmp_path):
+    runs = tmp_path / "runs"
+    answers_file = graded_csv(tmp_path)  # its answers only: no verdict column named
+    importer.run(make_cfg(runs, f"predictions={answers_file}", "run_id=gen"))
+    answers = snapshot(runs / "gen/generate")
+    rows = [f"q{i},{FORMS[i % 5]}" for i in reversed(range(20))]  # only the id and the verdict
+    (tmp_path / "v.csv").write_text("id,verdict\n" + "\n".join(rows) + "\n")
+    importer.run(make_cfg(runs, f"predictions={tmp_path / 'v.csv'}", "run_id=gen", "import_fields.verdict=verdict"))
+    assert snapshot(runs / "gen/generate") == answers
+    records = read_jsonl(runs / "gen/judge/external/verdicts.jsonl")
+    assert [r["id"] for r in records] == [f"q{i}" for i in range(20)]
+    assert [r["verdict"] for r in records] == expected_verdicts()
+    assert json.loads((runs / "gen/judge/external/manifest.json").read_text())["onto_run"] is True
+
+
+@pytest.mark.parametrize("csv, extra, says", [
+    ({"extra": [{"id": "zz", "prediction": "x", "gpt4_verdict": "yes"}]}, (),
+     r"1 id not among run gen's 12 answers \(row \d+ \(id 'zz'\)\)"),
+    ({"extra": [{"id": "g4", "prediction": "ans4", "gpt4_verdict": "no"}]}, (),
+     r"1 id appearing more than once \(id 'g4' at rows \[\d+, \d+\]\): a judge gives one verdict per answer"),
+    ({"drop": ("g3", "g7")}, (),
+     (r"2 of run gen's 12 answers with no row \(g3, g7\): a judge must cover every answer, so the file must have "
+      r"a row per answer")),
+    ({"change": {"g5": {"prediction": "something else"}}}, (),
+     (r"1 row whose prediction \(column 'prediction'\) is not the run's answer for that id \(row \d+ \(id 'g5'\)\): "
+      r"verdicts made for other answers")),
+    ({"columns": ["prediction", "gpt4_verdict", "gpt4_p"]}, (),
+     (r"ids are needed to match verdicts to a run's answers \(run gen's, made by stage=generate .*\), and it has "
+      r"no id column 'id'\. Its columns: prediction, gpt4_verdict, gpt4_p")),
+    ({}, ("import_fields.id=null",), r"ids are needed to match verdicts to a run's answers .* has no id column\."),
+    ({}, ("import_fields.verdict=null", "import_fields.p_correct=null"),
+     (r"run gen already holds answers made by stage=generate with generator 'hand-made' .*"
+      r"import_fields.verdict=<column>")),
+], ids=["unknown id", "duplicate id", "missing answers", "other prediction", "no id column", "id=null", "no verdict"])
+def test_verdicts_that_do_not_match_the_run_are_one_line_and_write_nothing(tmp_path, csv, extra, says):
+    runs = tmp_path / "runs"
+    run_dir, answers = generated_run(runs)
+    before = snapshot(runs)
+    path = verdicts_csv(tmp_path, answers, **csv)
+    out = run_cli("stage=import", f"predictions={path}", "run_id=gen", f"runs_dir={runs}", *VERDICT_ARGS, *extra,
+                  cwd=tmp_path)
+    line = one_error_line(out)
+    assert re.search(says, line), line
+    assert str(path) in line or "run gen already" in line
+    assert snapshot(runs) == before and not (run_dir / "judge/gpt4").exists()
+
+
+def test_rerun_is_a_no_op_and_only_overwrite_replaces_that_judge(tmp_path):
+    runs = tmp_path / "runs"
+    run_dir, answers = generated_run(runs)
+    import_onto(runs, verdicts_csv(tmp_path, answers))
+    first = snapshot(run_dir)
+    import_onto(runs, verdicts_csv(tmp_path, answers))  # the same file again
+    assert snapshot(run_dir) == first
+
+    other = verdicts_csv(tmp_path, answers, name="gpt4-v2.csv", forms=["no"] * 5)
+    with pytest.raises(PipelineError, match=r"judge/gpt4/ already holds a finished stage made with other settings "
+                                            r"\(import.sha256: "):
+        import_onto(runs, other)
+    assert snapshot(run_dir) == first
+    import_onto(runs, other, "overwrite=true")
+    after = snapshot(run_dir)
+    assert [r["verdict"] for r in read_jsonl(run_dir / "judge/gpt4/verdicts.jsonl")] == \
+        ["incorrect"] * GEN_N
+    kept = {k: v for k, v in first.items() if k.startswith(("generate/", "judge/ours/"))}
+    assert {k: v for k, v in after.items() if k in kept} == kept  # answers and our judge untouched
+    moved = sorted(k for k in after if k.startswith("replaced/"))
+    assert moved and all(re.match(r"replaced/[\d-]+/judge/gpt4/", k) for k in moved)  # only that judge moved aside
+    assert (run_dir / "replaced").joinpath(moved[0].split("/", 2)[1], "judge/gpt4/verdicts.jsonl").read_bytes() == \
+        first["judge/gpt4/verdicts.jsonl"][0]
+
+
+@pytest.mark.parametrize("cell, stored, same", [
+    ("Paris", "Paris", True), (" Paris ", "Paris", True), (7, "007", True), (1969.0, "1969", True),
+    (float("nan"), "", True), (float("nan"), "None", True), ("Berlin", "Paris", False), (7, "seven", False),
+    (True, "1", False), (float("nan"), "Paris", False)])
+def test_a_prediction_cell_read_back_as_the_runs_answer(cell, stored, same):
+    assert importer.same_prediction(cell, stored) is same

@@ -806,7 +806,7 @@ def test_label_sheet_then_ppi_in_the_report(work, nq_run):
 
 
 @pytest.mark.slow
-def test_external_verdicts_onto_a_run(work, nq_run):
+def test_external_verdicts_onto_a_run(work, nq_run, imported_run):
     answers = read_jsonl(nq_run / "generate/generations.jsonl")
     graded = pd.DataFrame({"id": [a["id"] for a in answers][::-1], "prediction": [a["prediction"] for a in answers][::-1],
                            "gpt4_verdict": (["yes", "no", "", "correct"] * 4)[:len(answers)],

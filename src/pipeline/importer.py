@@ -1,5 +1,4 @@
-"""stage=import: answers produced elsewhere (vLLM, an API, an old run) become a run, judged and reported like any
-other.
+"""stage=import: answers made elsewhere (vLLM, an API, an old run) become a run, judged and reported like any other.
 
     python -m pipeline stage=import predictions=path/to/file.jsonl
     python -m pipeline stage=import predictions=out.csv import_fields.prediction=output import_fields.label=human \
@@ -8,6 +7,8 @@ other.
     python -m pipeline stage=import predictions=graded.csv import_fields.verdict=gpt4_verdict \
         import_fields.p_correct=gpt4_p import_fields.verdict_judge=gpt4 run_id=nq-gpt4
     python -m pipeline stage=report report.runs=[nq-gpt4]
+    python -m pipeline stage=import predictions=gpt4_graded.csv import_fields.verdict=gpt4_verdict \
+        import_fields.verdict_judge=gpt4 run_id=nq-smollm2   # onto the answers of a run stage=generate made
 
 The file (JSONL, JSON, CSV or Parquet, read by `datasets.load_dataset`) needs a question, the reference answers and
 the prediction; optionally an id and a human correctness label. They become runs/<run_id>/generate/
@@ -19,10 +20,15 @@ finished judge stage runs/<run_id>/judge/<import_fields.verdict_judge>/verdicts.
 empty cell is an invalid verdict (left out of the accuracy, never counted as wrong); anything else is refused, as is
 a P(correct) that is not a number in [0, 1]. Every row is checked before anything is written, and each stage is
 written once: the same command again does nothing, and an interrupted one resumes.
+
+Where run_id names a run whose answers something else made (stage=generate, another file), only the verdicts join
+it, by id: a row per answer, no other id, the run's prediction where the file has one (no questions or references
+needed; labels not imported; overwrite=true redoes only that judge); without import_fields.verdict it is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -35,9 +41,9 @@ from .config import DatasetConfig, check_name
 from .data import FieldMap, QAItem, as_text, content_hash, get_field, load_rows, read_item, refuse_bad_rows, require_fields
 from .errors import PipelineError, plural, preview
 from .files import sha256_file
-from .rows import GenerationRow, VerdictRow
+from .rows import GenerationRow, VerdictRow, parse_rows
 from .runner import StageJob
-from .runs import StageDir, create_run, new_run_id
+from .runs import StageDir, check_run_id, create_run, diff_fingerprints, new_run_id
 from .shards import Shard
 from .verdict import CORRECT, INCORRECT, INVALID
 
@@ -49,23 +55,18 @@ LABEL_COLUMNS = ("human_label", "label")  # import_fields.label=auto takes the f
 ACCEPTED = ("Accepted (any case): true/false, 1/0, yes/no, y/n, correct/incorrect, right/wrong, t/f, or an empty "
             "cell for {empty}.")
 VERDICT_KEYS = ("verdict", "p_correct", "verdict_judge")  # import_fields that decide the verdicts, not the answers
+NA_CELLS = ("", "nan", "none", "null", "na", "n/a", "<na>", "#n/a")  # what a CSV reader turns into an empty cell
 
 def parse_label(value) -> bool | None:
     """A human correctness label as a bool; None when the cell is empty. ValueError for anything else."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)) and value in (0, 1):
+    if isinstance(value, bool) or (isinstance(value, (int, float)) and value in (0, 1)):
         return bool(value)
     text = str(value).strip().lower()
-    if text == "":
-        return None
-    if text in TRUE_LABELS:
-        return True
-    if text in FALSE_LABELS:
-        return False
-    raise ValueError(value)
+    if text not in ("", *TRUE_LABELS, *FALSE_LABELS):
+        raise ValueError(value)
+    return None if text == "" else text in TRUE_LABELS
 
 
 def open_file(cfg) -> tuple[Path, object, str]:
@@ -102,11 +103,10 @@ def read_answers(cfg, ds, name: str, where: str) -> list[GenerationRow]:
     for i, row in enumerate(ds):
         item, bad = read_item(row, i, fields, name, where)
         prediction = get_field(row, f.prediction)
-        if isinstance(prediction, (str, int, float, bool)) or prediction is None:
-            prediction = as_text(prediction)
-        else:
+        if not (isinstance(prediction, (str, int, float, bool)) or prediction is None):
             bad.append(f"row {i + 1} (id {item.id}): prediction is {type(prediction).__name__}, not text")
-            prediction = ""
+            prediction = None
+        prediction = as_text(prediction)
         label = None
         if label_field is not None:
             try:
@@ -117,10 +117,8 @@ def read_answers(cfg, ds, name: str, where: str) -> list[GenerationRow]:
         problems += bad
         rows.append(GenerationRow.answer(item.id, item.question, item.references, prediction, i, label))
     if bad_labels:
-        raise PipelineError(
-            f"{where}: {plural(len(bad_labels), 'human label')} in column {label_field!r} not in a recognised form: "
-            f"{preview(bad_labels, 6)}. {ACCEPTED.format(empty='no label')}"
-        )
+        raise PipelineError(f"{where}: {plural(len(bad_labels), 'human label')} in column {label_field!r} not in a "
+                            f"recognised form: {preview(bad_labels, 6)}. {ACCEPTED.format(empty='no label')}")
     refuse_bad_rows(items, problems, where, fields)
     return rows
 
@@ -140,68 +138,53 @@ def check_verdict_settings(f) -> None:
 def parse_p_correct(value) -> float | None:
     """A P(correct) cell as a float in [0, 1]; None when it is empty or NaN. ValueError (TypeError for a yes/no, a
     list, ...) for anything else."""
-    if value is None:
+    if value is None or (isinstance(value, str) and value.strip() == ""):
         return None
-    if isinstance(value, bool):  # a yes/no is a verdict, not a probability
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):  # a yes/no is a verdict, not a number
         raise TypeError(value)
-    if isinstance(value, str):
-        if value.strip() == "":
-            return None
-        value = float(value.strip())  # ValueError for text that is no number
-    if not isinstance(value, (int, float)):
-        raise TypeError(value)
-    if math.isnan(value):
-        return None
-    if not 0.0 <= value <= 1.0:
+    value = float(value)  # ValueError for text that is no number
+    if not math.isnan(value) and not 0.0 <= value <= 1.0:
         raise ValueError(value)
-    return float(value)
+    return None if math.isnan(value) else value
 
 
-def verdict_of(value, column: str) -> tuple[str, str | None]:
-    """(verdict, invalid_reason) of a verdict cell; ValueError for a value in no accepted form."""
-    label = parse_label(value)
-    if label is None:
-        return INVALID, f"no verdict in column {column!r}"
-    return (CORRECT if label else INCORRECT), None
-
-
-def read_verdicts(f, ds, answers: list[GenerationRow], where: str) -> list[VerdictRow] | None:
-    """Every row's verdict (and P(correct)) as a VerdictRow of judge import_fields.verdict_judge, in the answers'
-    order; None without import_fields.verdict. Cells in no accepted form are refused, all of them named at once."""
+def read_verdicts(f, ds, ids: list[str], where: str) -> list[VerdictRow] | None:
+    """Each row's verdict (and P(correct)) as a VerdictRow of judge import_fields.verdict_judge, `ids` the rows' ids;
+    None without import_fields.verdict. Cells in no accepted form are refused, all of them named at once."""
     if f.verdict is None:
         return None
     require_fields(ds, {"import_fields.verdict": f.verdict} |
                    ({"import_fields.p_correct": f.p_correct} if f.p_correct is not None else {}), where)
     rows, bad_verdicts, bad_p = [], [], []
-    for i, (row, answer) in enumerate(zip(ds, answers)):
+    for i, (row, rid) in enumerate(zip(ds, ids)):
         cell = get_field(row, f.verdict)
         try:
-            verdict, reason = verdict_of(cell, f.verdict)
+            label = parse_label(cell)
         except ValueError:
-            bad_verdicts.append(f"row {i + 1} (id {answer.id}): {cell!r}")
-            verdict, reason = INVALID, None
+            bad_verdicts.append(f"row {i + 1} (id {rid}): {cell!r}")
+            label = False
+        verdict = INVALID if label is None else CORRECT if label else INCORRECT
+        reason = f"no verdict in column {f.verdict!r}" if label is None else None
         p_correct = None
         if f.p_correct is not None:
             p_cell = get_field(row, f.p_correct)
             try:
                 p_correct = parse_p_correct(p_cell)
             except (ValueError, TypeError):
-                bad_p.append(f"row {i + 1} (id {answer.id}): {p_cell!r}")
-        rows.append(VerdictRow(id=answer.id, judge=f.verdict_judge, mode="external", prompt_name=f"import:{f.verdict}",
+                bad_p.append(f"row {i + 1} (id {rid}): {p_cell!r}")
+        rows.append(VerdictRow(id=rid, judge=f.verdict_judge, mode="external", prompt_name=f"import:{f.verdict}",
                                prompt_version=1, verdict=verdict, invalid_reason=reason, p_correct=p_correct,
                                verdict_mass=None, reply=as_text(cell), finish_reason=None))
     if bad_verdicts:
-        raise PipelineError(
-            f"{where}: {plural(len(bad_verdicts), 'verdict')} in column {f.verdict!r} (import_fields.verdict) not in "
-            f"a recognised form: {preview(bad_verdicts, 6)}. {ACCEPTED.format(empty='an invalid verdict')} Fix "
-            "those cells, or point import_fields.verdict at the right column."
-        )
+        raise PipelineError(f"{where}: {plural(len(bad_verdicts), 'verdict')} in column {f.verdict!r} "
+                            f"(import_fields.verdict) not in a recognised form: {preview(bad_verdicts, 6)}. "
+                            f"{ACCEPTED.format(empty='an invalid verdict')} Fix those cells, or point "
+                            "import_fields.verdict at the right column.")
     if bad_p:
-        raise PipelineError(
-            f"{where}: {plural(len(bad_p), 'P(correct) value')} in column {f.p_correct!r} (import_fields.p_correct) "
-            f"not a number in [0, 1]: {preview(bad_p, 6)}. Write each as a number from 0 to 1 (e.g. 0.7), leave the "
-            "cell empty for none, or set import_fields.p_correct=null."
-        )
+        raise PipelineError(f"{where}: {plural(len(bad_p), 'P(correct) value')} in column {f.p_correct!r} "
+                            f"(import_fields.p_correct) not a number in [0, 1]: {preview(bad_p, 6)}. Write each as a "
+                            "number from 0 to 1 (e.g. 0.7), leave the cell empty for none, or set "
+                            "import_fields.p_correct=null.")
     return rows
 
 
@@ -209,14 +192,109 @@ def counts(verdicts: list[VerdictRow]) -> dict[str, int]:
     return {k: sum(v.verdict == k for v in verdicts) for k in (CORRECT, INCORRECT, INVALID)}
 
 
+# ----------------------------------------------------------------------------- verdicts onto an existing run
+
+def made_by(gen: StageDir) -> str:
+    m = gen.manifest()
+    return f"imported from {m['imported_from'].get('path')}" if isinstance(m.get("imported_from"), dict) else \
+        f"made by stage=generate with generator {m.get('generator', {}).get('name')!r}"
+
+
+def other_answers(cfg, source: dict) -> StageDir | None:
+    """run_id's finished generate stage where something other than this import made it (stage=generate, another
+    file or other columns); None where there is none, or this import made it. Without import_fields.verdict: refused."""
+    gen = StageDir(Path(cfg.runs_dir) / check_run_id(cfg.run_id) / "generate", "generations.jsonl") \
+        if cfg.run_id else None
+    if gen is None or not gen.is_complete() or not diff_fingerprints(gen.manifest().get("fingerprint", {}),
+                                                                     answers_fingerprint(cfg, source)):
+        return None
+    if cfg.import_fields.verdict is None and not cfg.overwrite:  # overwrite=true replaces the answers, as before
+        raise PipelineError(f"run {cfg.run_id} already holds answers {made_by(gen)} ({gen.path}/). To add an external "
+                            "judge's verdicts on them, name its column with import_fields.verdict=<column> (matched by "
+                            "id); to import this file's answers, choose another run_id (or overwrite=true replaces "
+                            "the run's answers and judges, moving them to replaced/).")
+    return gen if cfg.import_fields.verdict is not None else None
+
+
+def has_field(ds, dotted: str | None) -> bool:
+    if dotted is None:
+        return False
+    try:
+        get_field(ds[0], dotted)
+    except KeyError:
+        return False
+    return True
+
+
+def same_prediction(cell, stored: str) -> bool:
+    """A cell holds the run's prediction: the same text, or what a CSV reader made of it (a number, an empty cell)."""
+    if as_text(cell) == as_text(stored) or (as_text(cell) == "" and stored.strip().lower() in NA_CELLS):
+        return True
+    try:
+        return isinstance(cell, (int, float)) and not isinstance(cell, bool) and float(stored) == cell
+    except ValueError:
+        return False
+
+
+def refuse_unmatched(f, ds, ids: list[str], answers: list[GenerationRow], where: str, run: str) -> None:
+    """Each answer of the run once, no other id and, where the file has the prediction column, the run's answer in
+    each row; anything else is refused in one line naming the rows."""
+    stored, rows = {a.id: a.prediction for a in answers}, {}
+    for i, rid in enumerate(ids, 1):
+        rows.setdefault(rid, []).append(i)
+    twice = [f"id {k!r} at rows {v}" for k, v in rows.items() if len(v) > 1]
+    unknown = [f"row {v[0]} (id {k!r})" for k, v in rows.items() if k not in stored]
+    missing = [k for k in stored if k not in rows]
+    other = [] if unknown or not has_field(ds, f.prediction) else [
+        f"row {i} (id {rid!r})" for i, (row, rid) in enumerate(zip(ds, ids), 1)
+        if not same_prediction(get_field(row, f.prediction), stored[rid])]
+    n = len(stored)
+    problems = [f"{text} ({preview(found, 6)}){why}" for found, text, why in (
+        (twice, f"{plural(len(twice), 'id')} appearing more than once", ": a judge gives one verdict per answer"),
+        (unknown, f"{plural(len(unknown), 'id')} not among run {run}'s {n} answers", ""),
+        (missing, f"{len(missing)} of run {run}'s {n} answers with no row", (": a judge must cover every answer, so "
+                  "the file must have a row per answer (an empty verdict cell for one not graded)")),
+        (other, (f"{plural(len(other), 'row')} whose prediction (column {f.prediction!r}) is not the run's answer "
+                 "for that id"), ": verdicts made for other answers")) if found]
+    if problems:
+        raise PipelineError(f"{where}: {'; '.join(problems)}. Nothing was imported: the verdicts must be on run "
+                            f"{run}'s own answers (its samples.csv lists them with their ids); check run_id and "
+                            "import_fields.id.")
+
+
+def import_onto(cfg, gen: StageDir, ds, where: str, source: dict) -> Path:
+    """The file's verdicts on the answers of an existing run, matched by id, become a judge stage of that run, in
+    its answers' order; its answers are left as they are. Returns the judge stage."""
+    f, run_dir = cfg.import_fields, gen.path.parent
+    if not has_field(ds, f.id):
+        raise PipelineError(f"{where}: ids are needed to match verdicts to a run's answers (run {run_dir.name}'s, "
+                            f"{made_by(gen)}), and it has no id column{f' {f.id!r}' if f.id else ''}. Its columns: "
+                            f"{', '.join(ds.column_names)}; map the ids with import_fields.id=<column>.")
+    ids = [as_text(get_field(row, f.id)) for row in ds]
+    by_id = {v.id: v for v in read_verdicts(f, ds, ids, where)}
+    answers = parse_rows(GenerationRow, gen.read_records(), gen.records_path)
+    refuse_unmatched(f, ds, ids, answers, where, run_dir.name)
+    verdicts = [by_id[a.id] for a in answers]
+    judged = verdicts_job(cfg, run_dir, source, verdicts)
+    if judged.finished():
+        write_report(cfg, judged, if_missing=True)
+        return judged.stage.path
+    label = f.label if f.label != "auto" else next((c for c in LABEL_COLUMNS if c in ds.column_names), None)
+    if has_field(ds, label) and any(as_text(get_field(row, label)) for row in ds):
+        log.info("%s: its human labels (column %r) are not imported, only its verdicts; attach them with "
+                 "stage=label run_id=%s label.sheet=<CSV of id,human_label>", where, label, run_dir.name)
+    extra = {"onto_run": True, "answers_sha256": gen.manifest().get("records_file", {}).get("sha256")}
+    if write_verdicts(cfg, judged, verdicts, source, extra):
+        say_imported(cfg, run_dir, source["path"], answers, verdicts, onto=made_by(gen))
+    return judged.stage.path
+
+
 # ------------------------------------------------------------------------------------------------ the stages
 
-def answers_job(cfg, run_dir: Path, source: dict, answers: list[GenerationRow]) -> StageJob:
-    """The generate stage; its fingerprint leaves the verdict columns out, so that verdicts can be added later."""
+def answers_fingerprint(cfg, source: dict) -> dict:
+    """The generate stage's settings; they leave the verdict columns out, so that verdicts can be added later."""
     fields = {k: v for k, v in OmegaConf.to_container(cfg.import_fields).items() if k not in VERDICT_KEYS}
-    return StageJob(cfg, run_dir, StageDir(run_dir / "generate", "generations.jsonl"), Shard(0, 1),
-                    {"import": {**source, "fields": fields}}, [a.id for a in answers],
-                    also_replace=(run_dir / "judge",))
+    return {"import": {**source, "fields": fields}}
 
 
 def verdicts_job(cfg, run_dir: Path, source: dict, verdicts: list[VerdictRow]) -> StageJob:
@@ -240,8 +318,8 @@ def write_answers(job: StageJob, answers: list[GenerationRow], source: dict, dat
     return True
 
 
-def write_verdicts(cfg, job: StageJob, verdicts: list[VerdictRow], source: dict) -> bool:
-    """Write the judge stage of the imported verdicts, then its report; False when another process finished it."""
+def write_verdicts(cfg, job: StageJob, verdicts: list[VerdictRow], source: dict, extra: dict | None = None) -> bool:
+    """Write the verdicts' judge stage (+ `extra` in its manifest), then its report; False if done meanwhile."""
     f = cfg.import_fields
     with job.attempt() as attempt:
         if attempt is None:
@@ -255,54 +333,63 @@ def write_verdicts(cfg, job: StageJob, verdicts: list[VerdictRow], source: dict)
             "prompt": {"name": f"import:{f.verdict}", "version": 1},
             "imported_from": source, "verdicts": counts(verdicts),
             "p_correct_given": sum(v.p_correct is not None for v in verdicts), "expected_total": len(verdicts),
-            "finished_import": time.time()})
+            **(extra or {}), "finished_import": time.time()})
         write_report(cfg, job)
     return True
 
 
-def write_report(cfg, job: StageJob) -> None:
-    """The imported judge's results, as stage=judge writes them, and the digest."""
-    report.write_and_print(job.run_dir, job.stage.path.name, report.settings(cfg))
-
-
-def say_imported(cfg, run_dir: Path, path: Path, answers: list[GenerationRow], verdicts: list[VerdictRow] | None):
-    labelled = sum(a.human_label is not None for a in answers)
-    if verdicts is None:
-        print(f"imported {len(answers)} answers ({labelled} with human labels) from {path} as run {run_dir.name}; "
-              f"judge them with: python -m pipeline stage=judge run_id={run_dir.name}")
+def write_report(cfg, job: StageJob | None, if_missing: bool = False) -> None:
+    """The imported judge's results, as stage=judge writes them, and the digest; `if_missing`: only where they are
+    missing or stale (a finished stage killed while reporting), taking the stage's lock."""
+    if job is None or (if_missing and report.results_present(job.stage.path)):
         return
-    f, n = cfg.import_fields, counts(verdicts)
-    with_p = sum(v.p_correct is not None for v in verdicts)
-    p_from = f" from column {f.p_correct!r}" if f.p_correct else ""
-    print(f"imported from {path} as run {run_dir.name}: {len(answers)} answers ({labelled} with human labels); "
-          f"{len(verdicts)} verdicts of judge {f.verdict_judge!r} from column {f.verdict!r}: {n[CORRECT]} correct, "
-          f"{n[INCORRECT]} incorrect, {n[INVALID]} invalid (empty cells, left out of the accuracy), {with_p} with a "
-          f"P(correct){p_from}; in {run_dir / 'judge' / f.verdict_judge}/\n"
-          f"next: add our own judge with python -m pipeline stage=judge run_id={run_dir.name}; the leaderboard with "
-          f"python -m pipeline stage=report report.runs=[{run_dir.name}]")
+    with job.stage.lock() if if_missing else contextlib.nullcontext():
+        report.write_and_print(job.run_dir, job.stage.path.name, report.settings(cfg))
+
+
+def say_imported(cfg, run_dir: Path, path, answers: list[GenerationRow], verdicts: list[VerdictRow] | None,
+                 onto: str | None = None) -> None:
+    """What was imported, and what to run next; `onto`: who made the answers of the run the verdicts joined."""
+    f, run, labelled = cfg.import_fields, run_dir.name, sum(a.human_label is not None for a in answers)
+    if verdicts is None:
+        print(f"imported {len(answers)} answers ({labelled} with human labels) from {path} as run {run}; judge them "
+              f"with: python -m pipeline stage=judge run_id={run}")
+        return
+    n, with_p, p_from = counts(verdicts), sum(v.p_correct is not None for v in verdicts), \
+        f" from column {f.p_correct!r}" if f.p_correct else ""
+    said = (f"{len(verdicts)} verdicts of judge {f.verdict_judge!r} from column {f.verdict!r}: {n[CORRECT]} correct, "
+            f"{n[INCORRECT]} incorrect, {n[INVALID]} invalid (empty cells, left out of the accuracy), {with_p} with a "
+            f"P(correct){p_from}; in {run_dir / 'judge' / f.verdict_judge}/\nnext: ")
+    print(f"imported onto run {run}'s {len(answers)} answers ({onto}), from {path}: {said}compare it with the run's "
+          f"other judges: python -m pipeline stage=report report.runs=[{run}]" if onto else
+          f"imported from {path} as run {run}: {len(answers)} answers ({labelled} with human labels); {said}add our "
+          f"own judge with python -m pipeline stage=judge run_id={run}; the leaderboard with python -m pipeline "
+          f"stage=report report.runs=[{run}]")
 
 
 def run(cfg) -> Path:
-    """stage=import: the answers become the run's generate stage and, with import_fields.verdict, the verdicts a
-    finished judge stage. Every row is read and checked before anything is written. Returns the generate stage."""
+    """stage=import: the answers become the run's generate stage (returned) and, with import_fields.verdict, the
+    verdicts a finished judge stage; onto a run made otherwise, only that (returned). All rows are checked first."""
     check_verdict_settings(cfg.import_fields)
     path, ds, where = open_file(cfg)
-    answers = read_answers(cfg, ds, path.stem, where)
-    verdicts = read_verdicts(cfg.import_fields, ds, answers, where)
     source = {"path": str(path.resolve()), "sha256": sha256_file(path)}
+    other = other_answers(cfg, source)
+    if other is not None:
+        return import_onto(cfg, other, ds, where, source)
+    answers = read_answers(cfg, ds, path.stem, where)
+    verdicts = read_verdicts(cfg.import_fields, ds, [a.id for a in answers], where)
     items = [QAItem(a.id, a.question, tuple(a.references)) for a in answers]
     data_info = {"name": path.stem, "source": where, "rows_in_source": len(ds), "rows_used": len(answers),
                  "content_sha256": content_hash(items)}
     run_dir = create_run(Path(cfg.runs_dir), cfg.run_id or new_run_id("import", path.stem))
-    job = answers_job(cfg, run_dir, source, answers)
+    job = StageJob(cfg, run_dir, StageDir(run_dir / "generate", "generations.jsonl"), Shard(0, 1),
+                   answers_fingerprint(cfg, source), [a.id for a in answers], also_replace=(run_dir / "judge",))
     judged = verdicts_job(cfg, run_dir, source, verdicts) if verdicts is not None else None
     answers_done = job.finished()  # each refuses a finished stage made with other settings, before any writing
     verdicts_done = judged is None or judged.finished()
     if answers_done and verdicts_done:
         log.info("run %s: %s is already imported; nothing to do", run_dir.name, path)
-        if judged is not None and not report.results_present(judged.stage.path):  # e.g. killed while writing the report
-            with judged.stage.lock():
-                write_report(cfg, judged)
+        write_report(cfg, judged, if_missing=True)
         return job.stage.path
     wrote = not answers_done and write_answers(job, answers, source, data_info)
     if judged is not None and not verdicts_done:
