@@ -254,7 +254,7 @@ def test_cli_makes_a_jury_reported_like_any_judge(tmp_path):
     assert list(samples["judge_verdict"]) == [v for v, _ in MAJORITY]
     assert list(summary["judge"]) == ["panel3"] and summary["judge_invalid"][0] == 3
     assert "r / panel3: n=8, verdicts 1 correct, 4 incorrect, 3 invalid" in out.stdout
-    assert "Fleiss' kappa" in out.stdout and "a-b " in out.stdout and "b-c " in out.stdout
+    assert "Fleiss' kappa" in out.stdout and "a vs b " in out.stdout and "b vs c " in out.stdout
 
 
 @pytest.mark.integration

@@ -118,7 +118,7 @@ def shown(value: float | None) -> str:
 def digest(stats: dict) -> str:
     """Two lines a person reads after the jury's report: the panel's kappa, then each pair's."""
     fleiss, alpha = stats["fleiss_kappa"], stats["krippendorff_alpha"]
-    pairs = "; ".join(f"{p['a']}-{p['b']} {shown(p['kappa'])} (n={p['n']})" for p in stats["pairs"])
+    pairs = "; ".join(f"{p['a']} vs {p['b']} {shown(p['kappa'])} (n={p['n']})" for p in stats["pairs"])
     return (f"panel of {len(stats['members'])}: Fleiss' kappa {shown(fleiss['value'])} (n={fleiss['n']}, answers "
             f"every member judged validly); Krippendorff's alpha {shown(alpha['value'])} (n={alpha['n']})\n"
             f"pairwise Cohen's kappa: {pairs}")
