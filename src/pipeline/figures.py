@@ -42,25 +42,52 @@ def accuracy_figure(samples: pd.DataFrame, row: pd.Series, folder: Path, title: 
     return save(fig, folder / "accuracy.png")
 
 
+# Okabe-Ito blue and vermillion: apart for every common colour-vision deficiency, and apart in grey too.
+NLL_STYLE = {CORRECT: ("#0072B2", "-"), INCORRECT: ("#D55E00", "--")}
+
+
 def nll_figure(samples: pd.DataFrame, row: pd.Series, folder: Path, title: str) -> list[Path]:
     import matplotlib.pyplot as plt
 
-    nll = samples["sequence_nll"].astype(float)
-    verdict = samples["judge_verdict"]
-    if not (nll.notna().any() and verdict.isin([CORRECT, INCORRECT]).any()):
-        return []
     fig, ax = plt.subplots(figsize=(7, 4))
-    bins = np.histogram_bin_edges(nll.dropna(), bins=20)
-    for label, color in ((CORRECT, "#55a868"), (INCORRECT, "#c44e52")):
-        part = nll[(verdict == label) & nll.notna()]
-        if len(part):
-            ax.hist(part, bins=bins, alpha=0.6, color=color, label=f"judged {label} (n={len(part)})")
+    if not draw_nll(ax, samples, row, title):
+        plt.close(fig)
+        return []
+    return [save(fig, folder / "nll.png")]
+
+
+def draw_nll(ax, samples: pd.DataFrame, row: pd.Series, title: str) -> bool:
+    """The NLL histograms of the answers judged correct and incorrect on `ax`, both visible wherever they
+    overlap: light translucent fills under thick step outlines (solid and dashed, two colour-blind-safe colours)
+    on the same bins, with each class's count in the legend. Invalid verdicts and answers without an NLL are left
+    out, and the legend says how many. False (nothing drawn) when no judged answer has an NLL."""
+    nll = pd.to_numeric(samples["sequence_nll"], errors="coerce").astype(float)
+    verdict = samples["judge_verdict"]
+    judged = verdict.isin([CORRECT, INCORRECT])
+    shown = judged & nll.notna()
+    if not shown.any():
+        return False
+    bins = np.histogram_bin_edges(nll[shown], bins=20)
+    for label, (color, style) in NLL_STYLE.items():
+        part = nll[shown & (verdict == label)]
+        if not len(part):
+            continue
+        ax.hist(part, bins=bins, histtype="stepfilled", color=color, alpha=0.15, linewidth=0)
+        ax.hist(part, bins=bins, histtype="step", color=color, linestyle=style, linewidth=2.2,
+                label=f"judged {label} (n={len(part)})")
+    left_out = []
+    if (invalid := int((~judged).sum())):
+        left_out.append(f"{invalid} invalid verdict{'s' if invalid != 1 else ''}")
+    if (no_nll := int((judged & nll.isna()).sum())):
+        left_out.append(f"{no_nll} without an NLL")
+    auroc = row.get("auroc_sequence_nll_judge", np.nan)
+    auroc_text = "n/a" if pd.isna(auroc) else f"{float(auroc):.2f}"
     ax.set_xlabel("sequence NLL of the generated answer")
     ax.set_ylabel("answers")
-    ax.set_title(f"{title}: NLL by verdict (AUROC of -NLL for the judge's verdict: "
-                 f"{row['auroc_sequence_nll_judge']:.2f})", fontsize=10)
-    ax.legend()
-    return [save(fig, folder / "nll.png")]
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.set_title(f"{title}: NLL by verdict (AUROC of -NLL for the judge's verdict: {auroc_text})", fontsize=10)
+    ax.legend(title=f"left out: {', '.join(left_out)}" if left_out else None, title_fontsize=8)
+    return True
 
 
 def reliability_figure(samples: pd.DataFrame, row: pd.Series, folder: Path, title: str) -> list[Path]:
