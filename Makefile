@@ -14,7 +14,8 @@ setup:
 demo: setup
 	$(PY) -m pipeline stage=generate run_id=$(RUN_ID)
 	$(PY) -m pipeline stage=judge run_id=$(RUN_ID)
-	@echo; echo "Results: runs/$(RUN_ID)/judge/smollm2-135m/ (samples.csv, summary.csv, accuracy.png, nll.png)"
+	@echo; echo "Results: runs/$(RUN_ID)/judge/smollm2-135m/ (samples.csv, summary.csv, metrics.csv, figures)"
+	@echo "Open in a browser: $(CURDIR)/runs/$(RUN_ID)/judge/smollm2-135m/report.html"
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

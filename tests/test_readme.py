@@ -82,6 +82,8 @@ SUBSTITUTIONS: dict[str, list[str]] = {
     "jury.judges=[llama70b-8bit,llama70b-4bit,llama8b]":
         ["jury.judges=[smollm2-135m-int8,smollm2-135m-nf4,smollm2-135m-bf16]"],
     "predictions=graded.csv": ["predictions={graded}"],
+    # Serving the runs folder: any free port, not 8000.
+    "8000": ["0"],
 }
 
 # Commands that run exactly as written (a cwd or environment of the test's choosing, nothing added).
@@ -160,6 +162,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "python -m pipeline stage=report 'run_id=<id>'": ("over run nq-8b", "test_report_one_run"),
     "python -m pipeline stage=report 'report.runs=[a,b]'": ("over nq-8b and vllm-nq", "test_report_several_runs"),
     "python -m pipeline stage=report 'report.runs=[all]'": ("over every run of the test", "test_report_all_runs"),
+    "python -m http.server 8000 --directory runs": ("on a free port from the test's folder; report.html fetched",
+                                                    "test_serve_the_runs_folder"),
     # Accuracy you can defend
     "python -m pipeline stage=label run_id=nq-8b label.n=200 label.seed=0":
         ("label.n=5 (the run has 8 answers)", "test_label_sheet_then_ppi_in_the_report"),
@@ -364,8 +368,9 @@ def test_make_demo():
         out = sh(readme_command("make demo"), cwd=REPO, env={**env, "RUN_ID": run_id, "PYTHONUNBUFFERED": "1"})
         folder = runs / run_id / "judge/smollm2-135m"
         assert f"Results: runs/{run_id}/judge/smollm2-135m/" in out.stdout
-        for name in ("samples.csv", "summary.csv", "accuracy.png", "nll.png"):
+        for name in ("samples.csv", "summary.csv", "metrics.csv", "report.html", "accuracy.png", "nll.png"):
             assert (folder / name).is_file(), name
+        assert out.stdout.strip().splitlines()[-1] == f"Open in a browser: {folder / 'report.html'}"
         assert len(pd.read_csv(folder / "samples.csv")) == 252  # the whole embedded data set
         assert "accuracy (95% CI)" in out.stdout and "exact_match" in out.stdout and "kappa" in out.stdout
         # the README's figures for the demo: "exact match credits 1.6% of the answers, while 51% contain a reference"
@@ -771,6 +776,24 @@ def test_hydra_multirun_sweeps(sweeps):
              for j in ("smollm2-135m-bf16", "smollm2-135m-int8")}
     assert len(slurm) == 2  # one job per judge
     assert not (runs / "sweep-smollm2-135m/judge").exists()
+
+
+@pytest.mark.slow
+def test_serve_the_runs_folder(work, nq_run):
+    import urllib.request
+
+    argv = readme_command("python -m http.server 8000 --directory runs")
+    server = subprocess.Popen(argv, cwd=work, env=venv_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = server.stdout.readline()  # "Serving HTTP on :: port 41234 (http://[::]:41234/) ..."
+        port = int(re.search(r"port (\d+)", line).group(1))
+        page = nq_run / "judge/smollm2-135m-int8/report.html"
+        url = f"http://127.0.0.1:{port}/nq-8b/judge/smollm2-135m-int8/report.html"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            assert response.read() == page.read_bytes()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 # ------------------------------------------------------------------------------- accuracy you can defend

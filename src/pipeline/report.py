@@ -12,6 +12,7 @@ runs/<run_id>/judge/<judge>/
                      human labels, the prediction-powered (PPI++) accuracy and the calibrated thresholds
     metrics.csv      every statistic as one row of a long table (tidy.py): run_id, judge, criterion, statistic,
                      against, value, lo, hi, n
+    report.html      all of it on one self-contained page, with a browser of every answer (pages.py)
     accuracy.png     accuracy per criterion with its interval
     nll.png          NLL of the answers the judge called correct vs incorrect (when the run has NLLs)
     reliability.png  P(correct) against the human labels (logprob mode with human labels)
@@ -33,6 +34,7 @@ import pandas as pd
 
 from .config import ReportConfig
 from .errors import PipelineError
+from . import pages
 from .figures import plot
 from .files import read_json, write_atomic
 from .metrics import CRITERIA, contains_reference, exact_match, rouge_l, token_f1
@@ -65,7 +67,10 @@ def sample_rows(answers: list[GenerationRow], verdicts: list[VerdictRow], run_di
                   "contains_reference": contains_reference(a.prediction, a.references),
                   "rouge_l": rouge_l(a.prediction, a.references)}
         rows.append(asdict(SampleRow.of(a, by_id[a.id], scores)))
-    return pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
+    frame = pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
+    for column in ("human_label", "num_generated_tokens"):  # whole numbers with gaps: 1, 0 or empty, never "1.0"
+        frame[column] = frame[column].astype("Int64")
+    return frame
 
 
 def criteria(samples: pd.DataFrame, s: ReportConfig) -> pd.DataFrame:
@@ -223,6 +228,11 @@ def write(run_dir: Path, judge: str, s: ReportConfig | None = None) -> tuple[Pat
         write_atomic(stage.path / "metrics.csv", metrics.to_csv(index=False, float_format="%.6g"))
         if s.plots:
             plot(samples, summary, stage.path, f"{run_dir.name} / {judge}")
+        others = pages.other_judges(run_dir, judge, lambda name: read_verdicts(run_dir, name))
+        write_atomic(stage.path / "report.html", pages.judge_page(
+            run_id=run_dir.name, judge=judge, samples=samples, crit=criteria(samples, s),
+            summary=summary.iloc[0].to_dict(), metrics=metrics, labels=labels, manifest=stage.manifest(),
+            generation=gen.manifest(), others=others, folder=stage.path, s=s))
     return samples_path, summary_path
 
 
@@ -235,7 +245,12 @@ def write_and_print(run_dir: Path, judge: str, s: ReportConfig | None = None) ->
     return samples, summary
 
 
-RESULT_FILES = ("samples.csv", "summary.csv", "metrics.csv")
+RESULT_FILES = ("samples.csv", "summary.csv", "metrics.csv", "report.html")
+
+
+def read_verdicts(run_dir: Path, judge: str) -> list[VerdictRow]:
+    stage = StageDir(run_dir / "judge" / judge, "verdicts.jsonl")
+    return parse_rows(VerdictRow, stage.read_records(), stage.records_path)
 
 
 def results_present(folder: Path) -> bool:
@@ -264,8 +279,8 @@ def report_run(run_dir: Path, s: ReportConfig) -> list[dict]:
     for judge in judges:
         samples_path, summary_path = write(run_dir, judge, s)
         summary = pd.read_csv(summary_path).iloc[0].to_dict()
-        print(f"{digest(summary, s.target_halfwidth)}\nresults: {samples_path.parent}/{{samples,summary,metrics}}.csv "
-              "and figures\n")
+        print(f"{digest(summary, s.target_halfwidth)}\nresults: {samples_path.parent}/{{samples,summary,metrics}}.csv, "
+              f"figures; to read: {samples_path.parent / 'report.html'}\n")
         judge_manifest = read_json(run_dir / "judge" / judge / "manifest.json")
         rows.append({"dataset": dataset.get("name"), "dataset_sha256": (dataset.get("content_sha256") or "")[:12],
                      "generator": gen_manifest.get("generator", {}).get("name"),
@@ -305,8 +320,9 @@ def run(cfg) -> list[Path]:
                                                                ascending=[True, True, False])
     out = Path(cfg.report.leaderboard) if cfg.report.leaderboard else runs_dir / "leaderboard.csv"
     write_atomic(out, board.to_csv(index=False, float_format="%.4g"))
+    write_atomic(out.with_suffix(".html"), pages.leaderboard_page(board, out, runs_dir))
     groups = board.groupby(["dataset", "dataset_sha256"], dropna=False).size()
-    print(f"leaderboard: {out} ({len(board)} rows)")
+    print(f"leaderboard: {out} and {out.with_suffix('.html')} ({len(board)} rows)")
     if len(groups) > 1:
         listing = "; ".join(f"{name} [{sha}]: {k} row(s)" for (name, sha), k in groups.items())
         print(f"note: these runs cover {len(groups)} different data sets ({listing}). The leaderboard keeps them in "

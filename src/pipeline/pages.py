@@ -1,0 +1,197 @@
+"""report.html: one self-contained page per (run, judge), and runs/leaderboard.html across runs.
+
+    runs/<run_id>/judge/<judge>/report.html   written by stage=report (so at the end of stage=judge, import, jury)
+    runs/leaderboard.html                      written beside leaderboard.csv by stage=report report.runs=[...]
+
+Each page is one file: styles, script, data and figures inline, no request of any kind (its Content-Security-Policy
+forbids them), so it opens from disk, on an air-gapped cluster, or attached to a mail. The summary (accuracy with
+intervals, agreement, the label-based estimates, calibration, the length breakdown, a jury's panel, the figures) is
+plain HTML, readable with scripts off and in print. The sample browser (filters, sorting, pages) is a small script
+over the answers embedded as JSON; answers are data, always inserted as text, never as markup.
+
+The page's state lives in its address (`report.html#a=judge&b=exact_match&verdict=invalid&q=paris&sort=p&dir=desc`),
+so a filtered view can be bookmarked or sent, and tests open the page in a real browser in that state.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from .config import ReportConfig
+from .metrics import CRITERIA
+from .verdict import CORRECT, INCORRECT
+
+TEMPLATES = Path(__file__).parent / "templates"
+FIGURES = (("accuracy.png", "Accuracy by criterion, with 95% intervals"),
+           ("nll.png", "The generator's NLL of answers the judge called correct and incorrect"),
+           ("reliability.png", "The judge's P(correct) against the human labels"))
+LABELS = {"exact_match": "exact match", "token_f1": "token F1", "contains": "contains a reference",
+          "rouge_l": "ROUGE-L", "judge": "judge", "human": "human label", "judge_p_correct": "judge P(correct)"}
+# The answer fields the browser gets, in this order (one JSON array per answer).
+FIELDS = ("id", "question", "references", "prediction", "words", "finish_reason", "sequence_nll", "mean_nll",
+          "verdict", "p_correct", "invalid_reason", "reply")
+
+
+def environment() -> Environment:
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]),
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = number
+    env.filters["pct"] = lambda v: "–" if missing(v) else f"{100 * float(v):.1f}%"
+    env.filters["label"] = lambda c: LABELS.get(c, c)
+    env.filters["raw"] = lambda v: "" if missing(v) else repr(float(v)) if isinstance(v, (float, np.floating)) \
+        else str(v)
+    return env
+
+
+def missing(value) -> bool:
+    return value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)) or value is pd.NA
+
+
+def number(value, digits: int = 3) -> str:
+    if missing(value):
+        return "–"
+    if isinstance(value, (int, np.integer)) or float(value).is_integer() and abs(float(value)) >= 10:
+        return f"{int(value):,}"
+    return f"{float(value):.{digits}f}"
+
+
+def script_json(value) -> str:
+    """JSON that is safe inside <script type="application/json">: no '<', '>' or '&' can end or open a tag."""
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def clean(value):
+    """A JSON-able cell: NaN/NA become null, numpy numbers plain numbers."""
+    if missing(value):
+        return None
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return round(float(value), 6)
+    return value
+
+
+# ------------------------------------------------------------------------------------------- the data
+
+def criterion_values(crit: pd.DataFrame, others: dict[str, dict[str, float | None]], ids: list[str]) -> dict:
+    """Every yes/no criterion per answer (1, 0 or None): the report's criteria, then the run's other judges."""
+    values = {c: [clean(v) for v in crit[c]] for c in CRITERIA}
+    for name, verdicts in others.items():
+        values[f"judge:{name}"] = [verdicts.get(i) for i in ids]
+    return values
+
+
+def browser_data(samples: pd.DataFrame, crit: pd.DataFrame, others: dict) -> dict:
+    """The answers as the page's script reads them: field names once, then one array per answer."""
+    ids = samples["id"].astype(str).tolist()
+    words = samples["prediction"].fillna("").astype(str).str.split().str.len()
+    table = {
+        "id": ids, "question": samples["question"].tolist(),
+        "references": [json.loads(r) if isinstance(r, str) else [] for r in samples["references"]],
+        "prediction": samples["prediction"].fillna("").astype(str).tolist(), "words": words.tolist(),
+        "finish_reason": samples["finish_reason"].tolist(), "sequence_nll": samples["sequence_nll"].tolist(),
+        "mean_nll": samples["mean_nll"].tolist(), "verdict": samples["judge_verdict"].tolist(),
+        "p_correct": pd.to_numeric(samples["judge_p_correct"], errors="coerce").tolist(),
+        "invalid_reason": samples["judge_invalid_reason"].tolist(),
+        "reply": samples["judge_reply"].fillna("").astype(str).tolist(),
+    }
+    criteria = criterion_values(crit, others, ids)
+    columns = [table[f] for f in FIELDS] + list(criteria.values())
+    rows = [[clean(v) for v in row] for row in zip(*columns)]
+    return {"fields": list(FIELDS), "criteria": list(criteria), "labels": {c: LABELS.get(c, c) for c in criteria},
+            "rows": rows}
+
+
+def other_judges(run_dir: Path, judge: str, read) -> dict[str, dict[str, float | None]]:
+    """Every other finished judge of the run as {name: {id: 1, 0 or None}}, via `read(name) -> [VerdictRow]`."""
+    from .report import finished_judges
+
+    out = {}
+    for name in finished_judges(run_dir):
+        if name != judge:
+            out[name] = {v.id: {CORRECT: 1, INCORRECT: 0}.get(v.verdict) for v in read(name)}
+    return out
+
+
+# ------------------------------------------------------------------------------------------- the summary
+
+def rows_of(metrics: pd.DataFrame, **where) -> list[dict]:
+    hit = metrics
+    for key, value in where.items():
+        hit = hit[hit[key].fillna("") == value] if isinstance(value, str) else hit[hit[key].isin(value)]
+    return hit.to_dict("records")
+
+
+def summary_tables(metrics: pd.DataFrame, s: ReportConfig) -> dict:
+    """The summary's tables, from metrics.csv's rows."""
+    pairs = rows_of(metrics, statistic=["agreement", "kappa"])
+    paired: dict[tuple, dict] = {}
+    for r in pairs:
+        paired.setdefault((r["criterion"], r["against"]), {"a": r["criterion"], "b": r["against"], "n": r["n"]})[
+            r["statistic"]] = r
+    short, long = f"words<={s.length_words}", f"words>{s.length_words}"
+    by_length = []
+    for a, b in (("judge", "human"), ("exact_match", "human"), ("contains", "human"), ("rouge_l", "human"),
+                 ("exact_match", "judge"), ("contains", "judge")):
+        cells = {part: {st: next(iter(rows_of(metrics, criterion=a, against=b, statistic=f"{st}[{part}]")), None)
+                        for st in ("agreement", "kappa")} for part in (short, long)}
+        if any(v for part in cells.values() for v in part.values()):
+            by_length.append({"a": a, "b": b, "cells": cells})
+    accuracy_by_length = {c: {part: next(iter(rows_of(metrics, criterion=c, statistic=f"accuracy[{part}]")), None)
+                              for part in (short, long)} for c in CRITERIA}
+    return {"pairs": list(paired.values()), "by_length": by_length, "parts": (short, long),
+            "accuracy_by_length": {c: v for c, v in accuracy_by_length.items() if any(v.values())},
+            "ppi": rows_of(metrics, statistic="ppi_accuracy", against="human"),
+            "needed": {r["criterion"]: r for r in rows_of(metrics, statistic="labels_needed")},
+            "calibration": {r["statistic"]: r for r in rows_of(metrics, criterion="judge_p_correct")
+                            if "[" in r["statistic"] or r["statistic"] in ("ece", "auroc", "brier")},
+            "panel": rows_of(metrics, criterion="panel") +
+            [r for r in pairs if r["criterion"] not in CRITERIA and r["criterion"] != "judge_p_correct"]}
+
+
+def figures_inline(folder: Path) -> list[dict]:
+    return [{"src": "data:image/png;base64," + base64.b64encode((folder / name).read_bytes()).decode("ascii"),
+             "name": name, "caption": caption} for name, caption in FIGURES if (folder / name).is_file()]
+
+
+def judge_page(*, run_id: str, judge: str, samples: pd.DataFrame, crit: pd.DataFrame, summary: dict,
+               metrics: pd.DataFrame, labels, manifest: dict, generation: dict, others: dict, folder: Path,
+               s: ReportConfig) -> str:
+    """The whole report.html of one (run, judge)."""
+    from .report import PPI_ASSUMPTION
+
+    env = environment()
+    return env.get_template("report.html.j2").render(
+        run_id=run_id, judge=judge, row=summary, criteria=[c for c in CRITERIA if summary.get(f"n_{c}")],
+        tables=summary_tables(metrics, s), labels=labels, assumption=PPI_ASSUMPTION, target=s.target_halfwidth,
+        mode=(manifest.get("judge") or {}).get("mode"), prompt=manifest.get("prompt") or {},
+        dataset=(generation.get("dataset") or {}), generator=(generation.get("generator") or {}).get("name"),
+        figures=figures_inline(folder), data=script_json(browser_data(samples, crit, others)),
+        style=(TEMPLATES / "report.css").read_text(), script=(TEMPLATES / "report.js").read_text())
+
+
+def leaderboard_page(board: pd.DataFrame, out: Path, runs_dir: Path) -> str:
+    """runs/leaderboard.html: one row per run x judge, grouped by data set, each linking to its report.html."""
+    groups = []
+    for (name, sha), part in board.groupby(["dataset", "dataset_sha256"], dropna=False, sort=False):
+        rows = []
+        for r in part.to_dict("records"):
+            page = runs_dir / str(r["run_id"]) / "judge" / str(r["judge"]) / "report.html"
+            rows.append({**r, "href": relative(page, out.parent) if page.is_file() else None})
+        groups.append({"name": name, "sha": sha, "rows": rows})
+    return environment().get_template("leaderboard.html.j2").render(
+        groups=groups, style=(TEMPLATES / "report.css").read_text(), total=len(board))
+
+
+def relative(path: Path, start: Path) -> str:
+    import os
+
+    return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
