@@ -162,3 +162,13 @@ def test_the_leaderboard_page_links_every_run(chromium, tmp_path):
                                                                       ("two", "k")]
     links = [a["href"] for a in elements(page.dom, "a", href=True)]
     assert len(links) == 4 and all((board.parent / link).is_file() for link in links)
+
+
+def test_the_page_benchmark_runs(chromium, capsys):
+    """`make bench`'s page benchmark on a small run (its timings are printed, never asserted)."""
+    from pipeline.benchpage import bench_page
+
+    result = bench_page(300)
+    assert result["n"] == 300 and result["bytes"] > 0
+    assert result["disagreement judge vs exact match"]["render_ms"] >= 0  # the page reported its own timing
+    assert "headless load" in capsys.readouterr().out

@@ -3,6 +3,7 @@
     python -m pipeline.bench generate [--n 64]   the generate stage's decoding vs one prompt at a time
     python -m pipeline.bench plan                 how long planning a 70B judge takes (no weights are read)
     python -m pipeline.bench judge [--n 64]       judge throughput: logprob mode vs generate mode
+    python -m pipeline.bench page [--n 100000]    report.html of n answers in headless Chromium (benchpage.py)
 
 `generate` compares, on the embedded generator preset (its prompts, stop rule and max_new_tokens):
   one-at-a-time  `model.generate` per prompt, greedy, stopping at EOS or a newline token (the baseline);
@@ -239,18 +240,25 @@ def bench_judge(n: int, overrides: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", nargs="?", default="all", choices=["all", "generate", "plan", "judge"])
-    parser.add_argument("--n", type=int, default=64, help="questions in the generate benchmark (default 64)")
+    parser.add_argument("which", nargs="?", default="all", choices=["all", "generate", "plan", "judge", "page"])
+    parser.add_argument("--n", type=int, default=None,
+                        help="questions in the generate/judge benchmarks (default 64), answers on the page (100,000)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. generator.batch_size=32")
     args = parser.parse_args(argv)
+    n = args.n or 64
     if args.which in ("all", "plan"):
         bench_plan(args.overrides)
         print()
     if args.which in ("all", "generate"):
-        bench_generate(args.n, args.overrides)
+        bench_generate(n, args.overrides)
         print()
     if args.which in ("all", "judge"):
-        bench_judge(args.n, args.overrides)
+        bench_judge(n, args.overrides)
+        print()
+    if args.which in ("all", "page"):
+        from .benchpage import bench_page
+
+        bench_page(args.n or 100_000)
 
 
 if __name__ == "__main__":

@@ -122,6 +122,7 @@
 
   var page = 1;
   function render() {
+    var t0 = performance.now();
     var chosen = selected();
     var size = $("size").value === "all" ? chosen.length || 1 : parseInt($("size").value, 10);
     var pages = Math.max(1, Math.ceil(chosen.length / size));
@@ -137,6 +138,7 @@
     $("pageinfo").textContent = "page " + page + " of " + pages;
     $("prev").disabled = page <= 1; $("next").disabled = page >= pages;
     writeHash(page);
+    $("status").dataset.renderMs = (performance.now() - t0).toFixed(1);  // filter, sort and draw one page
   }
 
   header();
