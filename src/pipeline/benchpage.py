@@ -1,10 +1,11 @@
 """How report.html holds up at scale (`python -m pipeline.bench page --n 100000`): a hand-made run of n answers,
 its report written, then the page opened in headless Chromium (Debian's `chromium`).
 
-Printed: the time to write the report (statistics, figures and page), the page's size, the wall time of a
-headless load, the page's own time from its script starting to the first page of answers drawn (`data-ready-ms`,
-parsing the embedded JSON included), and the time one filter takes over all n answers (a disagreement filter
-and a text search, each filtering, sorting and drawing a page: `data-render-ms`).
+Printed: the time to write the report (statistics, figures and page), the page's size; then, measured by the page
+itself, the time from opening it to the first page of answers drawn (`data-interactive-ms`: reading the file,
+parsing the HTML and the embedded JSON, drawing), the share of that its script took (`data-ready-ms`), and the time
+one filter takes over all n answers (no filter, a disagreement filter, a text search: each filters, sorts and draws
+a page, `data-render-ms`); and the wall time of the whole headless run (starting Chromium included).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def open_page(chromium: str, url: str) -> tuple[float, str]:
     with tempfile.TemporaryDirectory() as profile:
         t0 = time.perf_counter()
         out = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                              f"--user-data-dir={profile}", "--virtual-time-budget=60000", "--dump-dom", url],
+                              f"--user-data-dir={profile}", "--dump-dom", url],
                              capture_output=True, text=True, timeout=600)
         return time.perf_counter() - t0, out.stdout
 
@@ -79,8 +80,9 @@ def bench_page(n: int) -> dict:
                                ("text search", "#q=town+of+9")):
             wall, dom = open_page(chromium, page.as_uri() + fragment)
             ready, render = attribute(dom, "data-ready-ms"), attribute(dom, "data-render-ms")
-            shown = attribute(dom, "data-shown")
-            print(f"  {name:36s} headless load {wall:5.1f} s; page ready {ready / 1000:5.2f} s after its script "
-                  f"started; one filter + sort + draw over all answers {render:7.1f} ms ({shown:,.0f} shown)")
-            result[name] = {"wall_s": wall, "ready_ms": ready, "render_ms": render}
+            interactive, shown = attribute(dom, "data-interactive-ms"), attribute(dom, "data-shown")
+            print(f"  {name:34s} interactive {interactive / 1000:5.2f} s after opening (its script: {ready:5.0f} "
+                  f"ms); one filter + sort + draw over all answers {render:6.1f} ms ({shown:,.0f} shown); "
+                  f"headless run {wall:4.1f} s")
+            result[name] = {"wall_s": wall, "interactive_ms": interactive, "ready_ms": ready, "render_ms": render}
     return result
