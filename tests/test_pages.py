@@ -171,4 +171,4 @@ def test_the_page_benchmark_runs(chromium, capsys):
     result = bench_page(300)
     assert result["n"] == 300 and result["bytes"] > 0
     assert result["disagreement judge vs exact match"]["render_ms"] >= 0  # the page reported its own timing
-    assert "headless load" in capsys.readouterr().out
+    assert "interactive" in capsys.readouterr().out

@@ -84,6 +84,8 @@ SUBSTITUTIONS: dict[str, list[str]] = {
     "predictions=graded.csv": ["predictions={graded}"],
     # Serving the runs folder: any free port, not 8000.
     "8000": ["0"],
+    # The page benchmark's size: 300 answers, not 100,000.
+    "N": ["300"],
 }
 
 # Commands that run exactly as written (a cwd or environment of the test's choosing, nothing added).
@@ -108,7 +110,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make demo": ("literally, with RUN_ID set (the run is removed afterwards)", "test_make_demo"),
     "make test": ("not from inside the suite (CI runs it): .ci/run must call it", "test_ci_runs_make_test"),
     "make setup": ("by make demo, which runs it first (already set up: returns at once)", "test_make_demo"),
-    "make bench": ("not run (2.5 minutes): the target and its module are checked", "test_make_bench_target"),
+    "make bench": ("not run (3.5 minutes): the target and its module are checked", "test_make_bench_target"),
     "make test-fast": ("with PYTEST_ARGS=tests/test_rows.py (the fast set on one file); the target's filter checked",
                        "test_make_test_fast"),
     "pip install -e '.[slurm]'": ("not run (it reinstalls the checkout): the extra must be declared and satisfied",
@@ -162,6 +164,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "python -m pipeline stage=report 'run_id=<id>'": ("over run nq-8b", "test_report_one_run"),
     "python -m pipeline stage=report 'report.runs=[a,b]'": ("over nq-8b and vllm-nq", "test_report_several_runs"),
     "python -m pipeline stage=report 'report.runs=[all]'": ("over every run of the test", "test_report_all_runs"),
+    "python -m pipeline.bench page --n N": ("--n 300", "test_page_benchmark"),
     "python -m http.server 8000 --directory runs": ("on a free port from the test's folder; report.html fetched",
                                                     "test_serve_the_runs_folder"),
     # Accuracy you can defend
@@ -776,6 +779,12 @@ def test_hydra_multirun_sweeps(sweeps):
              for j in ("smollm2-135m-bf16", "smollm2-135m-int8")}
     assert len(slurm) == 2  # one job per judge
     assert not (runs / "sweep-smollm2-135m/judge").exists()
+
+
+def test_page_benchmark(tmp_path):
+    out = sh(readme_command("python -m pipeline.bench page --n N"), cwd=tmp_path)
+    assert "report.html of 300 answers" in out.stdout
+    assert "interactive" in out.stdout or "no chromium here" in out.stdout
 
 
 @pytest.mark.slow
