@@ -18,7 +18,7 @@ import pytest
 
 from slurm_local import _cmdline, _environ, _fields, _is_running
 
-from conftest import read_jsonl, run_cli
+from conftest import one_error_line, read_jsonl, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 SLURM_GPUS = 4  # fake GPUs of the module's cluster (conftest.py)
@@ -196,6 +196,23 @@ def test_dry_run_prints_the_chain_and_submits_nothing(tmp_path):
     assert "placement plan of judge llama70b-8bit on hardware=4xA100-40GB" in out.stdout
     assert "--dependency=afterok:{generate}" in lines[1] and "--kill-on-invalid-dep=yes" in lines[1]
     assert "judge=llama70b-8bit" in lines[1] and "--signal=B:USR1@120" in lines[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_gives_judge_tasks_with_more_gpus_than_a_copy_needs_one_replica_per_copy(tmp_path):
+    out = run_cli("stage=submit", "slurm.dry_run=true", "judge=llama70b-8bit", "hardware=8xH100-80GB",
+                  "slurm.judge_gpus=8", "slurm.judge_shards=2", f"runs_dir={tmp_path}/runs", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = [x for x in out.stdout.splitlines() if x.startswith("sbatch")]
+    assert "--gres=gpu:8" in lines[1] and lines[1].endswith("judge.placement.replicas=8")  # a count, not auto
+    assert not any("replicas" in x for x in (lines[0], lines[2]))
+    assert "# 8 replicas per task (judge llama70b-8bit needs 1 GPU(s) of NVIDIA H100 80GB HBM3 a copy" in out.stdout
+    out = run_cli("stage=submit", "slurm.dry_run=true", "judge=llama70b", "hardware=8xH100-80GB",
+                  "slurm.judge_gpus=8", f"runs_dir={tmp_path}/runs", cwd=tmp_path)  # bf16: 2 GPUs a copy
+    assert out.returncode == 0 and "# 4 replicas per task" in out.stdout, out.stderr
+    out = run_cli("stage=submit", "slurm.dry_run=true", "judge=llama70b", "hardware=8xH100-80GB",
+                  "slurm.judge_gpus=4", "judge.placement.replicas=3", f"runs_dir={tmp_path}/runs", cwd=tmp_path)
+    assert "3 copies of judge llama70b need 6 GPUs (2 each" in one_error_line(out)
     assert not (tmp_path / "runs").exists()
 
 

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from .config import DEVICE_PATTERN, Config, check_name
 from .errors import PipelineError
+from .replicas import parse_requested
 
 
 def check(cfg: Config) -> None:
@@ -56,6 +57,9 @@ def check(cfg: Config) -> None:
     need(cfg.report.bootstrap >= 0, f"report.bootstrap={cfg.report.bootstrap} must be 0 (no intervals) or more")
     need(cfg.label.seed >= 0, f"label.seed={cfg.label.seed} must be 0 or more")
     need(cfg.slurm.signal_seconds >= 0, f"slurm.signal_seconds={cfg.slurm.signal_seconds} must be 0 or more")
+    replicas = OmegaConf.select(cfg, "judge.placement.replicas", default="auto")
+    need(parse_requested(replicas) is not None,
+         f"judge.placement.replicas={replicas!r} must be auto or a whole number at least 1")
     need(DEVICE_PATTERN.fullmatch(str(cfg.generator.device)) is not None,
          f"generator.device={cfg.generator.device!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
     if problems:

@@ -120,6 +120,12 @@ class PlacementConfig:
     margin: float = 0.05
     # Let layers that do not fit on the GPUs go to CPU RAM or disk (slow; bf16/fp16/fp32 and int8 only).
     allow_offload: bool = False
+    # Copies of the judge that share one stage=judge (replicas.py): the visible GPUs are split into groups that
+    # each hold a whole plan, one process per group judges its share of the answers, and the shares are merged as
+    # array shards are. auto: on GPUs, as many groups as whole plans fit (1 in a sharded run: an array's tasks
+    # must agree on the count, so give it as a number there; stage=submit does); on the CPU, 1. N >= 1: exactly
+    # N (on the CPU, N processes sharing the threads).
+    replicas: Any = "auto"
 
 
 @dataclass

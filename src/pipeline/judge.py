@@ -7,7 +7,9 @@ Steps: read runs/<id>/generate/generations.jsonl; plan the judge's placement (pl
 and stop before loading anything if it does not fit; build every prompt and refuse those that would not fit the
 judge's context; load the judge exactly as planned and verify every parameter's device, dtype and quantisation;
 get a verdict on each answer (the modes are in judges.py); write runs/<id>/judge/<judge>/verdicts.jsonl
-(rows.VerdictRow) and the result CSVs (report.py).
+(rows.VerdictRow) and the result CSVs (report.py). When the judge fits on fewer GPUs than are visible, several
+copies of it judge disjoint shares at once and are merged (judge.placement.replicas; replicas.py,
+replica_runs.py).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Iterator
 import torch
 from omegaconf import OmegaConf
 
-from . import report, shards
+from . import replica_runs, replicas, report, shards
 from .config import Config, check_name
 from .decoding import PrefixCache, context_length, length_batches
 from .errors import PipelineError, plural, preview
@@ -172,10 +174,12 @@ def judge_answers(cfg: Config, attempt: Attempt, plan: Plan, prompts: Prompts) -
     return loaded
 
 
-def details(cfg: Config, attempt: Attempt, plan: Plan, prompts: Prompts, loaded: dict) -> dict:
-    """The judge stage's own manifest fields."""
+def details(cfg: Config, attempt: Attempt, plan: Plan, prompts: Prompts, loaded: dict,
+            replica: dict | None = None) -> dict:
+    """The judge stage's own manifest fields (and, in a replica, which one it is)."""
     j, prompt, tokens = cfg.judge, cfg.judge_prompt, prompts.tokens
     return {
+        **({"replica": replica} if replica else {}),
         "judge": {"name": j.name, "precision": plan.precision_label, "mode": j.mode, "chat_template": prompts.chat,
                   "threshold": j.threshold if tokens else None,
                   "verdict_tokens": {str(k): v for k, v in tokens.spellings.items()} if tokens else None,
@@ -211,6 +215,7 @@ def make_job(cfg: Config) -> tuple[StageJob, list[GenerationRow]]:
 def run(cfg: Config) -> Path:
     """Judge every stored answer of this shard not yet judged by this judge; returns the stage directory."""
     job, answers = make_job(cfg)
+    replica = replica_runs.check_replica(cfg, job.run_dir)  # a replica runs its parent's config, or nothing
     if job.finished():
         if not job.sharded and not report.results_present(job.stage.path):  # e.g. killed, or out of disk, while reporting
             log.info("run %s: the result files of %s are not all there; writing them again", job.run_dir.name,
@@ -223,11 +228,16 @@ def run(cfg: Config) -> Path:
     plan = plan_or_refuse(cfg, hardware)  # from the config alone: a misfit stops before any download or load
     source = model_folder(cfg.judge.model, cache_root(cfg.cache_dir))
     prompts = Prompts.build(cfg, source, answers)
+    seq_len = None
     if prompts.longest > cfg.judge.placement.max_seq_len:  # the plan assumed shorter rows: plan for the real length
         log.warning("the longest judge prompt plus reply is %d tokens > judge.placement.max_seq_len=%d; planning "
                     "again for %d", prompts.longest, cfg.judge.placement.max_seq_len, prompts.longest)
-        plan = plan_or_refuse(cfg, hardware, source, prompts.longest)
+        seq_len = prompts.longest
+        plan = plan_or_refuse(cfg, hardware, source, seq_len)
     plan = plan.with_source(source)
+    grouping = replicas.choose(cfg, job, hardware, plan, source, seq_len)
+    if grouping is not None:  # several copies, one process each, on disjoint shares; merged when all are done
+        return replica_runs.run_replicas(cfg, job, grouping)
     print(plan.table(), flush=True)
 
     with job.attempt() as attempt:
@@ -242,8 +252,11 @@ def run(cfg: Config) -> Path:
                         "/".join(r.device for r in plan.rows if r.device in ("cpu", "disk")))
         # an attempt stopped after its last batch has nothing left to judge, and loads no model
         loaded = judge_answers(cfg, attempt, plan, prompts) if attempt.todo else {}
-        attempt.finish("judge", VerdictRow.SCHEMA, details(cfg, attempt, plan, prompts, loaded))
-        if job.sharded:
+        attempt.finish("judge", VerdictRow.SCHEMA, details(cfg, attempt, plan, prompts, loaded, replica))
+        if replica:
+            log.info("run %s: replica %s of %s (shard %s) of judge %s done", job.run_dir.name, replica.get("index"),
+                     replica.get("count"), job.shard.name, cfg.judge.name)
+        elif job.sharded:
             log.info("run %s: shard %s of judge %s done; stage=report merges the shards and writes the CSVs",
                      job.run_dir.name, job.shard.name, cfg.judge.name)
         else:

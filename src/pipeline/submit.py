@@ -17,6 +17,11 @@ message is shown and the jobs of the chain already submitted are cancelled.
 `hardware=<profile>` (and any `hardware.*` override) sizes the submission and stays here: submit plans the judge on
 that node to choose the GPUs per judge task, and each task then places the judge on the GPUs SLURM allocated to it
 (stage=judge detects them and refuses a declared profile). submit.json records what the chain was sized on.
+
+When slurm.judge_gpus asks for more GPUs per task than one copy of the judge needs (a site that allocates whole
+nodes), each judge task runs as many copies as fit, on disjoint groups of its GPUs: the judge command gets
+judge.placement.replicas=<that many> (a number, not auto, so that every task of the array writes shards of one
+count; replicas.py), and the sizing line says "N replicas per task".
 """
 
 from __future__ import annotations
@@ -58,6 +63,11 @@ def override_root(override: str) -> str:
     return re.split(r"[./@]", key, maxsplit=1)[0].strip()
 
 
+def override_key(override: str) -> str:
+    """An override's whole key: '+judge.placement.replicas=2' -> 'judge.placement.replicas'."""
+    return override.lstrip("+~").split("=", 1)[0].strip()
+
+
 def command_line_overrides() -> list[str]:
     """The overrides this submit was started with (empty when not started through the Hydra entry point)."""
     from hydra.core.hydra_config import HydraConfig
@@ -80,11 +90,19 @@ def held_back_overrides(overrides: list[str] | None = None) -> list[str]:
     return [o for o in overrides if override_root(o) in NOT_FORWARDED]
 
 
-def judge_gpus(cfg) -> int:
-    """GPUs per judge task: slurm.judge_gpus, else the fewest GPUs of the hardware profile's kind that fit."""
+def gpus_per_copy(cfg, hardware) -> int | None:
+    """The fewest GPUs of the hardware profile's kind that hold one copy of the judge, or None when no count of
+    them does."""
     from .models import choose_precision
     from .placement import Workload, fewest_gpus, load_model_config
 
+    j = cfg.judge
+    return fewest_gpus(load_model_config(j.model, j), j.name, choose_precision(j, on_gpu=True), hardware.gpu_kind,
+                       j.placement, Workload(j.batch_size, j.placement.max_seq_len))
+
+
+def judge_gpus(cfg) -> int:
+    """GPUs per judge task: slurm.judge_gpus, else the fewest GPUs of the hardware profile's kind that fit."""
     if cfg.slurm.judge_gpus is not None:
         return cfg.slurm.judge_gpus
     j = cfg.judge
@@ -97,15 +115,44 @@ def judge_gpus(cfg) -> int:
             "node?). Pass hardware=<one node of the partition> (profiles in conf/hardware/, e.g. hardware=4xA100-40GB) "
             "or slurm.judge_gpus=N."
         )
-    n = fewest_gpus(load_model_config(j.model, j), j.name, choose_precision(j, on_gpu=True), hardware.gpu_kind,
-                    j.placement, Workload(j.batch_size, j.placement.max_seq_len))
+    n = gpus_per_copy(cfg, hardware)
     if n is None or n > len(hardware.gpus):
         raise PipelineError(f"judge {j.name!r} does not fit on one node of {hardware.describe()}; see "
                             f"`python -m pipeline stage=plan judge={j.name} hardware={cfg.hardware.name}`.")
     return n
 
 
-def sizing(cfg, gpus: int) -> dict:
+def replicas_per_task(cfg, gpus: int) -> tuple[int, str | None]:
+    """(copies of the judge each judge task runs, why): judge.placement.replicas when given as a number; else, when
+    slurm.judge_gpus is more than one copy needs on the hardware profile, as many copies as fit; else 1."""
+    from .replicas import AUTO, parse_requested
+
+    given = parse_requested(cfg.judge.placement.replicas)
+    on_gpus = gpus > 0 and cfg.judge.placement.devices != "cpu"
+    usable = min(gpus, cfg.judge.placement.gpus or gpus)  # judge.placement.gpus: only the first ones
+    if given not in (None, AUTO):
+        hardware = for_profile(cfg.hardware) if on_gpus else None
+        per = gpus_per_copy(cfg, hardware) if hardware is not None and hardware.gpus else None
+        if per and given * per > usable:
+            raise PipelineError(
+                f"judge.placement.replicas={given}: {given} copies of judge {cfg.judge.name} need {given * per} GPUs "
+                f"({per} each on {hardware.gpu_kind[0]}), but each judge task gets {usable}. Ask for "
+                f"slurm.judge_gpus={given * per}, or fewer replicas.")
+        return given, "judge.placement.replicas"
+    if cfg.slurm.judge_gpus is None or gpus < 2 or not on_gpus:
+        return 1, None
+    hardware = for_profile(cfg.hardware)
+    if not hardware.gpus:  # hardware=auto on a login node: nothing to tell one copy's size from
+        return 1, None
+    per = gpus_per_copy(cfg, hardware)
+    if per is None or per * 2 > usable:
+        return 1, None
+    kind = hardware.gpu_kind[0]
+    return usable // per, (f"judge {cfg.judge.name} needs {per} GPU(s) of {kind} a copy, "
+                           f"{usable} per task from slurm.judge_gpus")
+
+
+def sizing(cfg, gpus: int, replicas: int = 1) -> dict:
     """What the judge tasks' GPU request was worked out from, for submit.json: the hardware profile is used here
     only and never reaches the jobs."""
     if cfg.slurm.judge_gpus is not None:
@@ -117,6 +164,7 @@ def sizing(cfg, gpus: int) -> dict:
     return {
         "judge_gpus_per_task": gpus,
         "judge_gpus_from": source,
+        "judge_replicas_per_task": replicas,
         "hardware": cfg.hardware.name,
         "hardware_profile": OmegaConf.to_container(cfg.hardware, resolve=True),
         "hardware_overrides": [o for o in held_back_overrides() if override_root(o) == "hardware"],
@@ -140,16 +188,22 @@ def array(n: int, max_parallel: int | None) -> str:
     return f"--array=0-{n - 1}" + (f"%{max_parallel}" if max_parallel else "")
 
 
-def chain(cfg, run_id: str, run_dir: Path, gpus: int | None = None) -> list[tuple[str, list[str]]]:
+def chain(cfg, run_id: str, run_dir: Path, gpus: int | None = None,
+          replicas: int | None = None) -> list[tuple[str, list[str]]]:
     """The three sbatch commands; '{generate}' and '{judge}' stand for the job ids they depend on. `gpus`: GPUs per
-    judge task (default: judge_gpus(cfg))."""
+    judge task (default: judge_gpus(cfg)); `replicas`: copies of the judge per task (default: replicas_per_task)."""
     s = cfg.slurm
     if s.generate_shards < 1 or s.judge_shards < 1:
         raise PipelineError("slurm.generate_shards and slurm.judge_shards must be at least 1.")
     if gpus is None:
         gpus = judge_gpus(cfg)
+    if replicas is None:
+        replicas = replicas_per_task(cfg, gpus)[0]
     logs = run_dir.resolve() / "slurm"
     tail = [*forwarded_overrides(), f"run_id={run_id}", f"runs_dir={Path(cfg.runs_dir).resolve()}"]
+    # more than one copy per task: the count itself (auto in an array task is one copy; see replicas.py)
+    judge_tail = [o for o in tail if override_key(o) != "judge.placement.replicas"] + \
+        [f"judge.placement.replicas={replicas}"] if replicas > 1 else tail
     signal = [f"--signal=B:USR1@{s.signal_seconds}", "--requeue"]
     scripts = slurm_dir()
     gen = ["sbatch", "--parsable", array(s.generate_shards, s.max_parallel), *signal,
@@ -160,7 +214,7 @@ def chain(cfg, run_id: str, run_dir: Path, gpus: int | None = None) -> list[tupl
            "--dependency=afterok:{generate}", "--kill-on-invalid-dep=yes",
            *common_args(s, f"judge-{run_id}", s.judge_time, s.cpus_per_task, s.mem, gpus,
                         logs / "judge-%A_%a.out"),
-           str(scripts / "judge.sbatch"), *tail]
+           str(scripts / "judge.sbatch"), *judge_tail]
     rep = ["sbatch", "--parsable", "--dependency=afterok:{judge}", "--kill-on-invalid-dep=yes",
            *common_args(s, f"report-{run_id}", s.report_time, s.report_cpus, s.report_mem, 0, logs / "report-%j.out"),
            str(scripts / "report.sbatch"), *tail]
@@ -176,12 +230,16 @@ def run(cfg) -> dict[str, str]:
     run_id = cfg.run_id or new_run_id(cfg.generator.name, cfg.dataset.name)
     run_dir = Path(cfg.runs_dir) / run_id
     gpus = judge_gpus(cfg)
-    commands = chain(cfg, run_id, run_dir, gpus)
-    sized = sizing(cfg, gpus)
+    replicas, why = replicas_per_task(cfg, gpus)
+    commands = chain(cfg, run_id, run_dir, gpus, replicas)
+    sized = sizing(cfg, gpus, replicas)
     if cfg.slurm.dry_run:
         print(f"# dry run: the chain for run {run_id} (nothing submitted)")
         print(f"# {gpus} GPU(s) per judge task, from the {sized['judge_gpus_from']}; hardware={cfg.hardware.name} "
               "sizes the chain only and is not passed to the jobs")
+        if replicas > 1:
+            print(f"# {replicas} replicas per task ({why}): each judge task runs {replicas} copies of the judge on "
+                  "disjoint groups of its GPUs (judge.placement.replicas)")
         for name, cmd in commands:
             print(f"# {name}\n{shlex.join(cmd)}")
         return {}
@@ -212,7 +270,8 @@ def run(cfg) -> dict[str, str]:
     judge = cfg.judge.name
     print(f"submitted run {run_id}:\n"
           f"  generate  array job {jobs['generate']} ({cfg.slurm.generate_shards} tasks)\n"
-          f"  judge     array job {jobs['judge']} ({cfg.slurm.judge_shards} tasks, after generate succeeds)\n"
+          f"  judge     array job {jobs['judge']} ({cfg.slurm.judge_shards} tasks"
+          f"{f', {replicas} replicas per task' if replicas > 1 else ''}, after generate succeeds)\n"
           f"  report    job {jobs['report']} (after judge succeeds)\n"
           f"watch:   squeue -j {','.join(jobs.values())}    logs: {run_dir}/slurm/\n"
           f"results: {run_dir}/judge/{judge}/samples.csv and summary.csv once job {jobs['report']} completes\n"
