@@ -2,12 +2,15 @@
 # make test   set up (first time only) and run the test suite
 # make test-fast  set up (first time only) and run the fast tests: no real model, no whole stage (-m "not slow", ~1 min)
 # make bench  speed benchmarks (the generate stage's decoding vs one prompt at a time)
+# make gpu-kit    build gpu-kit/ (git-ignored): what the GPU check needs that the GPU machine lacks; prints the device call
+# make gpu-check  the GPU proof check, ON the GPU machine (its own python3): results in $(OUT) (gpu-check.json, .md)
+#                 make gpu-check DRY=1 OUT=/tmp/gpu-check-dry   every step on this CPU with tiny shapes (~3 min)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 RUN_ID ?= demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: setup demo test test-fast bench clean-venv
+.PHONY: setup demo test test-fast bench clean-venv gpu-kit gpu-check
 setup:
 	@PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup.sh
 
@@ -25,6 +28,15 @@ test-fast: setup
 
 bench: setup
 	$(PY) -m pipeline.bench
+
+gpu-kit: setup
+	$(PY) scripts/gpu_kit.py $(GPU_KIT_ARGS)
+
+# No setup here: on the GPU machine there is no venv; the kit's wheels are installed into the check's scratch folder.
+OUT ?= /tmp/gpu-check-out
+GPU_CHECK_PY ?= $(if $(DRY),$(PY),python3)
+gpu-check:
+	PYTHONUNBUFFERED=1 timeout 480 $(GPU_CHECK_PY) scripts/gpu_check.py --out "$(OUT)" $(if $(DRY),--dry) $(GPU_CHECK_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

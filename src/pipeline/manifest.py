@@ -91,12 +91,33 @@ SLURM_KEYS = {
 }
 
 
+def gpu_memory() -> list[dict] | None:
+    """Per visible CUDA device: its name, total memory, and the peak memory this process allocated and reserved
+    there (bytes, since the process started); None without CUDA. Read when the stage finishes, so the peaks are
+    the stage's own: what its plan is checked against. Never fails a stage."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        devices = []
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            devices.append({"device": f"cuda:{i}", "name": p.name, "total_bytes": int(p.total_memory),
+                            "max_memory_allocated": int(torch.cuda.max_memory_allocated(i)),
+                            "max_memory_reserved": int(torch.cuda.max_memory_reserved(i))})
+        return devices
+    except Exception:  # a broken driver or runtime must not cost the stage its manifest
+        return None
+
+
 def environment_manifest() -> dict:
     """The part of every stage manifest that describes the environment."""
     return {
         "versions": package_versions(),
         "git": git_state(),
         "hardware": hardware_info(),
+        "gpu_memory": gpu_memory(),
         "slurm": slurm_info(),
         "command": [sys.executable, *sys.argv],
         "finished": time.time(),
