@@ -1,4 +1,5 @@
-"""The GPU proof kit and check (scripts/gpu_kit.py, scripts/gpu_check.py) and the GPU memory every manifest records.
+"""The GPU proof kit and check (scripts/gpu_kit.py, scripts/gpu_check.py with its parts in scripts/gpucheck/) and the
+GPU memory every manifest records.
 
 The check itself runs on a GPU machine only now and then; here its dry mode runs every step end to end on the CPU
 (tiny shapes, the same stages and code paths), the figures it computes from a GPU stage's manifest are checked on a
@@ -8,6 +9,7 @@ checked for real.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import os
@@ -33,7 +35,9 @@ def load_script(name: str):
 
 
 gpu_kit = load_script("gpu_kit")
-gpu_check = load_script("gpu_check")
+gpu_check = load_script("gpu_check")  # puts scripts/ on sys.path: its package imports as `gpucheck`
+
+from gpucheck import figures, tables  # noqa: E402
 
 
 def script(name: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -101,27 +105,27 @@ def gpu_stage(max_allocated: int, max_reserved: int):
 
 def test_judge_figures_compare_the_plan_with_what_the_stage_measured():
     plan, manifest = gpu_stage(max_allocated=17 * GiB, max_reserved=18 * GiB)
-    figures = gpu_check.judge_figures(manifest, plan, plan)
-    [d] = figures["devices"]
+    result = figures.judge_figures(manifest, plan, plan)
+    [d] = result["devices"]
     assert d["planned_without_margin"] == 15 * GiB + 3 * GiB + GiB // 2
     assert d["planned_allocations"] == 18 * GiB  # what torch allocates: the CUDA context is not among it
     assert d["allocated_within_plan"] and d["reserved_within_plan"]
     assert d["headroom_bytes"] == GiB // 2
     assert d["allocated_after_load"] == 15 * GiB + 10 and d["weights_and_qstate_planned"] == 15 * GiB
     assert d["plan_stage_matches"] is True
-    assert (figures["load_s"], figures["answers_per_s"], figures["seq_len"], figures["batch_size"]) == (4.5, 126.0, 174, 32)
-    assert gpu_check.plan_held([figures]) is True
+    assert (result["load_s"], result["answers_per_s"], result["seq_len"], result["batch_size"]) == (4.5, 126.0, 174, 32)
+    assert figures.plan_held([result]) is True
 
     plan, manifest = gpu_stage(max_allocated=18 * GiB + 1, max_reserved=18 * GiB + 1)
-    over = gpu_check.judge_figures(manifest, plan, None)
+    over = figures.judge_figures(manifest, plan, None)
     assert over["devices"][0]["allocated_within_plan"] is False
-    assert gpu_check.plan_held([figures, over]) is False
+    assert figures.plan_held([result, over]) is False
     results = {"mode": "gpu", "versions": {}, "steps": {"judge:8b-bf16-logprob": {"ok": True, "seconds": 9.0}},
                "passed": ["judge:8b-bf16-logprob"], "judges": [
                    {"judge": "8b-bf16-logprob", "precision": "bf16", "mode": "logprob", **over}]}
-    table = gpu_check.markdown(results)
+    table = tables.markdown(results)
     assert "| 8b-bf16-logprob | bf16 | logprob | 32 x 174 | cuda:0 | 25.50 | 18.50 | 15.00 | 15.00 | 18.00 | 18.00 | **NO** |" in table
-    assert gpu_check.plan_held([{"devices": [{"device": "cpu"}]}]) is None  # nothing measured on a CPU
+    assert figures.plan_held([{"devices": [{"device": "cpu"}]}]) is None  # nothing measured on a CPU
 
 
 # --------------------------------------------------------------------------------------------- the kit
@@ -225,18 +229,42 @@ def test_kit_build_without_a_run(tmp_path, model_dir):
 
 # ------------------------------------------------------------------------------------------ the dry check
 
-DRY_STEPS = ["preflight", "doctor", "run", "models", "plans", "judge:8b-fp32-logprob", "judge:8b-bf16-logprob",
-             "judge:8b-int8-logprob", "judge:8b-nf4-logprob", "judge:70b4l-bf16-logprob", "judge:70b4l-int8-logprob",
-             "judge:70b4l-nf4-logprob", "generate", "judge:8b-fp32-generate"]
+DRY_STEPS = ["preflight", "doctor", "run", "models", "plans", "judge:8b-bf16-logprob", "judge:8b-int8-logprob",
+             "judge:8b-nf4-logprob", "generate", "judge:8b-fp32-generate"]
 
 
-@pytest.mark.slow
-@pytest.mark.integration
-def test_dry_check_runs_every_step_on_the_cpu(tmp_path, model_dir):
-    out_dir = tmp_path / "out"
-    out = script("gpu_check", "--dry", "--out", str(out_dir), "--kit", str(tmp_path / "no-kit"),
-                 "--scratch", str(tmp_path / "scratch"), timeout=900)
-    assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
+def test_the_check_keeps_to_the_size_rules():
+    """No module of the check over 400 lines, no function over 60."""
+    files = [REPO / "scripts" / "gpu_check.py", *sorted((REPO / "scripts" / "gpucheck").glob("*.py"))]
+    assert len(files) > 5
+    for f in files:
+        text = f.read_text()
+        assert len(text.splitlines()) <= 400, f
+        long = [(node.name, node.end_lineno - node.lineno + 1) for node in ast.walk(ast.parse(text))
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60]
+        assert long == [], f
+
+
+def test_the_gpu_steps_and_the_lean_dry_ones(tmp_path):
+    gpu = gpu_check.parse(["--out", str(tmp_path / "out"), "--scratch", str(tmp_path / "s")])
+    assert [m[0] for m in gpu.models] == ["llama32-1b", "llama31-8b", "llama31-70b-4l"] and gpu.answers is None
+    assert sorted(gpu.combos) == sorted([(m, p, "logprob") for m in ("llama31-8b", "llama31-70b-4l")
+                                         for p in ("bf16", "int8", "nf4")]
+                                        + [(m, "bf16", "generate") for m in ("llama31-8b", "llama31-70b-4l")])
+    assert gpu_check.planned(gpu) == gpu.combos and gpu.budget == 450 and not gpu.dry
+    dry = gpu_check.parse(["--dry", "--out", str(tmp_path / "out"), "--scratch", str(tmp_path / "s")])
+    assert [m[0] for m in dry.models] == ["llama32-1b", "llama31-8b"]
+    assert {c[0] for c in dry.combos} == {"llama31-8b"}  # one tiny judge model: the 70B presets run the same code
+    assert sorted(dry.combos) == [("llama31-8b", "bf16", "logprob"), ("llama31-8b", "fp32", "generate"),
+                                  ("llama31-8b", "int8", "logprob"), ("llama31-8b", "nf4", "logprob")]
+    assert gpu_check.planned(dry) == [("llama31-8b", "nf4", "logprob")]
+    assert dry.answers == 40 > 32  # more than one batch of the 8B preset (conf/judge/llama8b.yaml: batch_size 32)
+    assert "batch_size: 32" in (REPO / "conf" / "judge" / "llama8b.yaml").read_text()
+
+
+def check_dry_results(out_dir: Path) -> None:
+    """What the dry check (`make gpu-check DRY=1`, run by tests/test_readme.py::test_make_gpu_check_dry) must have
+    written: every step passed, with the figures each step promises."""
     r = json.loads((out_dir / "gpu-check.json").read_text())
     assert r["schema"] == "gpu-check/1" and r["mode"] == "dry"
     assert r["passed"] == DRY_STEPS and r["failed"] == [] and r["skipped"] == [] and r["all_passed"] is True
@@ -244,18 +272,19 @@ def test_dry_check_runs_every_step_on_the_cpu(tmp_path, model_dir):
     for key in ("torch", "transformers", "bitsandbytes", "hydra-core", "datasets"):
         assert r["versions"][key]["version"]
     assert {s: b["usable"] for s, b in r["doctor"]["bitsandbytes"].items()} == {"int8": True, "nf4": True}
-    assert set(r["models"]) == {"llama32-1b", "llama31-8b", "llama31-70b-4l"}
+    assert set(r["models"]) == {"llama32-1b", "llama31-8b"}
     assert all(m["hidden_size"] == 64 and m["vocab_size"] > m["tokenizer"]["own_ids"] for m in r["models"].values())
-    assert r["run"]["answers"] == 252 and r["run"]["longest_prompt"] > r["run"]["median_prompt"] > 0
+    assert r["run"]["answers"] > 0 and r["run"]["longest_prompt"] > r["run"]["median_prompt"] > 0  # the kit's run, or 40
     judges = {j["judge"]: j for j in r["judges"]}
     assert sorted(judges) == sorted(s.removeprefix("judge:") for s in DRY_STEPS if s.startswith("judge:"))
     for j in judges.values():
-        assert j["ok"] and j["answers"] == 252 and j["answers_per_s"] > 0 and j["load_s"] is not None
+        assert j["ok"] and j["answers"] == r["run"]["answers"] and j["answers_per_s"] > 0 and j["load_s"] is not None
         [d] = j["devices"]
         assert d["device"] == "cpu" and d["total_bytes"] > d["planned_without_margin"] >= d["weight_bytes"] > 0
         expected = r["run"]["longest_prompt"] + (r["settings"]["reply_tokens"] if j["mode"] == "generate" else 0)
         assert j["seq_len"] == expected  # planned for the real prompts' length
-    assert all(judges[n]["devices"][0]["plan_stage_matches"] for n in judges if n.startswith("8b-") and "logprob" in n)
+    assert judges["8b-nf4-logprob"]["devices"][0]["plan_stage_matches"] is True  # stage=plan planned as the judge did
+    assert all("plan_stage_matches" not in j["devices"][0] for n, j in judges.items() if n != "8b-nf4-logprob")
     assert r["plan_held"] is None  # nothing is measured on the CPU
     methods = r["generate"]["methods"]
     assert set(methods) == {"stage=generate (greedy_batch)", "one prompt at a time (model.generate)",
@@ -275,4 +304,3 @@ def test_dry_check_runs_every_step_on_the_cpu(tmp_path, model_dir):
     for name in methods:
         assert f"| {name} | " in table
     assert (out_dir / "gpu-check.log").stat().st_size > 0
-    assert not (tmp_path / "scratch").exists()  # a dry check leaves no models behind
