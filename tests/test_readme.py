@@ -86,6 +86,9 @@ SUBSTITUTIONS: dict[str, list[str]] = {
     "8000": ["0"],
     # The page benchmark's size: 300 answers, not 100,000.
     "N": ["300"],
+    # The GPU kit and the dry check write into the test's folder, not the checkout's gpu-kit/ and /tmp.
+    "gpu-kit": ["gpu-kit", "GPU_KIT_ARGS=--kit {kit} --no-run"],
+    "OUT=/tmp/gpu-check-dry": ["OUT={out}"],
 }
 
 # Commands that run exactly as written (a cwd or environment of the test's choosing, nothing added).
@@ -165,6 +168,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "python -m pipeline stage=report 'report.runs=[a,b]'": ("over nq-8b and vllm-nq", "test_report_several_runs"),
     "python -m pipeline stage=report 'report.runs=[all]'": ("over every run of the test", "test_report_all_runs"),
     "python -m pipeline.bench page --n N": ("--n 300", "test_page_benchmark"),
+    "make gpu-kit": ("into the test's folder, without making the stored run (the kit's wheels, trim, size, call)",
+                     "test_make_gpu_kit"),
+    "make gpu-check DRY=1 OUT=/tmp/gpu-check-dry": ("into the test's folder", "test_make_gpu_check_dry"),
     "python -m http.server 8000 --directory runs": ("on a free port from the test's folder; report.html fetched",
                                                     "test_serve_the_runs_folder"),
     # Accuracy you can defend
@@ -779,6 +785,29 @@ def test_hydra_multirun_sweeps(sweeps):
              for j in ("smollm2-135m-bf16", "smollm2-135m-int8")}
     assert len(slurm) == 2  # one job per judge
     assert not (runs / "sweep-smollm2-135m/judge").exists()
+
+
+@pytest.mark.slow
+def test_make_gpu_kit(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS")}
+    kit = tmp_path / "gpu-kit"
+    out = sh(readme_command("make gpu-kit", kit=kit), cwd=REPO, env=env, timeout=900)
+    assert f'"carry": ["{kit}"]' in out.stdout and "python3 scripts/gpu_check.py" in out.stdout  # the device call
+    assert "--out $OUT" in out.stdout
+    assert re.search(r"\d+(\.\d+)? MiB", out.stdout)
+    wheels = {p.name.split("-")[0].lower() for p in (kit / "wheels").glob("*.whl")}
+    assert {"bitsandbytes", "hydra_core", "omegaconf", "datasets", "transformers"} <= wheels, wheels
+    assert (kit / "tokenizer/tokenizer.json").is_file()
+
+
+@pytest.mark.slow
+def test_make_gpu_check_dry(tmp_path, model_dir):
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS")}
+    out_dir = tmp_path / "out"
+    sh(readme_command("make gpu-check DRY=1 OUT=/tmp/gpu-check-dry", out=out_dir), cwd=REPO, env=env, timeout=900)
+    from test_gpu_check import check_dry_results
+
+    check_dry_results(out_dir)
 
 
 def test_page_benchmark(tmp_path):
