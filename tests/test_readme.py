@@ -379,7 +379,9 @@ def test_make_demo():
         assert f"Results: runs/{run_id}/judge/smollm2-135m/" in out.stdout
         for name in ("samples.csv", "summary.csv", "metrics.csv", "report.html", "accuracy.png", "nll.png"):
             assert (folder / name).is_file(), name
-        assert out.stdout.strip().splitlines()[-1] == f"Open in a browser: {folder / 'report.html'}"
+        lines = out.stdout.splitlines()
+        last = lines.index(f"Open in a browser: {folder / 'report.html'}")
+        assert all(line.startswith("make") for line in lines[last + 1:])  # its last line (a sub-make's follow)
         assert len(pd.read_csv(folder / "samples.csv")) == 252  # the whole embedded data set
         assert "accuracy (95% CI)" in out.stdout and "exact_match" in out.stdout and "kappa" in out.stdout
         # the README's figures for the demo: "exact match credits 1.6% of the answers, while 51% contain a reference"
