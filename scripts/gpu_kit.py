@@ -26,7 +26,6 @@ and the command); it refuses, with status 2 and one line, a kit over 60 MiB or a
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -37,6 +36,8 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+
+from pipeline.files import sha256_file as sha256  # make gpu-kit runs in the project's venv
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
@@ -165,14 +166,6 @@ def trim_bitsandbytes(wheel: Path, dest_dir: Path, cuda: str = CUDA_LIBRARY) -> 
     os.replace(tmp, out)
     return {"wheel": out.name, "kept": Path(keep).name, "dropped": sorted(Path(n).name for n in drop),
             "bytes_before": wheel.stat().st_size, "bytes_after": out.stat().st_size}
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def folder_bytes(path: Path) -> int:
