@@ -4,7 +4,7 @@
 # make bench  speed benchmarks (the generate stage's decoding vs one prompt at a time)
 # make gpu-kit    build gpu-kit/ (git-ignored): what the GPU check needs that the GPU machine lacks; prints the device call
 # make gpu-check  the GPU proof check, ON the GPU machine (its own python3): results in $(OUT) (gpu-check.json, .md)
-#                 make gpu-check DRY=1 OUT=/tmp/gpu-check-dry   every kind of step on this CPU, tiny shapes (~1.5 min on 2 cores)
+#                 make gpu-check DRY=1 OUT=/tmp/gpu-check-dry   every kind of step on this CPU, tiny shapes (~65 s on 2 cores)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
