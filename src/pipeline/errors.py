@@ -39,13 +39,18 @@ def os_error_message(e: OSError, needed_bytes: int | None = None) -> str:
         while probe and not os.path.isdir(probe):
             probe = os.path.dirname(probe)
         try:
-            free = f"; {shutil.disk_usage(probe).free / 2**20:.1f} MiB are free there"
+            free = f"; {size_text(shutil.disk_usage(probe).free)} are free there"
         except OSError:
             pass
-        need = f", needing {needed_bytes / 2**20:.2f} MiB more" if needed_bytes else ""
+        need = f", needing {size_text(needed_bytes)} more" if needed_bytes else ""
         return (f"{path}: the disk is full ({what}{need}{free}). Nothing half-written was kept; free some space "
                 "(or point runs_dir / cache_dir elsewhere) and run the same command again: it resumes.")
     if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return (f"{path}: cannot write here ({what}). Use a folder you can write to (runs_dir=..., cache_dir=...), "
                 "or fix its permissions.")
     return f"{path}: {what}. Check the path (runs_dir, dataset.path, predictions, a model folder) and run again."
+
+
+def size_text(n: int) -> str:
+    """'0.4 KiB', '12.0 KiB', '3.25 MiB': small sizes stay readable."""
+    return f"{n / 2**10:.1f} KiB" if n < 2**20 else f"{n / 2**20:.2f} MiB"

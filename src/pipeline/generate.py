@@ -29,7 +29,7 @@ from .placement import Plan, single_device, verify_loaded
 from .rows import GenerationRow
 from .verdict import defuse_special, special_texts
 from .runner import Attempt, StageJob
-from .runs import StageDir, create_run, new_run_id
+from .runs import StageDir, make_run, new_run_id
 
 log = logging.getLogger(__name__)
 
@@ -182,11 +182,11 @@ def run(cfg: Config) -> Path:
     shard = shards.this_shard(cfg.shard, overwrite=cfg.overwrite)
     gen = Generator.prepare(cfg)
     items, data_info = load_items(cfg.dataset)
-    run_dir = create_run(Path(cfg.runs_dir), cfg.run_id or new_run_id(g.name, cfg.dataset.name))
+    run_dir, new_run = make_run(Path(cfg.runs_dir), cfg.run_id or new_run_id(g.name, cfg.dataset.name))
     fingerprint = {"generator": {k: getattr(g, k) for k in FINGERPRINT_KEYS},
                    "dataset": {"name": cfg.dataset.name, "content_sha256": data_info["content_sha256"]}}
     job = StageJob(cfg, run_dir, StageDir(run_dir / "generate", "generations.jsonl"), shard, fingerprint,
-                   [it.id for it in items], also_replace=(run_dir / "judge",))
+                   [it.id for it in items], also_replace=(run_dir / "judge",), new_run=new_run, points_latest=True)
     if job.finished():
         return job.root.path if job.sharded else job.stage.path
     with job.attempt() as attempt:

@@ -259,6 +259,6 @@ def run(cfg: Config) -> Path:
         elif job.sharded:
             log.info("run %s: shard %s of judge %s done; stage=report merges the shards and writes the CSVs",
                      job.run_dir.name, job.shard.name, cfg.judge.name)
-        else:
-            write_results(cfg, job.run_dir)
+    if not replica and not job.sharded:  # after the attempt: a report that fails never touches the finished stage
+        write_results(cfg, job.run_dir)
     return job.stage.path

@@ -42,13 +42,9 @@ class StageLock:
         if key in self._held:
             self._held[key][1] += 1
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = self._read(fd)
-            os.close(fd)
+        fd = self._open_locked()
+        if fd is None:
+            holder = self._read_path()
             who = ", ".join(f"{k} {v}" for k, v in holder.items() if v and k != "command") or "unknown"
             raise PipelineError(
                 f"{self.what} is in use by another process ({who}; command: {holder.get('command', '?')}). Two "
@@ -68,17 +64,61 @@ class StageLock:
         self._held[key] = [fd, 1]
         return self
 
+    def _open_locked(self) -> int | None:
+        """A descriptor of the lock file holding the flock; None when another process holds it. A holder that
+        removes the file (`discard`) may do so between our open and our flock: the lock we got is then on a file
+        nobody else will open, so it is given up and taken again on the file now at the path."""
+        while True:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # its folder was removed by a discarding holder just now
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return fd
+            os.close(fd)
+
+    def _read_path(self) -> dict:
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return {}
+        try:
+            return self._read(fd)
+        finally:
+            os.close(fd)
+
+    def discard(self) -> None:
+        """Remove the lock file when the lock is released (a stage that left nothing behind leaves no lock)."""
+        self._held[str(self.path.resolve())].append("discard")
+
     def __exit__(self, *exc) -> None:
         key = str(self.path.resolve())
         entry = self._held[key]
         entry[1] -= 1
         if entry[1] == 0:
             del self._held[key]
+            if "discard" in entry:  # unlinked while still held: a process that opened it meanwhile tries again
+                self.path.unlink(missing_ok=True)
             try:  # a clean release leaves no holder behind: the next process only reports a holder that died
                 os.ftruncate(entry[0], 0)
             except OSError:
                 pass
             os.close(entry[0])  # closing the descriptor releases the flock
+            if "discard" in entry:
+                try:
+                    self.path.parent.rmdir()  # .locks/ of a run with no other lock
+                except OSError:
+                    pass
 
     @staticmethod
     def _read(fd: int) -> dict:

@@ -11,6 +11,7 @@ how the old records map onto the new fields.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, ClassVar, Iterable, Optional, TypeVar
@@ -18,6 +19,14 @@ from typing import Any, ClassVar, Iterable, Optional, TypeVar
 from .errors import PipelineError, plural, preview
 
 R = TypeVar("R", bound="Row")
+
+
+def answer_sha256(question: str, references: list[str], prediction: str) -> str:
+    """The sha256 of what a verdict or a label judged: the question, the references and the prediction, as one
+    canonical JSON text. A verdict or label stores it, and every reader compares it with the run's answer of the
+    same id, so an answer regenerated or edited since is never paired with a verdict given to another."""
+    text = json.dumps([question, list(references), prediction], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 class Row:
@@ -75,6 +84,11 @@ class GenerationRow(Row):
     sequence_nll: Optional[float]
     mean_nll: Optional[float]
     human_label: Optional[bool] = None
+
+    @property
+    def answer_sha256(self) -> str:
+        """The hash a verdict or label of this answer records (see `answer_sha256`)."""
+        return answer_sha256(self.question, self.references, self.prediction)
 
     @classmethod
     def answer(cls, id: str, question: str, references: list[str], prediction: str, index: int = 0,

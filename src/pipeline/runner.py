@@ -28,7 +28,7 @@ from .errors import PipelineError, preview
 from .interrupts import GracefulStop
 from .manifest import environment_manifest
 from .rows import Row
-from .runs import StageDir
+from .runs import StageDir, forget_run, point_latest
 from .shards import Shard, refuse_other_settings
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ class StageJob:
     fingerprint: dict  # the settings that decide its records: a resume or rerun must match them
     all_ids: Sequence[str]  # every id of the stage, in order
     also_replace: tuple[Path, ...] = ()  # folders made from this stage's records, moved aside with it on overwrite
+    new_run: bool = False  # this process made the run folder: a first stage that writes nothing removes it again
+    points_latest: bool = False  # the stage's first record points runs/latest at the run (the run's answers)
     started: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self) -> None:
@@ -79,17 +81,35 @@ class StageJob:
     def attempt(self) -> Iterator["Attempt | None"]:
         """Hold the stage's lock, begin or resume it, log into its folder and stop gracefully on a signal; yields
         None when another process finished the stage since `finished()` was asked."""
-        with ExitStack() as stack:
-            stack.enter_context(self.stage.lock())  # exclusive for the stage's whole life
-            done = self.stage.begin(self.fingerprint, self.cfg.overwrite, OmegaConf.to_yaml(self.cfg, resolve=True),
-                                    self.run_dir, also_replace=self.also_replace)
-            if done is None:
-                yield None
-                return
-            stack.push(self.stage.undo_if_empty)  # a failure before the first record leaves nothing in the way
-            stack.enter_context(self.stage.log_to_file())
-            stopper = stack.enter_context(GracefulStop())
-            yield Attempt(self, done, stopper)
+        forgotten = False
+
+        def forget_if_empty(exc_type, exc, tb) -> None:
+            """A failure before the first record (a model that does not load) leaves nothing behind."""
+            nonlocal forgotten
+            if exc_type is not None and self.stage.forget_unstarted(self.run_dir):
+                lock.discard()
+                forgotten = True
+
+        try:
+            with ExitStack() as stack:
+                lock = stack.enter_context(self.stage.lock())  # exclusive for the stage's whole life
+                stack.push(forget_if_empty)
+                done = self.stage.begin(self.fingerprint, self.cfg.overwrite,
+                                        OmegaConf.to_yaml(self.cfg, resolve=True), self.run_dir,
+                                        also_replace=self.also_replace)
+                if done is None:
+                    yield None
+                    return
+                stack.enter_context(self.stage.log_to_file())
+                stopper = stack.enter_context(GracefulStop())
+                yield Attempt(self, done, stopper)
+        finally:
+            if forgotten and self.new_run:  # after the lock is released and its file removed
+                forget_run(self.run_dir)
+
+    def point_latest(self) -> None:
+        if self.points_latest:
+            point_latest(self.run_dir.parent, self.run_dir.name)
 
 
 @dataclass
@@ -127,6 +147,8 @@ class Attempt:
                 self.stopper.check(self.written, self.total)
                 rows = rows_of(batch)
                 out.append([row.to_json() for row in rows])
+                if self.written == len(self.done):  # the run's first answers of this attempt are on disk
+                    self.job.point_latest()
                 self.written += len(rows)
                 bar.update(len(rows))
         self.seconds = time.perf_counter() - t0
@@ -146,6 +168,7 @@ class Attempt:
             "config": OmegaConf.to_container(job.cfg, resolve=True),
             **environment_manifest(),
         })
+        job.point_latest()
 
     def rate(self, count: float) -> float | None:
         """`count` per second of writing (None when nothing was written)."""

@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -36,10 +37,12 @@ from .config import NAME_LIMIT, check_name
 from .errors import PipelineError, plural, preview
 from .locks import StageLock
 from .rows import check_versions
-from .files import (JsonlAppender, fsync_dir, parse_jsonl, read_json, repair_jsonl_tail, sha256_file, write_atomic,
-                    write_json)
+from .files import (JsonlAppender, fsync_dir, parse_jsonl, read_checked_jsonl, read_json, repair_jsonl_tail,
+                    sha256_file, write_atomic, write_json, write_sums)
 
 log = logging.getLogger(__name__)
+
+SUMS_VERSION = 1  # stage.json's "checksums": the partial records file has a checksums file beside it
 
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,%d}" % (NAME_LIMIT - 1))
 LATEST = "latest"
@@ -101,14 +104,37 @@ def find_run(runs_dir: Path, run_id: str | None) -> Path:
 
 def create_run(runs_dir: Path, run_id: str) -> Path:
     """Make (or reuse) the directory of run `run_id` and point runs/latest at it."""
-    runs_dir = Path(runs_dir)
-    path = runs_dir / check_run_id(run_id)
-    path.mkdir(parents=True, exist_ok=True)
-    if not (path / "run.json").exists():
-        write_json(path / "run.json", {"run_id": run_id, "created": time.time(),
-                                       "created_iso": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    point_latest(runs_dir, run_id)
+    path, _ = make_run(runs_dir, run_id)
+    point_latest(Path(runs_dir), run_id)
     return path
+
+
+def make_run(runs_dir: Path, run_id: str) -> tuple[Path, bool]:
+    """Make (or reuse) the directory of run `run_id`; whether this call made it. runs/latest is left alone: a stage
+    points it at the run once its first record is written (`point_latest`), so that a run whose first stage failed
+    (a model that did not load) never becomes the run that the next command picks."""
+    path = Path(runs_dir) / check_run_id(run_id)
+    new = not (path / "run.json").exists()
+    path.mkdir(parents=True, exist_ok=True)
+    if new:
+        try:
+            write_json(path / "run.json", {"run_id": run_id, "created": time.time(),
+                                           "created_iso": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        except BaseException:
+            forget_run(path)
+            raise
+    return path, new
+
+
+def forget_run(run_dir: Path) -> None:
+    """Remove a run this process made whose first stage failed before its first record: its run.json, and its
+    folder and .locks/ when nothing else is in them (another process's files are never touched)."""
+    (run_dir / "run.json").unlink(missing_ok=True)
+    for folder in (run_dir / ".locks", run_dir):
+        with contextlib.suppress(OSError):  # not empty: someone else's work is there, and stays
+            folder.rmdir()
+    if not run_dir.exists():
+        log.info("run %s: removed again, as its first stage wrote nothing", run_dir.name)
 
 
 def point_latest(runs_dir: Path, run_id: str) -> None:
@@ -171,6 +197,28 @@ def check_records(records: list[dict], where: Path, records_name: str) -> None:
             "redo the stage with overwrite=true."
         )
 
+class StageLogHandler(logging.FileHandler):
+    """A stage's log.txt. When it cannot be written (a full disk), it says so once, in one line on the terminal,
+    and stops trying: the stage itself then fails at its next durable write, naming that file, or finishes."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, encoding="utf-8", delay=True)
+        self.failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if self.failed:
+            return
+        self.failed = True
+        error = sys.exc_info()[1]
+        what = os.strerror(error.errno) if isinstance(error, OSError) and error.errno else str(error)
+        log.warning("%s: cannot be written (%s); this stage's log goes to the terminal only from here", self.baseFilename,
+                    what)
+
+
 @dataclass
 class StageDir:
     """One stage's output folder: a records file that grows batch by batch, and a manifest written last."""
@@ -189,6 +237,12 @@ class StageDir:
     @property
     def manifest_path(self) -> Path:
         return self.path / "manifest.json"
+
+    @property
+    def sums_path(self) -> Path:
+        """The checksum of every record of the partial file, appended after each batch (see files.read_checked_jsonl);
+        removed once the stage is finished, when the manifest's sha256 covers the whole file."""
+        return self.path / f"{self.records_name}.sums"
 
     def is_complete(self) -> bool:
         if not self.manifest_path.is_file():
@@ -250,30 +304,63 @@ class StageDir:
                     "to start it again (the partial outputs are moved aside)."
                 )
             if self.records_path.exists() and not self.partial_path.exists():
-                # killed between publishing the records and writing the manifest: take the records back
+                # stopped between publishing the records and writing the manifest (killed, a full disk): take the
+                # records back, so that this attempt publishes them again without redoing any
                 os.replace(self.records_path, self.partial_path)
-            done = repair_jsonl_tail(self.partial_path)
-            check_records(done, self.partial_path, self.records_name)
+            done = self.resume_records(started)
         else:
             self.path.mkdir(parents=True, exist_ok=True)
-            if self.partial_path.exists():  # left by a crash before stage.json was written: nothing to trust
-                self.partial_path.unlink()
-            write_json(stage_file, {"fingerprint": fingerprint, "started": time.time(), "pid": os.getpid()})
+            for left in (self.partial_path, self.sums_path):  # left by a crash before stage.json: nothing to trust
+                left.unlink(missing_ok=True)
             self.started_here = True
+            write_json(stage_file, {"fingerprint": fingerprint, "started": time.time(), "pid": os.getpid(),
+                                    "checksums": SUMS_VERSION})
         write_atomic(self.path / "config.yaml", config_yaml)
         return done
 
     started_here = False  # set by begin when this attempt wrote stage.json
 
-    def undo_if_empty(self, exc_type, exc, tb) -> None:
-        """On failure (an ExitStack exit callback): an attempt that started the stage but wrote no record takes its
-        stage.json back, so that running again with corrected settings is not refused as a changed stage."""
-        if exc_type is None or not self.started_here:
-            return
-        if not self.partial_path.exists() or self.partial_path.stat().st_size == 0:
-            self.partial_path.unlink(missing_ok=True)
-            (self.path / "stage.json").unlink(missing_ok=True)
-            (self.path / "config.yaml").unlink(missing_ok=True)
+    def resume_records(self, started: dict) -> list[dict]:
+        """What an interrupted attempt wrote, each record verified against the checksum written with it; a stage
+        begun by a version that kept no checksums is read as it was, and its records get checksums from now on."""
+        if started.get("checksums") == SUMS_VERSION:
+            if self.partial_path.exists() and self.partial_path.stat().st_size and not self.sums_path.exists():
+                raise PipelineError(
+                    f"{self.partial_path}: the checksums of its records ({self.sums_path.name}) are missing, so they "
+                    "cannot be verified (a file restored or copied by hand?). Restore both files, or pass "
+                    "overwrite=true to redo the stage (the old files are moved to replaced/).")
+            done = read_checked_jsonl(self.partial_path, self.sums_path)
+        else:
+            done = repair_jsonl_tail(self.partial_path)
+            if done:
+                log.warning("%s: begun by an older version that kept no checksums, so its %d records are taken as "
+                            "they are", self.partial_path, len(done))
+            write_sums(self.sums_path, [line for line in self.partial_path.read_bytes().split(b"\n") if line]
+                       if self.partial_path.exists() else [])
+            write_json(self.path / "stage.json", {**started, "checksums": SUMS_VERSION})
+        check_records(done, self.partial_path, self.records_name)
+        return done
+
+    def holds_records(self) -> bool:
+        """Whether any record of this stage is on disk (written, or published without a manifest yet)."""
+        return self.records_path.exists() or (self.partial_path.exists() and self.partial_path.stat().st_size > 0)
+
+    def forget_unstarted(self, run_dir: Path) -> bool:
+        """After a failed attempt that began the stage and wrote no record: remove what it made (stage.json,
+        config.yaml, log.txt, plan.json), and the stage's folders when empty, so that nothing is left in the way of
+        the corrected command. False (nothing removed) when the stage holds records or was begun earlier."""
+        if not self.started_here or self.holds_records():
+            return False
+        for name in ("stage.json", "config.yaml", "log.txt", "plan.json", self.partial_path.name, self.sums_path.name):
+            (self.path / name).unlink(missing_ok=True)
+        folder = self.path
+        while folder != run_dir and folder.is_relative_to(run_dir):
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: other stages (or shards) are there
+                break
+            folder = folder.parent
+        return True
 
     def move_aside_unlocked(self, run_dir: Path, also_replace: tuple[Path, ...]) -> None:
         """Move this stage and `also_replace` aside, refusing while another process works in any stage among them."""
@@ -284,12 +371,12 @@ class StageDir:
             move_aside(run_dir, [self.path, *also_replace])
 
     def appender(self) -> JsonlAppender:
-        return JsonlAppender(self.partial_path)
+        return JsonlAppender(self.partial_path, self.sums_path)
 
     def finish(self, manifest: dict[str, Any]) -> None:
         """Publish the records file, then the manifest (with the settings the stage was made with); after this
-        the stage counts as finished."""
-        records = repair_jsonl_tail(self.partial_path)
+        the stage counts as finished, and the records' checksums give way to the manifest's sha256."""
+        records = read_checked_jsonl(self.partial_path, self.sums_path)
         check_records(records, self.partial_path, self.records_name)
         if "records" in manifest and manifest["records"] != len(records):
             raise PipelineError(f"{self.partial_path}: holds {len(records)} records, but this stage made "
@@ -299,6 +386,7 @@ class StageDir:
         fingerprint = read_json(self.path / "stage.json").get("fingerprint", {})
         write_json(self.manifest_path, {"status": "complete", "fingerprint": fingerprint, **manifest,
                                         "records_file": self.records_file_info(len(records))})
+        self.sums_path.unlink(missing_ok=True)
 
     def records_file_info(self, count: int) -> dict:
         """What a manifest keeps to verify its records file later: name, number of records, sha256."""
@@ -315,7 +403,7 @@ class StageDir:
     @contextmanager
     def log_to_file(self, name: str = "log.txt") -> Iterator[None]:
         """Also write the package's log records to <stage>/log.txt while the stage runs (appending on resume)."""
-        handler = logging.FileHandler(self.path / name, encoding="utf-8")
+        handler = StageLogHandler(self.path / name)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(logging.INFO)
         root = logging.getLogger("pipeline")
@@ -332,7 +420,8 @@ class StageDir:
         finally:
             root.removeHandler(handler)
             root.setLevel(level)
-            handler.close()
+            with contextlib.suppress(OSError):  # a full disk was said when it first failed
+                handler.close()
 
     def read_records(self) -> list[dict]:
         """The finished stage's records, verified against its manifest (count and sha256), with known schemas and
