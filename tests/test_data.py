@@ -1,10 +1,12 @@
 """Data sets through datasets.load_dataset: the embedded set, local files, field mapping, and bad input."""
 
 import json
+import re
 
 import pandas as pd
 import pytest
 
+from pipeline import checks
 from pipeline.data import load_items
 from pipeline.errors import PipelineError
 
@@ -93,6 +95,18 @@ def test_rows_without_question_or_answers_are_named(tmp_path):
         load_items(dataset_cfg(tmp_path, f"dataset.path={path}"))
 
 
+def test_a_question_that_is_no_text_is_named_as_such(tmp_path):
+    # it was reported as an "empty question", which sends one looking for a blank cell
+    rows = [{"id": "a", "question": {"text": "Q1?", "lang": "en"}, "answers": ["x"]}]
+    path = write_rows(tmp_path, "jsonl", rows)
+    with pytest.raises(PipelineError, match=r"row 1 \(id a\): question is dict, not text \(map a text field with "
+                                            r"dataset.fields.question=<field>, e.g. question.text\)"):
+        load_items(dataset_cfg(tmp_path, f"dataset.path={path}", "dataset.fields.id=id"))
+    items, _ = load_items(dataset_cfg(tmp_path, f"dataset.path={path}", "dataset.fields.id=id",
+                                      "dataset.fields.question=question.text"))
+    assert items[0].question == "Q1?"
+
+
 def test_missing_local_file_and_unknown_format(tmp_path):
     with pytest.raises(PipelineError, match="no such file"):
         load_items(dataset_cfg(tmp_path, f"dataset.path={tmp_path}/nope.jsonl"))
@@ -100,6 +114,88 @@ def test_missing_local_file_and_unknown_format(tmp_path):
     odd.write_text("x")
     with pytest.raises(PipelineError, match="unsupported file type"):
         load_items(dataset_cfg(tmp_path, f"dataset.path={odd}"))
+
+
+@pytest.mark.parametrize("name, text", [
+    ("bom.jsonl", '{"id": "a", "question": "Q1?", "answers": ["x"]}\n{"id": "b", "question": "Q2?", "answers": ["y"]}\n'),
+    ("bom.json", '[{"id": "a", "question": "Q1?", "answers": ["x"]}, {"id": "b", "question": "Q2?", "answers": ["y"]}]'),
+    ("bom.csv", "id,question,answers\na,Q1?,x\nb,Q2?,y\n")], ids=["jsonl", "json", "csv"])
+def test_a_utf8_bom_is_read_in_every_text_format(tmp_path, name, text):
+    # Excel and Notepad write one; a CSV with it was read while JSON Lines with it was refused as not JSON
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    items, _ = load_items(dataset_cfg(tmp_path, f"dataset.path={path}", "dataset.fields.id=id"))
+    assert [(it.id, it.question, it.references) for it in items] == [("a", "Q1?", ("x",)), ("b", "Q2?", ("y",))]
+
+
+DELIMITED = [{"id": "q1", "question": "Who wrote Hamlet?", "gold": "William Shakespeare|Shakespeare"},
+             {"id": "q2", "question": "Largest planet?", "gold": "Jupiter"},
+             {"id": "q3", "question": "Capital of Japan?", "gold": " Tokyo |  | Tokio |"},
+             {"id": "q4", "question": "Year of the moon landing?", "gold": "1969"}]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_answers_sep_splits_one_delimited_string_into_references(tmp_path, fmt):
+    path = write_rows(tmp_path, fmt, DELIMITED)
+    args = (f"dataset.path={path}", "dataset.fields.id=id", "dataset.fields.answers=[gold]")
+    items, info = load_items(dataset_cfg(tmp_path, *args, "dataset.fields.answers_sep=|"))
+    assert [it.references for it in items] == [("William Shakespeare", "Shakespeare"), ("Jupiter",),
+                                               ("Tokyo", "Tokio"), ("1969",)]  # stripped, empty pieces dropped
+    whole, whole_info = load_items(dataset_cfg(tmp_path, *args))
+    assert whole[0].references == ("William Shakespeare|Shakespeare",)  # no separator: one reference, as before
+    assert info["content_sha256"] != whole_info["content_sha256"]  # so a run's fingerprint tells them apart
+    semi, semi_info = load_items(dataset_cfg(tmp_path, *args, "dataset.fields.answers_sep=';'"))
+    assert semi[0].references == whole[0].references and semi_info["content_sha256"] == whole_info["content_sha256"]
+
+
+def test_answers_sep_splits_strings_inside_lists_too(tmp_path):
+    rows = [{"id": "a", "question": "Q?", "answers": ["Bob ; Robert", "Rob"]}]
+    path = write_rows(tmp_path, "jsonl", rows)
+    items, _ = load_items(dataset_cfg(tmp_path, f"dataset.path={path}", "dataset.fields.id=id",
+                                      "dataset.fields.answers_sep=';'"))
+    assert items[0].references == ("Bob", "Robert", "Rob")
+
+
+@pytest.mark.parametrize("key", ["dataset.fields.answers_sep", "import_fields.answers_sep"])
+def test_an_empty_separator_is_refused_before_any_work(tmp_path, key):
+    with pytest.raises(PipelineError, match=rf"{key}='' is no separator: .*or null") as e:
+        checks.check(make_cfg(tmp_path / "runs", f"{key}=''"))
+    assert "\n" not in str(e.value)
+    checks.check(make_cfg(tmp_path / "runs", f"{key}=|"))
+
+
+def test_many_delimited_single_references_warn_naming_the_field_a_row_and_the_setting(tmp_path, caplog):
+    path = write_rows(tmp_path, "csv", DELIMITED)
+    args = (f"dataset.path={path}", "dataset.fields.id=id", "dataset.fields.answers=[gold]")
+    with caplog.at_level("WARNING", logger="pipeline"):
+        load_items(dataset_cfg(tmp_path, *args))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert re.search(r"2 of 4 rows .*field 'gold'.*row 1 \(id q1\): 'William Shakespeare\|Shakespeare'.*"
+                     r"dataset\.fields\.answers_sep=", warnings[0]), warnings[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pipeline"):  # said once it is set, and never for one odd row
+        load_items(dataset_cfg(tmp_path, *args, "dataset.fields.answers_sep=|"))
+        load_items(dataset_cfg(tmp_path, *args, "dataset.limit=2"))
+        one = write_rows(tmp_path, "jsonl", DELIMITED[:1] + [{**r, "gold": "x"} for r in DELIMITED[1:]])
+        load_items(dataset_cfg(tmp_path, f"dataset.path={one}", "dataset.fields.id=id", "dataset.fields.answers=[gold]"))
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_a_semicolon_list_warns_too(tmp_path, caplog):
+    rows = [{"id": f"q{i}", "question": f"Q{i}?", "answers": ["Bob ; Robert"] if i < 3 else ["x"]} for i in range(20)]
+    path = write_rows(tmp_path, "jsonl", rows)
+    with caplog.at_level("WARNING", logger="pipeline"):
+        load_items(dataset_cfg(tmp_path, f"dataset.path={path}", "dataset.fields.id=id"))
+    assert "3 of 20 rows" in caplog.text and "'answers'" in caplog.text and "answers_sep=';'" in caplog.text
+
+
+def test_a_local_file_of_another_type_is_not_taken_for_a_hub_name(tmp_path, monkeypatch):
+    (tmp_path / "qa.tsv").write_text("id\tquestion\tanswers\n1\tQ?\ta\n")
+    monkeypatch.chdir(tmp_path)  # a bare relative name, as typed: once sent to the Hub as a data set name
+    with pytest.raises(PipelineError, match=r"dataset.path='qa.tsv': unsupported file type '.tsv'; use one of "
+                                            r"\.json, .*save a TSV or a spreadsheet as CSV"):
+        load_items(dataset_cfg(tmp_path, "dataset.path=qa.tsv"))
 
 
 @pytest.mark.parametrize("preset", ["nq_open", "trivia_qa", "sciq", "web_questions"])

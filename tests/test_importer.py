@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 
 from pipeline import importer, report
+from pipeline.config import ReportConfig
 from pipeline.errors import PipelineError
+from pipeline.files import write_sums
 from pipeline.rows import GenerationRow
 from pipeline.stats import auroc
 
@@ -26,6 +28,17 @@ def test_predictions_without_a_prediction_column_name_what_is_there(tmp_path):
         importer.run(make_cfg(tmp_path, f"predictions={path}"))
     with pytest.raises(PipelineError, match="stage=import needs the file"):
         importer.run(make_cfg(tmp_path))
+
+
+def test_a_predictions_folder_or_file_of_another_type_is_named_as_such(tmp_path, monkeypatch):
+    (tmp_path / "answers").mkdir()
+    (tmp_path / "answers.tsv").write_text("id\tquestion\treferences\tprediction\n1\tQ?\ta\ta\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PipelineError, match=r"predictions='answers': is a folder, not a file; .*predictions=answers/"):
+        importer.run(make_cfg(tmp_path / "runs", "predictions=answers"))
+    with pytest.raises(PipelineError, match=r"^predictions='answers.tsv': unsupported file type '.tsv'; use one of"):
+        importer.run(make_cfg(tmp_path / "runs", "predictions=answers.tsv"))  # was sent to the Hub as a data set
+    assert not (tmp_path / "runs").exists()
 
 
 def test_human_labels_in_an_unknown_form_list_the_accepted_ones(tmp_path):
@@ -62,17 +75,67 @@ def test_import_judge_report_with_human_labels(clear_cut_run):
     assert list(samples["exact_match"]) == [1, 0, 1, 0, 1, 0] and samples["judge_p_correct"].notna().all()
     s = pd.read_csv(clear_cut_run / "judge/smollm2-135m/summary.csv").iloc[0]
     assert s["acc_human"] == 0.5 and s["n_human"] == 6
-    assert s["agree_exact_match_human"] == 1.0 and s["kappa_exact_match_human"] == pytest.approx(1.0)
     assert s["human_fp_exact_match"] == 0 and s["human_fn_exact_match"] == 0
     judged = samples["judge_verdict"] == "correct"
     assert s["human_fp_judge"] == int((judged & (samples["human_label"] == 0)).sum())
     assert s["human_fn_judge"] == int((~judged & (samples["human_label"] == 1)).sum())
+    # 6 labels are fewer than report.min_labels: no kappa or AUROC against them, and the summary says why
+    assert math.isnan(s["kappa_exact_match_human"]) and math.isnan(s["auroc_p_correct_human"])
+    assert s["labels_note"] == "too few labels (6): fewer than report.min_labels=30"
+    s = report.summarize(samples, "clear", "smollm2-135m", ReportConfig(min_labels=2)).iloc[0]  # with a lower bar
+    assert s["agree_exact_match_human"] == 1.0 and s["kappa_exact_match_human"] == pytest.approx(1.0)
     assert s["auroc_p_correct_human"] == pytest.approx(auroc(samples["judge_p_correct"], samples["human_label"] == 1))
     assert math.isnan(s["auroc_sequence_nll_judge"])  # imported answers carry no NLL: said, not invented
     for png in ("accuracy.png", "reliability.png"):
         assert (clear_cut_run / "judge/smollm2-135m" / png).stat().st_size > 1000
     manifest = json.loads((clear_cut_run / "generate/manifest.json").read_text())
     assert manifest["human_labels"] == 6 and len(manifest["imported_from"]["sha256"]) == 64
+
+
+EXACT = [("a", " =1+1"), ("b", "  Paris, France "), ("c", "   "), ("d", "tab\tand\nnewline\n")]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_imported_predictions_keep_their_exact_text(tmp_path, fmt):
+    # " =1+1" was stored as "=1+1": another answer, and one a spreadsheet would run as a formula
+    rows = [{"id": i, "question": "Q?", "references": "x", "prediction": p} for i, p in EXACT]
+    path = tmp_path / f"p.{fmt}"
+    if fmt == "csv":
+        pd.DataFrame(rows).to_csv(path, index=False)
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    importer.run(make_cfg(tmp_path / "runs", f"predictions={path}", "run_id=exact"))
+    records = read_jsonl(tmp_path / "runs/exact/generate/generations.jsonl")
+    assert [r["prediction"] for r in records] == [" =1+1", "  Paris, France ", "", "tab\tand\nnewline\n"]
+
+
+def test_a_predictions_file_with_a_utf8_bom_is_imported(tmp_path):
+    path = tmp_path / "p.jsonl"
+    rows = [{"id": "a", "question": "Q?", "references": ["x"], "prediction": "x"},
+            {"id": "b", "question": "Q2?", "references": ["y"], "prediction": "z"}]
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in rows).encode())
+    importer.run(make_cfg(tmp_path / "runs", f"predictions={path}", "run_id=bom"))
+    assert [(r["id"], r["prediction"]) for r in read_jsonl(tmp_path / "runs/bom/generate/generations.jsonl")] == \
+        [("a", "x"), ("b", "z")]
+
+
+def test_import_answers_sep_splits_references_and_is_part_of_the_settings(tmp_path, caplog):
+    # the label sheet's own form: references joined by " | "
+    path = tmp_path / "sheet.csv"
+    path.write_text("id,question,references,prediction\nq1,Who wrote Hamlet?,William Shakespeare | Shakespeare,"
+                    "Shakespeare\nq2,Largest planet?,Jupiter | Jove,Saturn\nq3,Capital of Japan?,Tokyo,Tokyo\n")
+    runs = tmp_path / "runs"
+    with caplog.at_level("WARNING", logger="pipeline"):
+        importer.run(make_cfg(runs, f"predictions={path}", "run_id=whole"))
+    assert re.search(r"2 of 3 rows .*field 'references'.*row 1 \(id q1\): 'William Shakespeare \| Shakespeare'.*"
+                     r"import_fields\.answers_sep='\|'", caplog.text), caplog.text
+    importer.run(make_cfg(runs, f"predictions={path}", "run_id=split", "import_fields.answers_sep=|"))
+    records = read_jsonl(runs / "split/generate/generations.jsonl")
+    assert [r["references"] for r in records] == [["William Shakespeare", "Shakespeare"], ["Jupiter", "Jove"],
+                                                  ["Tokyo"]]
+    importer.run(make_cfg(runs, f"predictions={path}", "run_id=whole"))  # the same settings again: nothing to do
+    with pytest.raises(PipelineError, match=r"run whole already holds answers imported from .*overwrite=true"):
+        importer.run(make_cfg(runs, f"predictions={path}", "run_id=whole", "import_fields.answers_sep=|"))
 
 
 # --------------------------------------------------------------------------------- external verdicts (no model)
@@ -168,6 +231,7 @@ def test_the_same_import_again_changes_nothing_and_an_interrupted_one_resumes(tm
     stage = run_dir / "judge/gpt4"  # stopped after 5 verdicts: the records not yet published, no manifest
     lines = (stage / "verdicts.jsonl").read_text().splitlines(keepends=True)
     (stage / "verdicts.jsonl.partial").write_text("".join(lines[:5]))
+    write_sums(stage / "verdicts.jsonl.sums", [line.rstrip("\n").encode() for line in lines[:5]])  # as written
     for name in ("verdicts.jsonl", "manifest.json", "samples.csv", "summary.csv"):
         (stage / name).unlink()
     import_graded(tmp_path)

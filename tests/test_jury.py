@@ -194,6 +194,27 @@ def test_a_jury_may_sit_on_a_jury_and_coverage_is_checked(tmp_path):
     assert not (tmp_path / "short/judge/jury-a_b").exists()
 
 
+@pytest.mark.parametrize("judges, says", [
+    ("[ab,a]", r"jury.judges: 'ab' is a jury whose members include 'a', and jury.judges=\['ab', 'a'\] lists 'a' too"),
+    ("[top,b]", r"jury.judges: 'top' is a jury whose members include 'b' \(through 'ab'\), and .* lists 'b' too"),
+    ("[top,ab]", r"jury.judges: 'top' is a jury whose members include 'ab', and .* lists 'ab' too"),
+    ("[ab,ac]", r"jury.judges: 'ab' and 'ac' are juries that both count 'a'"),
+], ids=["direct", "through a jury", "a jury and its member jury", "two juries sharing a member"])
+def test_a_jury_that_holds_another_member_is_refused(tmp_path, judges, says):
+    # each judge must vote once: a member that also sits on a member jury would vote twice
+    run_dir = panel_run(tmp_path)
+    jury.run(cfg(tmp_path, "jury.judges=[a,b]", "jury.name=ab"))
+    jury.run(cfg(tmp_path, "jury.judges=[a,c]", "jury.name=ac"))
+    jury.run(cfg(tmp_path, "jury.judges=[ab,c]", "jury.name=top"))
+    with pytest.raises(PipelineError, match=says) as e:
+        jury.run(cfg(tmp_path, f"jury.judges={judges}", "jury.name=new"))
+    assert "\n" not in str(e.value) and "leave" in str(e.value)
+    assert not (run_dir / "judge/new").exists()
+    with pytest.raises(PipelineError, match=r"jury.name='ab' already votes inside member 'top'"):
+        jury.run(cfg(tmp_path, "jury.judges=[top,a]", "jury.name=ab", "overwrite=true"))  # would vote on itself
+    assert [r["reply"] for r in records(run_dir, "ab")][0].startswith("a=correct")
+
+
 def test_unfinished_member_and_duplicates_are_refused(tmp_path):
     run_dir = panel_run(tmp_path)
     (run_dir / "judge/d").mkdir()

@@ -5,7 +5,8 @@
   - a local file       .json / .jsonl / .csv / .parquet;
   - a Hub name         with dataset.config and dataset.split (needs the Hugging Face Hub or its local cache).
 All three go through `datasets.load_dataset`, the path hub data sets take too. `dataset.fields` says where the
-question, the answers and the id live; dotted paths reach into nested fields ("answer.aliases").
+question, the answers and the id live; dotted paths reach into nested fields ("answer.aliases");
+`dataset.fields.answers_sep` splits references written as one string ("William Shakespeare|Shakespeare").
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ from .errors import PipelineError, plural, preview
 log = logging.getLogger(__name__)
 
 LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+BOM = "\ufeff"  # the UTF-8 byte order mark some editors (Excel, Notepad) put first; not part of the data
+# Several answers written as one string look like this; warn when at least DELIMITED_SHARE of the rows (and at
+# least 2) hold one such reference in a field and no separator is set.
+DELIMITERS = ("|", " ; ")
+DELIMITED_SHARE = 0.10
 
 
 @dataclass(frozen=True)
@@ -37,35 +43,37 @@ class QAItem:
         return {"id": self.id, "question": self.question, "references": list(self.references)}
 
 
-def locate_data(path: str) -> tuple[str, Path | None]:
-    """('local', file) or ('hub', None) for a dataset.path value."""
+def locate_data(path: str, key: str = "dataset.path") -> tuple[str, Path | None]:
+    """('local', file), ('folder', folder) or ('hub', None) for a dataset.path value (`key`: the setting, for
+    messages). A file that is here is local whatever its name, never a Hub name."""
     if path.startswith("package:"):
         name = path.removeprefix("package:")
         file = Path(str(resources.files("pipeline") / "data" / name))
         if not file.is_file():
             shipped = sorted(p.name for p in (resources.files("pipeline") / "data").iterdir())
-            raise PipelineError(f"dataset.path={path!r}: no file {name!r} is shipped in the package "
+            raise PipelineError(f"{key}={path!r}: no file {name!r} is shipped in the package "
                                 f"(shipped: {', '.join(shipped)}).")
         return "local", file
     p = Path(path).expanduser()
     if p.is_dir():  # a folder of data files here, not a Hub name
         return "folder", p
-    if p.suffix.lower() in LOCAL_BUILDERS or path.startswith((".", "/", "~")):
+    if p.suffix.lower() in LOCAL_BUILDERS or path.startswith((".", "/", "~")) or p.is_file():
         if not p.is_file():
-            raise PipelineError(f"dataset.path={path!r}: no such file ({p.resolve()}).")
+            raise PipelineError(f"{key}={path!r}: no such file ({p.resolve()}).")
         if p.suffix.lower() not in LOCAL_BUILDERS:
-            raise PipelineError(f"dataset.path={path!r}: unsupported file type {p.suffix!r}; use one of "
-                                f"{', '.join(LOCAL_BUILDERS)}.")
+            raise PipelineError(f"{key}={path!r}: unsupported file type {p.suffix!r}; use one of "
+                                f"{', '.join(LOCAL_BUILDERS)} (save a TSV or a spreadsheet as CSV).")
         return "local", p
     return "hub", None
 
 
-def load_rows(cfg: DatasetConfig):
-    """The raw `datasets.Dataset` and a short description of where it came from."""
+def load_rows(cfg: DatasetConfig, key: str = "dataset.path"):
+    """The raw `datasets.Dataset` and a short description of where it came from (`key`: the setting that named
+    it, for messages)."""
     import datasets
 
     datasets.disable_progress_bars()
-    kind, file = locate_data(cfg.path)
+    kind, file = locate_data(cfg.path, key)
     if kind in ("local", "folder"):
         builder = LOCAL_BUILDERS[file.suffix.lower()] if kind == "local" else None
         where = str(file)
@@ -103,7 +111,7 @@ def check_text_file(file: Path, builder: str) -> None:
     with open(file, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
-                lines.append(raw.decode("utf-8"))
+                lines.append(raw.decode("utf-8").removeprefix(BOM if lineno == 1 else ""))
             except UnicodeDecodeError as e:
                 raise PipelineError(f"{file}, line {lineno}: byte {raw[e.start]:#04x} at column {e.start + 1} is not "
                                     "UTF-8; save the file as UTF-8 and run again.") from None
@@ -165,13 +173,19 @@ def as_references(value, dotted: str, row_no: int, where: str) -> list[str]:
                         "answers must be a string or a list of strings.")
 
 
-def as_text(value) -> str:
-    """A cell as text: numbers are text too (an id 7, an answer "1985"); None and NaN are empty."""
+def split_references(refs: list[str], sep: str | None) -> list[str]:
+    """Each reference split at `sep` ("a|b" -> "a", "b"); without a separator, as they are."""
+    return [piece for ref in refs for piece in (ref.split(sep) if sep else [ref])]
+
+
+def as_text(value, strip: bool = True) -> str:
+    """A cell as text: numbers are text too (an id 7, an answer "1985"); None and NaN are empty. `strip=False`
+    keeps the white space around it (an answer's text exactly as written)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    return str(value).strip()
+    return str(value).strip() if strip else str(value)
 
 
 @dataclass(frozen=True)
@@ -182,6 +196,7 @@ class FieldMap:
     question: str
     answers: tuple[str, ...]
     id: str | None = None  # None: the rows are numbered <name>-000000, ...
+    sep: str | None = None  # splits each reference string (answers_sep); None: a string is one reference
 
     def wanted(self) -> dict[str, str]:
         """{setting: dotted field} for require_fields."""
@@ -194,16 +209,59 @@ def read_item(row: dict, i: int, fields: FieldMap, name: str, where: str) -> tup
     """Row i (0-based) as a QA item, and what makes it unusable (an empty id or question, no reference answer)."""
     row_no = i + 1
     rid = as_text(get_field(row, fields.id)) if fields.id else f"{name}-{i:06d}"
-    question = get_field(row, fields.question)
-    question = as_text(question) if isinstance(question, (str, int, float)) or question is None else ""
+    cell = get_field(row, fields.question)
+    is_text = isinstance(cell, (str, int, float)) or cell is None
+    question = as_text(cell) if is_text else ""
     refs: list[str] = []
     for dotted in fields.answers:
-        refs += as_references(get_field(row, dotted), dotted, row_no, where)
+        refs += split_references(as_references(get_field(row, dotted), dotted, row_no, where), fields.sep)
     refs = list(dict.fromkeys(r.strip() for r in refs if r and r.strip()))
     problems = [text for bad, text in ((not rid, f"row {row_no}: empty id"),
-                                       (not question, f"row {row_no} (id {rid}): empty question"),
+                                       (not is_text, f"row {row_no} (id {rid}): {not_text(cell, fields)}"),
+                                       (is_text and not question, f"row {row_no} (id {rid}): empty question"),
                                        (not refs, f"row {row_no} (id {rid}): no reference answers")) if bad]
     return QAItem(rid, question, tuple(refs)), problems
+
+
+def not_text(cell, fields: FieldMap) -> str:
+    """Why a question cell that holds a list or a mapping cannot be used, and which text field to map instead."""
+    inside = next((k for k, v in cell.items() if isinstance(v, str)), None) if isinstance(cell, dict) else None
+    return (f"question is {type(cell).__name__}, not text (map a text field with {fields.setting}.question=<field>"
+            + (f", e.g. {fields.question}.{inside}" if inside else "") + ")")
+
+
+def delimited_reference(row: dict, fields: FieldMap) -> tuple[str, str] | None:
+    """(field, text) of the row's first answer field holding one reference that looks like several joined into one
+    string ("a|b", "a ; b"); None where there is none, or a separator is set."""
+    if fields.sep:
+        return None
+    for dotted in fields.answers:
+        value = get_field(row, dotted)
+        if isinstance(value, (list, tuple)) and len(value) == 1:
+            value = value[0]
+        if isinstance(value, str) and any(d in value for d in DELIMITERS):
+            return dotted, value
+    return None
+
+
+def warn_if_delimited(found: list[tuple[int, str, str, str]], rows: int, fields: FieldMap, where: str) -> None:
+    """One warning when many rows hold one delimited reference in the same field: exact match and contains would
+    compare the answer with the whole string. `found`: (row number, id, field, text) from delimited_reference."""
+    if not found:
+        return
+    field, n = Counter(f for _, _, f, _ in found).most_common(1)[0]
+    if n < max(2, DELIMITED_SHARE * rows):
+        return
+    row_no, rid, _, text = next(x for x in found if x[2] == field)
+    sep = "|" if "|" in text else ";"
+    log.warning("%s: %d of %d rows hold a single reference in field %r that looks like several answers joined by "
+                "'|' or ' ; ' (row %d (id %s): %r), so exact match and contains compare answers with the whole "
+                "string. If it lists several answers, split them with \"%s.answers_sep='%s'\".",
+                where, n, rows, field, row_no, rid, preview_text(text), fields.setting, sep)
+
+
+def preview_text(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def refuse_bad_rows(items: list[QAItem], problems: list[str], where: str, fields: FieldMap) -> None:
@@ -228,19 +286,23 @@ def load_items(cfg: DatasetConfig) -> tuple[list[QAItem], dict]:
     ds, where = load_rows(cfg)
     if len(ds) == 0:
         raise PipelineError(f"{where}: the data set is empty (0 rows); there is nothing to evaluate.")
-    fields = FieldMap("dataset.fields", cfg.fields.question, tuple(cfg.fields.answers), cfg.fields.id)
+    fields = FieldMap("dataset.fields", cfg.fields.question, tuple(cfg.fields.answers), cfg.fields.id,
+                      cfg.fields.answers_sep)
     require_fields(ds, fields.wanted(), where)
     total = len(ds)
     if cfg.limit is not None:
         if cfg.limit < 1:
             raise PipelineError(f"dataset.limit={cfg.limit}: must be a positive number of rows, or null for all.")
         ds = ds.select(range(min(cfg.limit, total)))
-    items, problems = [], []
+    items, problems, delimited = [], [], []
     for i, row in enumerate(ds):
         item, bad = read_item(row, i, fields, cfg.name, where)
         items.append(item)
         problems += bad
+        if found := delimited_reference(row, fields):
+            delimited.append((i + 1, item.id, *found))
     refuse_bad_rows(items, problems, where, fields)
+    warn_if_delimited(delimited, len(items), fields, where)
     description = {"name": cfg.name, "source": where, "rows_in_source": total, "rows_used": len(items),
                    "content_sha256": content_hash(items)}
     return items, description

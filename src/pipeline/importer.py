@@ -38,12 +38,13 @@ from omegaconf import OmegaConf
 
 from . import report
 from .config import DatasetConfig, check_name
-from .data import FieldMap, QAItem, as_text, content_hash, get_field, load_rows, read_item, refuse_bad_rows, require_fields
+from .data import (FieldMap, QAItem, as_text, content_hash, delimited_reference, get_field, load_rows, read_item,
+                   refuse_bad_rows, require_fields, warn_if_delimited)
 from .errors import PipelineError, plural, preview
 from .files import sha256_file
 from .rows import GenerationRow, VerdictRow, parse_rows
 from .runner import StageJob
-from .runs import StageDir, check_run_id, create_run, diff_fingerprints, new_run_id
+from .runs import StageDir, check_run_id, diff_fingerprints, make_run, new_run_id
 from .shards import Shard
 from .verdict import CORRECT, INCORRECT, INVALID
 
@@ -75,9 +76,12 @@ def open_file(cfg) -> tuple[Path, object, str]:
         raise PipelineError("stage=import needs the file to import: predictions=path/to/answers.jsonl "
                             "(JSONL, JSON, CSV or Parquet with question, references and prediction columns).")
     path = Path(cfg.predictions).expanduser()
+    if path.is_dir():
+        raise PipelineError(f"predictions={cfg.predictions!r}: is a folder, not a file; name the file of answers in "
+                            f"it (predictions={str(cfg.predictions).rstrip('/')}/<file>.jsonl).")
     if not path.is_file():
         raise PipelineError(f"predictions={cfg.predictions!r}: no such file ({path.resolve()}).")
-    ds, where = load_rows(DatasetConfig(name=path.stem, path=str(path)))
+    ds, where = load_rows(DatasetConfig(name=path.stem, path=str(path)), "predictions")
     if len(ds) == 0:
         raise PipelineError(f"{where}: the file has no rows; there is nothing to import.")
     return path, ds, where
@@ -95,18 +99,20 @@ def label_column(f, ds, where: str) -> str | None:
 def read_answers(cfg, ds, name: str, where: str) -> list[GenerationRow]:
     """Every row as an imported answer, checked like a data set's rows, plus its prediction and label."""
     f = cfg.import_fields
-    fields = FieldMap("import_fields", f.question, tuple(f.answers), f.id)
+    fields = FieldMap("import_fields", f.question, tuple(f.answers), f.id, f.answers_sep)
     label_field = label_column(f, ds, where)
     require_fields(ds, fields.wanted() | ({"import_fields.prediction": f.prediction} |
                                           ({"import_fields.label": label_field} if label_field else {})), where)
-    rows, items, problems, bad_labels = [], [], [], []
+    rows, items, problems, bad_labels, delimited = [], [], [], [], []
     for i, row in enumerate(ds):
         item, bad = read_item(row, i, fields, name, where)
+        if found := delimited_reference(row, fields):
+            delimited.append((i + 1, item.id, *found))
         prediction = get_field(row, f.prediction)
         if not (isinstance(prediction, (str, int, float, bool)) or prediction is None):
             bad.append(f"row {i + 1} (id {item.id}): prediction is {type(prediction).__name__}, not text")
             prediction = None
-        prediction = as_text(prediction)
+        prediction = as_prediction(prediction)
         label = None
         if label_field is not None:
             try:
@@ -120,7 +126,15 @@ def read_answers(cfg, ds, name: str, where: str) -> list[GenerationRow]:
         raise PipelineError(f"{where}: {plural(len(bad_labels), 'human label')} in column {label_field!r} not in a "
                             f"recognised form: {preview(bad_labels, 6)}. {ACCEPTED.format(empty='no label')}")
     refuse_bad_rows(items, problems, where, fields)
+    warn_if_delimited(delimited, len(items), fields, where)
     return rows
+
+
+def as_prediction(value) -> str:
+    """A prediction cell exactly as written: its white space is part of the answer (" =1+1" is not "=1+1"). Only
+    white space, None or NaN is an empty answer."""
+    text = as_text(value, strip=False)
+    return text if text.strip() else ""
 
 
 # ------------------------------------------------------------------------------------------ external verdicts
@@ -294,6 +308,8 @@ def import_onto(cfg, gen: StageDir, ds, where: str, source: dict) -> Path:
 def answers_fingerprint(cfg, source: dict) -> dict:
     """The generate stage's settings; they leave the verdict columns out, so that verdicts can be added later."""
     fields = {k: v for k, v in OmegaConf.to_container(cfg.import_fields).items() if k not in VERDICT_KEYS}
+    if fields.get("answers_sep") is None:  # unset: as in runs imported before the setting existed
+        fields.pop("answers_sep", None)
     return {"import": {**source, "fields": fields}}
 
 
@@ -334,7 +350,7 @@ def write_verdicts(cfg, job: StageJob, verdicts: list[VerdictRow], source: dict,
             "imported_from": source, "verdicts": counts(verdicts),
             "p_correct_given": sum(v.p_correct is not None for v in verdicts), "expected_total": len(verdicts),
             **(extra or {}), "finished_import": time.time()})
-        write_report(cfg, job)
+    write_report(cfg, job)  # after the attempt: a report that fails never touches the finished stage
     return True
 
 
@@ -381,9 +397,10 @@ def run(cfg) -> Path:
     items = [QAItem(a.id, a.question, tuple(a.references)) for a in answers]
     data_info = {"name": path.stem, "source": where, "rows_in_source": len(ds), "rows_used": len(answers),
                  "content_sha256": content_hash(items)}
-    run_dir = create_run(Path(cfg.runs_dir), cfg.run_id or new_run_id("import", path.stem))
+    run_dir, new_run = make_run(Path(cfg.runs_dir), cfg.run_id or new_run_id("import", path.stem))
     job = StageJob(cfg, run_dir, StageDir(run_dir / "generate", "generations.jsonl"), Shard(0, 1),
-                   answers_fingerprint(cfg, source), [a.id for a in answers], also_replace=(run_dir / "judge",))
+                   answers_fingerprint(cfg, source), [a.id for a in answers], also_replace=(run_dir / "judge",),
+                   new_run=new_run, points_latest=True)
     judged = verdicts_job(cfg, run_dir, source, verdicts) if verdicts is not None else None
     answers_done = job.finished()  # each refuses a finished stage made with other settings, before any writing
     verdicts_done = judged is None or judged.finished()

@@ -97,6 +97,48 @@ def check_finished(run_dir: Path, members: list[str]) -> None:
                                 f"{finish_command(run_dir, m)}; then run the jury again.")
 
 
+def jury_members(run_dir: Path, name: str) -> list[str]:
+    """The members of judge `name` of the run where it is a jury (its manifest's judge.members), else []."""
+    judge = StageDir(run_dir / "judge" / name, "verdicts.jsonl").manifest().get("judge") or {}
+    return [str(m) for m in judge.get("members") or []] if judge.get("mode") == "jury" else []
+
+
+def voters(run_dir: Path, name: str, seen: frozenset = frozenset()) -> dict[str, str | None]:
+    """Every judge that votes inside judge `name`, directly or through the juries on it: {judge: the member of
+    `name` it votes through, None for a member itself}; {} where `name` is no jury."""
+    out: dict[str, str | None] = {}
+    for m in jury_members(run_dir, name):
+        out.setdefault(m, None)
+        if m not in seen | {name}:  # a loop cannot be written by stage=jury, only by editing a manifest
+            for inner in voters(run_dir, m, seen | {name}):
+                out.setdefault(inner, m)
+    return out
+
+
+def refuse_double_votes(run_dir: Path, name: str, members: list[str]) -> None:
+    """No judge may vote twice on the jury: through a member jury and as a member, or through two member juries;
+    and the jury may not sit inside one of its members (overwrite=true would make it vote on itself)."""
+    inside = {m: voters(run_dir, m) for m in members}
+    for m, held in inside.items():
+        if name in held:
+            raise PipelineError(f"jury.name={name!r} already votes inside member {m!r} (jury.judges={members}); a "
+                                f"jury cannot sit on itself: give it another name, or leave {m!r} out.")
+        for other in members:
+            if other != m and other in held:
+                through = f" (through {held[other]!r})" if held[other] else ""
+                raise PipelineError(f"jury.judges: {m!r} is a jury whose members include {other!r}{through}, and "
+                                    f"jury.judges={members} lists {other!r} too, so its verdicts would count twice: "
+                                    f"leave {other!r} out, or list {m!r}'s members instead of {m!r}.")
+    for i, a in enumerate(members):
+        for b in members[i + 1:]:
+            shared = [j for j in inside[a] if j in inside[b]]
+            if shared:
+                raise PipelineError(f"jury.judges: {a!r} and {b!r} are juries that both count "
+                                    f"{', '.join(map(repr, shared[:5]))}, so {'its' if len(shared) == 1 else 'their'} "
+                                    f"verdicts would count twice: leave one of them out, or list the judges "
+                                    "themselves.")
+
+
 def answers_of(run_dir: Path) -> list[GenerationRow]:
     """The run's answers, in data set order."""
     gen = StageDir(run_dir / "generate", "generations.jsonl")
@@ -232,6 +274,7 @@ def run(cfg) -> Path:
     run_dir = find_run(Path(cfg.runs_dir), cfg.run_id)
     name = jury_name(cfg, members_names)
     check_finished(run_dir, members_names)
+    refuse_double_votes(run_dir, name, members_names)
     ids = [a.id for a in answers_of(run_dir)]
     members = [read_member(run_dir, m, ids) for m in members_names]
     method, threshold = str(cfg.jury.method), float(cfg.jury.threshold)
@@ -253,5 +296,6 @@ def run(cfg) -> Path:
         attempt.finish("judge", VerdictRow.SCHEMA, details(name, method, threshold, members, verdicts, stats, started))
         log.info("run %s: jury %s of %s (%s) written to %s", run_dir.name, name, ", ".join(members_names), method,
                  job.stage.path)
+    with job.stage.lock():  # after the attempt: a report that fails never touches the finished stage
         write_results(cfg, run_dir, name, stats)
     return job.stage.path
