@@ -136,6 +136,8 @@ def test_every_judge_prompt_builds_a_real_prompt_and_its_verdict_tokens(tmp_path
     (["judge.name=" + "j" * 300], "at most 128 characters"),
     (["run_id=" + "r" * 300], "at most 128 characters"),
     (["run_id=../../etc"], "is not allowed"),
+    (["report.min_labels=1"], "report.min_labels=1 must be at least 2"),
+    (["report.max_invalid_share=1.5"], "report.max_invalid_share=1.5 must lie in [0, 1]"),
 ])
 def test_a_bad_value_is_refused_by_the_checks_in_one_line(tmp_path, overrides, says):
     with pytest.raises(PipelineError) as refused:

@@ -129,6 +129,24 @@ def test_labels_needed_reach_the_half_width_and_no_fewer_do():
     assert math.isnan(estimates.labels_needed_ppi(y, f, fu[:100], 0.001))  # unreachable with 250 answers
 
 
+def test_intervals_stay_within_0_and_1():
+    y = np.array([1.0] * 29 + [0.0])  # 29 of 30: the normal interval's upper end would be 1.031
+    f, fu = y.copy(), np.full(200, 1.0)
+    human = estimates.classical_mean(y)
+    assert human.hi == 1.0 and human.lo == pytest.approx(ppi_py.classical_mean_ci(y, alpha=0.05)[0], abs=1e-9)
+    assert ppi_py.classical_mean_ci(y, alpha=0.05)[1] > 1  # what was printed before
+    ppi = estimates.ppi_mean(y, f, fu)
+    assert 0 <= ppi.lo <= ppi.value <= ppi.hi == 1.0
+    low = estimates.ppi_mean(1 - y, 1 - f, 1 - fu)  # and the mirror image at 0
+    assert low.lo == 0.0 and low.hi == pytest.approx(1 - ppi.lo)
+
+
+def test_labels_needed_of_one_class_is_undefined_not_zero():
+    y, f, fu = np.ones(12), np.ones(12), np.full(28, 1.0)
+    assert math.isnan(estimates.labels_needed_classical(y, 0.02))  # no variance measured: no figure (was 0)
+    assert math.isnan(estimates.labels_needed_ppi(y, f, fu, 0.02))  # (was 1)
+
+
 def test_kappa_threshold_equals_a_search_with_scikit_learn():
     rng = np.random.default_rng(4)
     y = (rng.random(400) < 0.6).astype(int)

@@ -1,7 +1,8 @@
 """pages.py: report.html and leaderboard.html opened in a real headless Chromium (tests/browser.py): no console
 errors and no request beyond the file itself, the counts shown equal summary.csv, the disagreement, verdict and text
 filters show exactly the rows samples.csv says, sorting, answers that carry markup stay text, the summary without
-scripts, and the leaderboard's links."""
+scripts, the leaderboard's links, and a judge flagged for its invalid verdicts and labels too few for PPI++ said in
+words on both pages."""
 
 import json
 
@@ -162,6 +163,31 @@ def test_the_leaderboard_page_links_every_run(chromium, tmp_path):
                                                                       ("two", "k")]
     links = [a["href"] for a in elements(page.dom, "a", href=True)]
     assert len(links) == 4 and all((board.parent / link).is_file() for link in links)
+
+
+def test_a_flagged_judge_and_too_few_labels_are_said_on_both_pages(chromium, tmp_path):
+    answers = [GenerationRow.answer(f"id-{i:02d}", f"question {i}?", ["Paris"], "paris" if i % 2 else "rome", i,
+                                    bool(i % 2) if i < 3 else None) for i in range(20)]
+    verdicts = [verdict_row(a.id, "j", "invalid" if i >= 5 else "correct", None if i >= 5 else 0.9)
+                for i, a in enumerate(answers)]
+    run = write_run(tmp_path / "runs", "flag", answers, {"j": verdicts})
+    out = run_cli("stage=report", "report.runs=[flag]", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    summary = pd.read_csv(run / "judge/j/summary.csv").iloc[0]
+    page = load(run / "judge/j/report.html")
+    assert page.errors == []
+    flag = elements(page.dom, "p", data_flag="invalid")
+    assert len(flag) == 1 and "15 of 20 verdicts are invalid" in flag[0]["text"]
+    assert "0.250 (every invalid verdict counted wrong) to 1.000 (counted right)" in flag[0]["text"]
+    cells = {e["data-stat"]: e for e in elements(page.dom, "td", data_stat=True)}
+    assert float(cells["acc_judge_invalid_as_wrong"]["data-value"]) == summary.acc_judge_invalid_as_wrong == 0.25
+    assert cells["ppi_judge"]["text"] == "too few labels (3)" and cells["ppi_judge"]["data-value"] == ""
+    assert cells["threshold_max_kappa"]["text"] == "too few labels (3)"
+    assert "Too few labels (3)" in elements(page.dom, "p", data_flag="labels")[0]["text"]
+    board = load(tmp_path / "runs/leaderboard.html")
+    row = elements(board.dom, "tr", data_run="flag")[0]
+    assert row["data-flag"] == "invalid" and "75.0% invalid: 0.250 to 1.000" in row["text"]
+    assert "too few labels (3)" in row["text"]
 
 
 def test_the_page_benchmark_runs(chromium, capsys):

@@ -855,15 +855,17 @@ def test_label_sheet_then_ppi_in_the_report(work, nq_run):
     rows.to_csv(sheet, index=False)
     out = pipeline(work, "python -m pipeline stage=label run_id=nq-8b "
                          "label.sheet=runs/nq-8b/labels/sheet-n200-seed0.csv")
-    assert "PPI++" in out.stdout and "uniform random sample" in out.stdout
+    # 5 labels are fewer than report.min_labels: every label-based statistic is there, empty, saying why
+    assert "PPI++" in out.stdout and "too few labels (5): fewer than report.min_labels=30" in out.stdout
     folder = nq_run / "judge/smollm2-135m-int8"
     summary = pd.read_csv(folder / "summary.csv").iloc[0]
-    assert summary.n_human == 5 and summary.labels_uniform == 1
-    assert summary.ppi_acc_judge_lo <= summary.ppi_acc_judge <= summary.ppi_acc_judge_hi
+    assert summary.n_human == 5 and summary.labels_uniform == 1 and summary.labels_note.startswith("too few labels (5)")
+    assert pd.isna(summary.ppi_acc_judge) and summary.acc_human_lo <= summary.acc_human <= summary.acc_human_hi
     metrics = pd.read_csv(folder / "metrics.csv")
     statistics = set(metrics.statistic)
     assert {"ppi_accuracy", "labels_needed", "threshold[max_kappa]", "threshold[equal_error]", "ece",
             "agreement[words<=5]"} <= statistics, statistics
+    assert metrics[metrics.statistic == "ppi_accuracy"].note.str.startswith("too few labels (5)").all()
     labels = read_jsonl(nq_run / "labels/labels.jsonl")
     assert sorted(r["id"] for r in labels) == sorted(rows.id)
 

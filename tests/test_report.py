@@ -1,19 +1,24 @@
 """report.py: samples.csv and summary.csv as pure functions of the stored records, invalid verdicts counted apart
 from wrong ones, every criterion with its interval, the leaderboard over runs of different data sets, and a full disk
-while reporting (one line; the rerun completes)."""
+while reporting (one line; the rerun completes). On hand-made runs: Wilson intervals at 0/16 and 2/2, a judge whose
+verdicts are mostly invalid flagged everywhere, and text a spreadsheet would run as a formula escaped in every CSV."""
 
+import csv
 import json
 import math
+import re
 import subprocess
+from dataclasses import replace
 
 import pandas as pd
 import pytest
 
-from pipeline import report
+from pipeline import report, tidy
 from pipeline.metrics import exact_match, token_f1
 from pipeline.rows import SAMPLE_COLUMNS, GenerationRow, VerdictRow
 
-from conftest import copy_run, mount_or_skip, no_temporary_files, one_error_line, read_jsonl, run_cli
+from conftest import (copy_run, make_cfg, mount_or_skip, no_temporary_files, one_error_line, read_jsonl, run_cli,
+                      verdict_row, write_run)
 
 
 @pytest.mark.slow
@@ -116,7 +121,7 @@ def test_a_full_disk_while_reporting_is_one_line_and_the_rerun_completes(judged_
                 pass
         out = run_cli("stage=report", "run_id=copy", f"runs_dir={disk}/runs", "report.plots=false", cwd=tmp_path)
         line = one_error_line(out)
-        assert "the disk is full" in line and "MiB more" in line and str(folder) in line
+        assert "the disk is full" in line and re.search(r"needing [\d.]+ [KM]iB more", line) and str(folder) in line
         no_temporary_files(disk)
         assert not (folder / "summary.csv").exists()
         filler.unlink()
@@ -125,3 +130,131 @@ def test_a_full_disk_while_reporting_is_one_line_and_the_rerun_completes(judged_
         assert "writing them again" in out.stderr and (folder / "summary.csv").is_file()
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+# ------------------------------------------------------------------- hand-made runs at the edges (issue 18)
+
+def edge_run(runs_dir, name="edge"):
+    """16 answers that no lexical criterion calls right ("rome" for Paris), and two judges: j, whose verdicts are
+    invalid but for two (both correct), as a prompt the logprob mode cannot read leaves them; k, valid throughout,
+    half of them correct."""
+    answers = [GenerationRow.answer(f"q{i:02d}", f"question {i}?", ["Paris"], "rome", i) for i in range(16)]
+    j = [verdict_row(a.id, "j", "correct" if i < 2 else "invalid", 0.9 if i < 2 else None)
+         for i, a in enumerate(answers)]
+    k = [verdict_row(a.id, "k", "correct" if i % 2 else "incorrect", 0.8 if i % 2 else 0.3)
+         for i, a in enumerate(answers)]
+    return write_run(runs_dir, name, answers, {"j": j, "k": k})
+
+
+def test_accuracy_intervals_are_wilson_and_do_not_collapse_at_the_edges(tmp_path):
+    from statsmodels.stats.proportion import proportion_confint
+
+    run = edge_run(tmp_path / "runs")
+    report.write(run, "j")
+    s = pd.read_csv(run / "judge/j/summary.csv").iloc[0]
+    assert s.acc_exact_match == 0 and s.n_exact_match == 16 and s.n_judge == 2 and s.acc_judge == 1
+    for c, (k, n) in (("exact_match", (0, 16)), ("contains", (0, 16)), ("judge", (2, 2))):
+        want = proportion_confint(k, n, alpha=0.05, method="wilson")
+        assert (s[f"acc_{c}_lo"], s[f"acc_{c}_hi"]) == pytest.approx(want, rel=1e-5), c
+    assert s.acc_exact_match_hi > 0.15 and s.acc_judge_lo < 0.5  # the bootstrap said [0, 0] and [1, 1]
+    metrics = pd.read_csv(run / "judge/j/metrics.csv")
+    row = tidy.pick(metrics, "judge", "accuracy")
+    assert (row["lo"], row["hi"]) == pytest.approx((s.acc_judge_lo, s.acc_judge_hi), rel=1e-5)
+    short = tidy.pick(metrics, "exact_match", "accuracy[words<=5]")  # the length breakdown has the same interval
+    assert (short["value"], short["n"]) == (0, 16)
+    assert (short["lo"], short["hi"]) == pytest.approx(proportion_confint(0, 16, method="wilson"), rel=1e-5)
+    text = report.digest(s.to_dict())
+    assert "exact_match 0.000 [0.000, 0.194]" in text and "judge 1.000 [0.342, 1.000]" in text
+    page = (run / "judge/j/report.html").read_text()
+    assert "[0.000, 0.194]" in page and "Wilson score intervals" in page and "Percentile bootstrap" not in page
+
+
+def test_a_judge_mostly_invalid_is_flagged_everywhere_and_ranked_below(tmp_path):
+    runs = tmp_path / "runs"
+    edge_run(runs)
+    report.run(make_cfg(runs, "report.runs=[edge]"))
+    j = pd.read_csv(runs / "edge/judge/j/summary.csv").iloc[0]
+    k = pd.read_csv(runs / "edge/judge/k/summary.csv").iloc[0]
+    assert j.judge_invalid_share == pytest.approx(14 / 16) and bool(j.judge_invalid_flagged)
+    assert j.acc_judge_invalid_as_wrong == pytest.approx(2 / 16) and j.acc_judge_invalid_as_right == 1
+    assert k.judge_invalid_share == 0 and not bool(k.judge_invalid_flagged)
+    assert k.acc_judge_invalid_as_wrong == k.acc_judge_invalid_as_right == k.acc_judge == 0.5
+    text = report.digest(j.to_dict())
+    assert "warning: 14 of 16 verdicts are invalid (87.5%, more than report.max_invalid_share=5%)" in text
+    assert "0.125 (every invalid verdict counted wrong) to 1.000 (counted right)" in text
+    assert "warning" not in report.digest(k.to_dict())
+    page = (runs / "edge/judge/j/report.html").read_text()
+    assert 'data-flag="invalid"' in page and "14 of 16 verdicts are invalid" in page
+    assert 'data-flag="invalid"' not in (runs / "edge/judge/k/report.html").read_text()
+    board = pd.read_csv(runs / "leaderboard.csv")
+    assert list(board.judge) == ["k", "j"]  # j's 1.000 over 2 verdicts no longer ranks first
+    assert list(board.judge_invalid_flagged) == [False, True]
+    assert board.acc_judge_invalid_as_wrong.tolist() == pytest.approx([0.5, 0.125])
+    html = (runs / "leaderboard.html").read_text()
+    assert html.count('data-flag="invalid"') == 1 and "87.5% invalid" in html
+    cfg = make_cfg(runs, "report.runs=[edge]", "report.max_invalid_share=0.9")  # the threshold is a setting
+    report.run(cfg)
+    assert not pd.read_csv(runs / "leaderboard.csv").judge_invalid_flagged.any()
+
+
+FORMULAS = ("=1+1", "-5", "+7", "@SUM(A1)", "\t=2", "\r-3", "'quoted", "=HYPERLINK(\"http://x\",\"y\")")
+TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def formula_run(runs_dir):
+    """Answers whose ids, questions, predictions, replies and data set carry text a spreadsheet would run, and a
+    judge k that disagrees with exact match on every answer (kappa -1: a negative number stays a number)."""
+    answers, judged = [], []
+    for i, text in enumerate(FORMULAS * 2):
+        right = i % 2 == 0
+        answers.append(GenerationRow.answer(text if i < len(FORMULAS) else f"id{i}", f"{text} question {i}",
+                                            ["Paris"], ("paris" if right else text), i))
+        v = verdict_row(answers[-1].id, "k", "incorrect" if right else "correct", 0.2 if right else 0.8)
+        judged.append(replace(v, reply=f"-{text}"))
+    run = write_run(runs_dir, "fx", answers, {"k": judged})
+    manifest = json.loads((run / "generate/manifest.json").read_text())
+    manifest["dataset"]["name"], manifest["generator"]["name"] = "=cmd|' /C calc'!A0", "+generator"
+    (run / "generate/manifest.json").write_text(json.dumps(manifest))
+    return run, answers
+
+
+def cells(path) -> list[str]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return [cell for row in csv.reader(f) for cell in row]
+
+
+def is_number(cell: str) -> bool:
+    try:
+        float(cell)
+        return True
+    except ValueError:
+        return False
+
+
+def test_formula_like_text_never_reaches_a_spreadsheet_as_a_formula(tmp_path):
+    runs = tmp_path / "runs"
+    run, answers = formula_run(runs)
+    report.run(make_cfg(runs, "report.runs=[fx]"))
+    folder = run / "judge/k"
+    for path in (folder / "samples.csv", folder / "summary.csv", folder / "metrics.csv", runs / "leaderboard.csv"):
+        risky = [c for c in cells(path) if c.startswith(TRIGGERS) and not is_number(c)]
+        assert risky == [], path.name
+    with open(folder / "summary.csv", newline="") as f:
+        kappa = next(csv.DictReader(f))["kappa_exact_match_judge"]
+    assert float(kappa) == -1 and kappa.startswith("-")  # a negative kappa is a number, not a formula
+    raw = cells(folder / "samples.csv")
+    assert "'=1+1" in raw and "'-5" in raw and "''quoted" in raw and "'\t=2" in raw
+    from pipeline.cells import read_csv
+
+    samples = read_csv(folder / "samples.csv")  # read back, the cells are the answers' own text
+    assert list(samples.id) == [a.id for a in answers] and list(samples.question) == [a.question for a in answers]
+    assert list(samples.prediction) == [a.prediction for a in answers]
+    records = read_jsonl(run / "generate/generations.jsonl")  # the records were never escaped
+    assert [r["id"] for r in records] == [a.id for a in answers]
+    assert [r["prediction"] for r in records] == [a.prediction for a in answers]
+    replies = {r["id"]: r["reply"] for r in read_jsonl(folder / "verdicts.jsonl")}
+    assert all(reply.startswith("-") for reply in replies.values())
+    board = read_csv(runs / "leaderboard.csv")
+    assert board.loc[0, "dataset"] == "=cmd|' /C calc'!A0" and board.loc[0, "generator"] == "+generator"
+    html = (runs / "leaderboard.html").read_text()
+    assert 'href="fx/judge/k/report.html"' in html  # the row read back still names its run

@@ -1,12 +1,12 @@
-"""stats.py: Cohen's kappa, raw agreement, AUROC with ties, and the seeded bootstrap interval, each against values
-worked out by hand."""
+"""stats.py: Cohen's kappa, raw agreement and AUROC with ties against values worked out by hand; the Wilson interval
+of a proportion against statsmodels (the bootstrap of agreement and kappa: tests/test_estimates.py)."""
 
 import math
 
 import numpy as np
 import pytest
 
-from pipeline.stats import agreement, auroc, bootstrap_ci, cohen_kappa
+from pipeline.stats import agreement, auroc, cohen_kappa, proportion_interval
 
 
 def test_cohen_kappa_known_values():
@@ -26,11 +26,27 @@ def test_auroc_known_values_and_ties():
     assert math.isnan(auroc([1, 2], [1, 1]))  # one class only
 
 
-def test_bootstrap_interval_is_seeded_and_shrinks_with_more_data():
-    rng = np.random.default_rng(1)
-    small, large = rng.integers(0, 2, 40), rng.integers(0, 2, 4000)
-    lo, hi = bootstrap_ci(small, resamples=500, seed=3)
-    assert lo <= small.mean() <= hi and (lo, hi) == bootstrap_ci(small, resamples=500, seed=3)
-    lo2, hi2 = bootstrap_ci(large, resamples=500, seed=3)
-    assert hi2 - lo2 < (hi - lo) / 5
-    assert all(math.isnan(x) for x in bootstrap_ci([]))
+@pytest.mark.parametrize("correct, n", [(0, 16), (2, 2), (16, 16), (1, 1), (0, 1), (5, 20), (137, 200), (1, 3000)])
+def test_wilson_interval_equals_statsmodels(correct, n):
+    from statsmodels.stats.proportion import proportion_confint
+
+    lo, hi = proportion_interval(correct, n)
+    assert (lo, hi) == pytest.approx(proportion_confint(correct, n, alpha=0.05, method="wilson"), abs=1e-12)
+    assert 0 <= lo <= correct / n <= hi <= 1
+
+
+def test_proportion_interval_does_not_collapse_at_the_edges():
+    assert proportion_interval(0, 16)[1] > 0.15  # 0/16 is not "certainly 0": the bootstrap gave [0, 0]
+    assert proportion_interval(2, 2)[0] < 0.5  # nor 2/2 certainly 1
+    assert all(math.isnan(x) for x in proportion_interval(0, 0))
+
+
+@pytest.mark.parametrize("n", [16, 50])
+def test_wilson_interval_covers_about_95_percent_at_small_n(n):
+    from scipy.stats import binom
+
+    coverage = []
+    for p in np.linspace(0.05, 0.95, 37):  # exact: the probability of every k whose interval holds p
+        covering = [k for k in range(n + 1) if proportion_interval(k, n)[0] <= p <= proportion_interval(k, n)[1]]
+        coverage.append(binom.pmf(covering, n, p).sum())
+    assert 0.94 <= np.mean(coverage) <= 0.965 and min(coverage) > 0.9

@@ -127,3 +127,71 @@ def test_report_settings_reach_the_statistics(tmp_path):
     assert tidy.pick(metrics, "judge", "accuracy[words<=3]")  # the boundary moved
     assert tidy.pick(metrics, "judge_p_correct", "ece", "human")["value"] == pytest.approx(
         estimates.calibration_error(samples.judge_p_correct.to_numpy()[mask], human[mask], 4), rel=1e-5)
+
+
+def few_labels_run(tmp_path, labels, n=16, name="few"):
+    """n answers, all "paris" (right), the first len(labels) of them labelled `labels`; a judge calls 4 in 5 right."""
+    answers = [GenerationRow.answer(f"q{i:02d}", f"capital {i}?", ["Paris"], "paris", i,
+                                    labels[i] if i < len(labels) else None) for i in range(n)]
+    verdicts = [verdict_row(a.id, "j", "correct" if i % 5 else "incorrect", 0.9 if i % 5 else 0.2)
+                for i, a in enumerate(answers)]
+    return write_run(tmp_path / "runs", name, answers, {"j": verdicts})
+
+
+def test_two_labels_are_too_few_labels_not_an_interval_beyond_0_and_1(tmp_path):
+    run = few_labels_run(tmp_path, [True, False])
+    report.write(run, "j")
+    summary = pd.read_csv(run / "judge/j/summary.csv").iloc[0]
+    for column in ("ppi_acc_judge", "ppi_acc_judge_lo", "ppi_acc_judge_hi", "labels_needed_ppi_judge",
+                   "labels_needed_human", "threshold_max_kappa", "threshold_equal_error", "kappa_judge_human",
+                   "ece_p_correct_human"):
+        assert math.isnan(summary[column]), column
+    assert summary.labels_note.startswith("too few labels (2)") and "report.min_labels=30" in summary.labels_note
+    metrics = pd.read_csv(run / "judge/j/metrics.csv")
+    ppi = tidy.pick(metrics, "judge", "ppi_accuracy", "human")
+    assert math.isnan(ppi["value"]) and ppi["n"] == 2 and ppi["note"].startswith("too few labels (2)")
+    assert tidy.pick(metrics, "judge_p_correct", "threshold[max_kappa]", "human")["note"].startswith("too few")
+    text = report.digest(summary.to_dict())
+    assert "too few labels (2)" in text and "-0.193" not in text and "1.193" not in text
+    assert "kappa judge vs human: too few labels (2)" in text
+    page = (run / "judge/j/report.html").read_text()
+    assert "too few labels (2)" in page and "-0.193" not in page
+
+
+def test_labels_of_one_class_are_too_few_whatever_their_number(tmp_path):
+    run = few_labels_run(tmp_path, [True] * 12, n=40)
+    report.write(run, "j")
+    text = report.digest(pd.read_csv(run / "judge/j/summary.csv").iloc[0].to_dict())
+    assert "too few labels (12)" in text and "1.000 [1.000, 1.000]" not in text
+    assert "1 with the judge" not in text and "0 without" not in text  # labels needed from no variance at all
+    cfg = make_cfg(tmp_path / "runs", "report.min_labels=5")
+    report.write(run, "j", report.settings(cfg))
+    summary = pd.read_csv(run / "judge/j/summary.csv").iloc[0]
+    assert math.isnan(summary.ppi_acc_judge) and math.isnan(summary.labels_needed_human)
+    assert summary.labels_note == "too few labels (12): all of them say correct; both classes are needed"
+    assert "too few labels (12)" in (run / "judge/j/report.html").read_text()
+
+
+def test_each_part_of_the_length_breakdown_needs_enough_labels(tmp_path):
+    run = labelled_run(tmp_path, labelled=90)  # 23 of the labelled answers are long, 67 short
+    report.write(run, "j")
+    metrics = pd.read_csv(run / "judge/j/metrics.csv")
+    long = tidy.pick(metrics, "judge", "kappa[words>5]", "human")
+    assert long["n"] == 23 and math.isnan(long["value"]) and long["note"].startswith("too few labels (23)")
+    short = tidy.pick(metrics, "judge", "kappa[words<=5]", "human")
+    assert short["n"] == 67 and 0 < short["value"] <= 1 and pd.isna(short["note"])
+    assert not math.isnan(tidy.pick(metrics, "judge", "ppi_accuracy", "human")["value"])  # 90 labels overall
+    page = (run / "judge/j/report.html").read_text()
+    assert "too few labels (23)" in page.split('id="length"')[1]
+    report.write(run, "j", report.settings(make_cfg(tmp_path / "runs", "report.min_labels=20")))
+    metrics = pd.read_csv(run / "judge/j/metrics.csv")
+    assert not math.isnan(tidy.pick(metrics, "judge", "kappa[words>5]", "human")["value"])
+
+
+def test_three_labelled_long_answers_give_no_kappa(tmp_path):
+    run = labelled_run(tmp_path, labelled=10)  # answers 0, 4 and 8 are long
+    report.write(run, "j")
+    metrics = pd.read_csv(run / "judge/j/metrics.csv")
+    for statistic in ("kappa[words>5]", "agreement[words>5]"):
+        row = tidy.pick(metrics, "judge", statistic, "human")
+        assert row["n"] == 3 and math.isnan(row["value"]) and row["note"].startswith("too few labels (3)")

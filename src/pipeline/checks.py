@@ -55,11 +55,18 @@ def check(cfg: Config) -> None:
     need(0.0 < cfg.report.target_halfwidth < 0.5,
          f"report.target_halfwidth={cfg.report.target_halfwidth} must lie in (0, 0.5) (half an interval's width)")
     need(cfg.report.bootstrap >= 0, f"report.bootstrap={cfg.report.bootstrap} must be 0 (no intervals) or more")
+    need(cfg.report.min_labels >= 2, f"report.min_labels={cfg.report.min_labels} must be at least 2 (a kappa or an "
+         "interval needs two labels, one of each class)")
+    need(0.0 <= cfg.report.max_invalid_share <= 1.0,
+         f"report.max_invalid_share={cfg.report.max_invalid_share} must lie in [0, 1] (a share of the verdicts)")
     need(cfg.label.seed >= 0, f"label.seed={cfg.label.seed} must be 0 or more")
     need(cfg.slurm.signal_seconds >= 0, f"slurm.signal_seconds={cfg.slurm.signal_seconds} must be 0 or more")
     replicas = OmegaConf.select(cfg, "judge.placement.replicas", default="auto")
     need(parse_requested(replicas) is not None,
          f"judge.placement.replicas={replicas!r} must be auto or a whole number at least 1")
+    for key, sep in (("dataset.fields.answers_sep", cfg.dataset.fields.answers_sep),
+                     ("import_fields.answers_sep", cfg.import_fields.answers_sep)):
+        need(sep != "", f"{key}='' is no separator: give the text between references (e.g. '|'), or null for none")
     need(DEVICE_PATTERN.fullmatch(str(cfg.generator.device)) is not None,
          f"generator.device={cfg.generator.device!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
     if problems:

@@ -254,6 +254,9 @@ class DatasetFields:
     question: str = "question"
     # One or more fields; each may hold a string or a list of strings; all are collected as references.
     answers: List[str] = field(default_factory=lambda: ["answers"])
+    # Split each reference string at this separator ("|" for "William Shakespeare|Shakespeare"); pieces are
+    # stripped and empty ones dropped. null: a string is one reference.
+    answers_sep: Optional[str] = None
 
 
 @dataclass
@@ -264,6 +267,8 @@ class ImportFields:
     id: Optional[str] = "id"
     question: str = "question"
     answers: List[str] = field(default_factory=lambda: ["references"])
+    # As dataset.fields.answers_sep: split each reference string at this separator; null: a string is one reference.
+    answers_sep: Optional[str] = None
     prediction: str = "prediction"
     # A human correctness label (true/false, 1/0, yes/no, correct/incorrect, right/wrong); auto: the file's
     # `human_label` or `label` column if it has one; null: none.
@@ -282,7 +287,8 @@ class ReportConfig:
     runs: Optional[List[str]] = None
     # Where the leaderboard goes; null: <runs_dir>/leaderboard.csv.
     leaderboard: Optional[str] = None
-    # Bootstrap resamples for the 95% confidence intervals, and their seed.
+    # Bootstrap resamples for the 95% intervals of agreement and kappa, and their seed (accuracies, shares of yes
+    # among n answers, get the Wilson score interval, which needs no resampling).
     bootstrap: int = 1000
     seed: int = 0
     # A prediction is correct by token F1 when F1 >= f1_threshold, by ROUGE-L when ROUGE-L > rouge_threshold.
@@ -296,6 +302,16 @@ class ReportConfig:
     length_words: int = 5
     # Equal-width bins of P(correct) for the expected calibration error.
     calibration_bins: int = 10
+    # Every statistic against the human labels (PPI++, labels needed, kappa and agreement with humans, also by
+    # answer length, calibrated thresholds, calibration error) needs at least this many labels among the answers it
+    # rests on, of both classes; with fewer it reads "too few labels (n)". Why 30: PPI++ and the human-only estimate
+    # use normal intervals, and a kappa or threshold from a handful of labels is noise (2 labels gave
+    # [-0.19, 1.19], 3 gave a kappa of 1.000); about 30 is where a normal interval of a share starts to hold.
+    min_labels: int = 30
+    # A judge whose share of invalid verdicts is above this is flagged (digest, report.html, summary.csv, the
+    # leaderboard, where it ranks below the others): its accuracy rests on the few valid verdicts, so the report
+    # also gives it with every invalid verdict counted wrong and counted right.
+    max_invalid_share: float = 0.05
 
 
 @dataclass

@@ -5,6 +5,7 @@
     labels_needed_ppi(...) / labels_needed_classical(...)   labels for a chosen half-width, from measured variances
     best_kappa_threshold, equal_error_threshold, calibration_error   thresholds and calibration against humans
     paired_bootstrap(a, b)                                  intervals of agreement and Cohen's kappa of two raters
+    label_shortage(labels, min_labels)                      "too few labels (n): why", or "" when there are enough
 
 Prediction-powered inference (Angelopoulos et al. 2023, Science) estimates the mean of the human label Y over all
 answers from the judge's score f on every answer, corrected by the judge's error on the labelled ones:
@@ -16,7 +17,13 @@ lam = Cov(Y, f) / ((1 + n/N) Var(f)), with the covariance over the n labelled an
 them; lam = 0 is the human labels alone, lam = 1 plain PPI. The 95% interval is normal, with the standard error
 sqrt(Var(lam f)/N + Var(Y - lam f)/n) (population variances, as the reference implementation `ppi-python`, against
 which tests/test_estimates.py checks these functions). It is valid whatever the judge's bias, provided the labelled
-answers are a uniform random sample of the run (what stage=label draws) and the judge was not tuned on them.
+answers are a uniform random sample of the run (what stage=label draws) and the judge was not tuned on them. An
+accuracy lies in [0, 1], and so do the intervals given here (a normal interval near 0 or 1 is clipped to it).
+
+Few labels, or labels of one class only, give these statistics nothing to stand on: a normal interval from 2 labels
+spans [-0.19, 1.19], 12 labels that all say "correct" have no variance (an interval [1, 1] and "0 labels needed"),
+and a kappa or a threshold chosen on 3 labels is noise. `label_shortage` says when: below report.min_labels labels,
+or without both classes among them, the report gives "too few labels (n)" instead of a number.
 
 Plain numpy and the standard library (statistics.NormalDist for the normal quantile): no scipy at run time.
 """
@@ -58,8 +65,24 @@ NAN_ESTIMATE = Estimate(math.nan, math.nan, math.nan, 0, math.nan)
 
 
 def normal_interval(value: float, se: float, n: int, level: float = LEVEL, lam: float | None = None) -> Estimate:
+    """value +- z * se, clipped to [0, 1] (the estimates here are shares of answers; so is a PPI++ point estimate
+    that the judge's correction pushes past an edge)."""
     z = z_value(level)
-    return Estimate(float(value), float(value - z * se), float(value + z * se), n, float(se), lam)
+    lo, hi = max(0.0, value - z * se), min(1.0, value + z * se)
+    return Estimate(float(min(max(value, 0.0), 1.0)), float(lo), float(hi), n, float(se), lam)
+
+
+def label_shortage(y, min_labels: int) -> str:
+    """Why the human labels `y` (1/0) are too few for a statistic that rests on them, or "" when they are enough:
+    fewer than `min_labels` (report.min_labels), or all of one class (no variance, no kappa, no threshold)."""
+    y = np.asarray(y, dtype=float)
+    n = len(y)
+    if n < min_labels:
+        return f"too few labels ({n}): fewer than report.min_labels={min_labels}"
+    if y.min() == y.max():
+        return f"too few labels ({n}): all of them say {'correct' if y[0] == 1 else 'incorrect'}; both classes " \
+               "are needed"
+    return ""
 
 
 def classical_mean(y, level: float = LEVEL) -> Estimate:
@@ -98,10 +121,11 @@ def ppi_mean(y, f, f_unlabelled, level: float = LEVEL, lam: float | None = None)
 
 def labels_needed_ppi(y, f, f_unlabelled, halfwidth: float, level: float = LEVEL) -> float:
     """The fewest labels (out of all the answers) whose PPI++ interval would have this half-width, were the measured
-    variances and lam the true ones; NaN when even labelling every answer would not reach it."""
+    variances and lam the true ones; NaN when even labelling every answer would not reach it, or when the labels
+    are all of one class (no variance measured)."""
     y, f, fu = (np.asarray(v, dtype=float) for v in (y, f, f_unlabelled))
     total = len(f) + len(fu)
-    if len(y) < 2 or total < 2:
+    if len(y) < 2 or total < 2 or y.min() == y.max():
         return math.nan
     lam = power_tuning(y, f, fu) if len(fu) else 0.0
     judge_var = float(np.var(lam * np.concatenate([f, fu])))
@@ -114,9 +138,10 @@ def labels_needed_ppi(y, f, f_unlabelled, halfwidth: float, level: float = LEVEL
 
 
 def labels_needed_classical(y, halfwidth: float, level: float = LEVEL) -> float:
-    """Labels for a human-only normal interval of this half-width, at the measured accuracy."""
+    """Labels for a human-only normal interval of this half-width, at the measured accuracy (NaN when the labels are
+    all of one class: their variance, 0, says nothing of the next ones)."""
     y = np.asarray(y, dtype=float)
-    if len(y) < 2:
+    if len(y) < 2 or y.min() == y.max():
         return math.nan
     return float(math.ceil((z_value(level) / halfwidth) ** 2 * float(np.var(y))))
 

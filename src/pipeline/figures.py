@@ -34,7 +34,7 @@ def accuracy_figure(samples: pd.DataFrame, row: pd.Series, folder: Path, title: 
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.bar(shown, acc, color="#4c72b0", yerr=[np.nan_to_num(acc - lo), np.nan_to_num(hi - acc)], capsize=4)
     ax.set_ylim(0, 1.12)
-    ax.set_ylabel("accuracy (95% bootstrap CI)")
+    ax.set_ylabel("accuracy (95% Wilson interval)")
     ax.set_title(f"{title}: accuracy by criterion (n={len(samples)})", fontsize=10)
     for x, (a, top, c) in enumerate(zip(acc, hi, shown)):
         y = (top if not np.isnan(top) else a) + 0.02

@@ -41,6 +41,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .cells import safe_cell  # (the one rule for every CSV people open: cells.py)
 from .errors import PipelineError, plural, preview
 from .files import read_json, sha256_file, write_atomic, write_json
 from .importer import FALSE_LABELS, TRUE_LABELS, parse_label
@@ -52,7 +53,6 @@ from .shards import shard_dirs
 log = logging.getLogger(__name__)
 
 SHEET_COLUMNS = ["id", "question", "references", "prediction", "human_label"]
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")  # "'" too, so that reading back can always take one off
 ACCEPTED = (f"{'/'.join(TRUE_LABELS)} for correct, {'/'.join(FALSE_LABELS)} for incorrect (any case), or an "
             "empty cell for not labelled yet")
 DRAW_KEYS = ("seed", "n", "frame_size", "frame_sha256", "ids", "sheet")
@@ -226,11 +226,6 @@ def command(cfg, run_dir: Path, *args: str) -> str:
     """The exact command line for this run (runs_dir included when it is not the default)."""
     where = [] if str(cfg.runs_dir) == "runs" else [shlex.quote(f"runs_dir={cfg.runs_dir}")]
     return " ".join(["python -m pipeline", *args, f"run_id={run_dir.name}", *where])
-
-
-def safe_cell(text: str) -> str:
-    """A text cell a spreadsheet will not run as a formula: a ' in front of = + - @ (and of ' itself)."""
-    return "'" + text if text.startswith(FORMULA_START) else text
 
 
 def keep_copy(run_dir: Path, path: Path) -> Path:

@@ -43,6 +43,7 @@ def environment() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]),
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = number
+    env.filters["shown"] = shown
     env.filters["pct"] = lambda v: "–" if missing(v) else f"{100 * float(v):.1f}%"
     env.filters["label"] = lambda c: LABELS.get(c, c)
     env.filters["raw"] = lambda v: "" if missing(v) else repr(float(v)) if isinstance(v, (float, np.floating)) \
@@ -60,6 +61,17 @@ def number(value, digits: int = 3) -> str:
     if isinstance(value, (int, np.integer)) or float(value).is_integer() and abs(float(value)) >= 10:
         return f"{int(value):,}"
     return f"{float(value):.{digits}f}"
+
+
+def shown(row: dict | None, digits: int = 3) -> str:
+    """A metrics.csv row's value, or, when it has none for a reason, the reason's short form ("too few labels (12)";
+    the whole reason is the row's `note`)."""
+    if not row:
+        return "–"
+    note = row.get("note")
+    if isinstance(note, str) and note:
+        return note.split(":")[0]
+    return number(row.get("value"), digits)
 
 
 def script_json(value) -> str:
@@ -166,11 +178,12 @@ def judge_page(*, run_id: str, judge: str, samples: pd.DataFrame, crit: pd.DataF
                metrics: pd.DataFrame, labels, manifest: dict, generation: dict, others: dict, folder: Path,
                s: ReportConfig) -> str:
     """The whole report.html of one (run, judge)."""
-    from .report import PPI_ASSUMPTION
+    from .report import PPI_ASSUMPTION, invalid_warning
 
     env = environment()
     return env.get_template("report.html.j2").render(
         run_id=run_id, judge=judge, row=summary, criteria=[c for c in CRITERIA if summary.get(f"n_{c}")],
+        invalid_warning=invalid_warning(summary), min_labels=s.min_labels,
         tables=summary_tables(metrics, s), labels=labels, assumption=PPI_ASSUMPTION, target=s.target_halfwidth,
         mode=(manifest.get("judge") or {}).get("mode"), prompt=manifest.get("prompt") or {},
         dataset=(generation.get("dataset") or {}), generator=(generation.get("generator") or {}).get("name"),
@@ -180,6 +193,8 @@ def judge_page(*, run_id: str, judge: str, samples: pd.DataFrame, crit: pd.DataF
 
 def leaderboard_page(board: pd.DataFrame, out: Path, runs_dir: Path) -> str:
     """runs/leaderboard.html: one row per run x judge, grouped by data set, each linking to its report.html."""
+    shares = [c for c in board.columns if c.startswith(("acc_", "ppi_acc", "kappa_", "auroc_", "judge_invalid_share"))]
+    board = board.astype({c: float for c in shares})  # read back from summary.csv, a 1 is an int: shown as 1.000
     groups = []
     for (name, sha), part in board.groupby(["dataset", "dataset_sha256"], dropna=False, sort=False):
         rows = []

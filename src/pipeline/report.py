@@ -6,12 +6,13 @@
 
 runs/<run_id>/judge/<judge>/
     samples.csv      one row per question: the lexical criteria, the verdict and P(correct), NLL, human label
-    summary.csv      one row: accuracy under every criterion with bootstrap 95% intervals; agreement and Cohen's
-                     kappa between each pair of criteria; against human labels (agreement, kappa, false positives,
-                     false negatives); AUROC of the generator's NLL against each criterion; invalid verdicts; with
+    summary.csv      one row: accuracy under every criterion with its 95% Wilson score interval (stats.py); agreement
+                     and Cohen's kappa between each pair of criteria; against human labels (agreement, kappa, false
+                     positives, false negatives); AUROC of the generator's NLL against each criterion; invalid
+                     verdicts, their share and the judge's accuracy with them counted wrong and counted right; with
                      human labels, the prediction-powered (PPI++) accuracy and the calibrated thresholds
     metrics.csv      every statistic as one row of a long table (tidy.py): run_id, judge, criterion, statistic,
-                     against, value, lo, hi, n
+                     against, value, lo, hi, n, note
     report.html      all of it on one self-contained page, with a browser of every answer (pages.py)
     accuracy.png     accuracy per criterion with its interval
     nll.png          NLL of the answers the judge called correct vs incorrect (when the run has NLLs)
@@ -20,6 +21,18 @@ runs/<run_id>/judge/<judge>/
 Criteria (each a yes/no per answer): exact_match (SQuAD-normalised), token_f1 (F1 >= report.f1_threshold),
 contains (a reference inside the answer), rouge_l (ROUGE-L > report.rouge_threshold), judge (the verdict, where
 valid: an invalid verdict is left out, never counted as wrong), human (the human label, where there is one).
+
+Accuracies (every criterion, the length breakdown, the page, the digest) have the Wilson score interval of a
+proportion, which does not collapse to a point at 0/n or n/n; agreement and kappa keep the percentile bootstrap.
+Two things the numbers alone would hide are said in words wherever they are shown:
+  - too few labels: a statistic against the human labels (PPI++, labels needed, kappa and agreement with humans,
+    by length too, calibrated thresholds) needs report.min_labels labels of both classes among the answers it rests
+    on; with fewer its value is empty (NaN) and it reads "too few labels (n)" (summary.csv's labels_note, the
+    `note` column of metrics.csv);
+  - a judge whose share of invalid verdicts is above report.max_invalid_share is flagged (judge_invalid_flagged,
+    a warning in the digest and on the page, ranked below the others on the leaderboard), with its accuracy
+    counting every invalid verdict wrong and right beside the accuracy over the valid ones.
+The CSVs are written for spreadsheets (cells.py: a text cell that would run as a formula gets a leading ').
 """
 
 from __future__ import annotations
@@ -34,13 +47,14 @@ import pandas as pd
 
 from .config import ReportConfig
 from .errors import PipelineError
-from . import pages
+from . import cells, pages
 from .figures import plot
 from .files import read_json, write_atomic
 from .metrics import CRITERIA, contains_reference, exact_match, rouge_l, token_f1
 from .rows import SAMPLE_COLUMNS, GenerationRow, SampleRow, VerdictRow, parse_rows
 from .runs import StageDir, list_runs, find_run
-from .stats import agreement, auroc, bootstrap_ci, cohen_kappa
+from .estimates import label_shortage
+from .stats import agreement, auroc, cohen_kappa, proportion_interval
 from .tidy import metrics_table, pick
 from .verdict import CORRECT, INCORRECT, INVALID
 
@@ -99,6 +113,7 @@ def summarize(samples: pd.DataFrame, run_id: str, judge: str, s: ReportConfig | 
         "judge_correct": correct, "judge_incorrect": incorrect, "judge_invalid": invalid,
         "judge_accuracy": correct / (correct + incorrect) if correct + incorrect else np.nan,
         "judge_accuracy_all": correct / n if n else np.nan,
+        **invalid_share(correct, invalid, n, s),
         "exact_match": samples["exact_match"].mean() if n else np.nan,
         "token_f1": samples["token_f1"].mean() if n else np.nan,
     }
@@ -107,15 +122,18 @@ def summarize(samples: pd.DataFrame, run_id: str, judge: str, s: ReportConfig | 
         if valid.any() else np.nan
     row["judge_em_agreement_n"] = int(valid.sum())
 
-    for c in CRITERIA:  # accuracy under every criterion, with a bootstrap interval
+    for c in CRITERIA:  # accuracy under every criterion, with its Wilson interval
         values = crit[c].dropna().to_numpy()
-        row[f"acc_{c}"] = values.mean() if len(values) else np.nan
-        row[f"acc_{c}_lo"], row[f"acc_{c}_hi"] = bootstrap_ci(values, resamples=s.bootstrap, seed=s.seed)
+        right = int((values == 1).sum())
+        row[f"acc_{c}"] = right / len(values) if len(values) else np.nan
+        row[f"acc_{c}_lo"], row[f"acc_{c}_hi"] = proportion_interval(right, len(values))
         row[f"n_{c}"] = len(values)
-    for a, b in combinations(CRITERIA, 2):  # agreement between each pair, where both are defined
+    # agreement between each pair, where both are defined (against the human labels: where those are enough)
+    for a, b in combinations(CRITERIA, 2):
         both = crit[[a, b]].dropna()
-        row[f"agree_{a}_{b}"] = agreement(both[a], both[b]) if len(both) else np.nan
-        row[f"kappa_{a}_{b}"] = cohen_kappa(both[a], both[b]) if len(both) else np.nan
+        known = len(both) > 0 and not (b == "human" and label_shortage(both[b], s.min_labels))
+        row[f"agree_{a}_{b}"] = agreement(both[a], both[b]) if known else np.nan
+        row[f"kappa_{a}_{b}"] = cohen_kappa(both[a], both[b]) if known else np.nan
         row[f"n_{a}_{b}"] = len(both)
     for c in CRITERIA[:-1]:  # against the human labels: false positives and false negatives of each criterion
         both = crit[[c, "human"]].dropna()
@@ -126,9 +144,20 @@ def summarize(samples: pd.DataFrame, run_id: str, judge: str, s: ReportConfig | 
             both = pd.concat([samples[nll].astype(float), crit[c]], axis=1).dropna()
             row[f"auroc_{nll}_{c}"] = auroc(-both[nll], both[c] == 1) if len(both) else np.nan
     p = pd.concat([pd.to_numeric(samples["judge_p_correct"], errors="coerce"), crit["human"]], axis=1).dropna()
-    row["auroc_p_correct_human"] = auroc(p.iloc[:, 0], p["human"] == 1) if len(p) else np.nan
-    row["brier_p_correct_human"] = float(((p.iloc[:, 0] - p["human"]) ** 2).mean()) if len(p) else np.nan
+    known = len(p) > 0 and not label_shortage(p["human"], s.min_labels)
+    row["auroc_p_correct_human"] = auroc(p.iloc[:, 0], p["human"] == 1) if known else np.nan
+    row["brier_p_correct_human"] = float(((p.iloc[:, 0] - p["human"]) ** 2).mean()) if known else np.nan
     return pd.DataFrame([row])
+
+
+def invalid_share(correct: int, invalid: int, n: int, s: ReportConfig) -> dict:
+    """The share of invalid verdicts, whether it is above report.max_invalid_share (then the judge is flagged), and
+    the bounds of the judge's accuracy over all n answers: every invalid verdict counted wrong, and counted right."""
+    share = invalid / n if n else np.nan
+    return {"judge_invalid_share": share, "judge_invalid_share_max": s.max_invalid_share,
+            "judge_invalid_flagged": bool(n and share > s.max_invalid_share),
+            "acc_judge_invalid_as_wrong": correct / n if n else np.nan,
+            "acc_judge_invalid_as_right": (correct + invalid) / n if n else np.nan}
 
 
 def with_estimates(summary: pd.DataFrame, metrics: pd.DataFrame, labels) -> pd.DataFrame:
@@ -142,7 +171,8 @@ def with_estimates(summary: pd.DataFrame, metrics: pd.DataFrame, labels) -> pd.D
                 "labels_needed_human": pick(metrics, "human", "labels_needed").get("value", np.nan),
                 "labels_uniform": bool(labels.drawn_uniformly) if labels.by_id else np.nan,
                 "labels_source": labels.source if labels.by_id else "",
-                "labels_warnings": " | ".join(labels.warnings)})
+                "labels_warnings": " | ".join(labels.warnings),
+                "labels_note": pick(metrics, "judge", "ppi_accuracy", "human").get("note", "")})
     for name in ("max_kappa", "equal_error"):
         row[f"threshold_{name}"] = pick(metrics, "judge_p_correct", f"threshold[{name}]", "human").get("value", np.nan)
         row[f"acc_judge_at_{name}"] = pick(metrics, "judge_p_correct", f"accuracy[{name}]").get("value", np.nan)
@@ -159,7 +189,11 @@ def label_lines(row: dict, target: float | None = None) -> list[str]:
     if not row.get("n_human"):
         return []
     lines = []
-    if not pd.isna(row.get("ppi_acc_judge")):
+    if note := text(row.get("labels_note")):
+        lines.append(f"human labels: {note}. PPI++, labels needed, kappa with humans and the calibrated thresholds "
+                     f"are left empty until there are enough; humans alone {row['acc_human']:.3f} "
+                     f"[{row['acc_human_lo']:.3f}, {row['acc_human_hi']:.3f}] (Wilson interval)")
+    elif not pd.isna(row.get("ppi_acc_judge")):
         lines.append(f"accuracy from judge + {int(row['n_human'])} human labels (PPI++, lambda "
                      f"{row['ppi_lambda_judge']:.2f}): {row['ppi_acc_judge']:.3f} [{row['ppi_acc_judge_lo']:.3f}, "
                      f"{row['ppi_acc_judge_hi']:.3f}]; judge alone {row['acc_judge']:.3f}, humans alone "
@@ -182,6 +216,24 @@ def fmt_count(value, answers: int) -> str:
     return f"more than the run's {answers} answers" if value is None or pd.isna(value) else str(int(value))
 
 
+def text(value) -> str:
+    """A text cell of the summary row: "" for an empty one (NaN once read back)."""
+    return value if isinstance(value, str) else ""
+
+
+def invalid_warning(row: dict) -> str:
+    """Why a judge is flagged for its invalid verdicts, and what its accuracy could be; "" when it is not."""
+    if not row.get("judge_invalid_flagged"):
+        return ""
+    n, invalid, valid = int(row["n"]), int(row["judge_invalid"]), int(row["n_judge"])
+    accuracy = f"{row['acc_judge']:.3f}" if valid else "undefined"
+    return (f"{invalid} of {n} verdicts are invalid ({row['judge_invalid_share']:.1%}, more than "
+            f"report.max_invalid_share={100 * row['judge_invalid_share_max']:g}%): the judge's accuracy "
+            f"({accuracy}) rests on {valid} valid verdicts; over all {n} answers it is "
+            f"{row['acc_judge_invalid_as_wrong']:.3f} (every invalid verdict counted wrong) to "
+            f"{row['acc_judge_invalid_as_right']:.3f} (counted right). See judge_invalid_reason in samples.csv")
+
+
 def digest(row: dict, target: float | None = None) -> str:
     """A few lines a person reads at the end of a run: accuracy by criterion with intervals, agreement."""
     def acc(c: str) -> str:
@@ -191,10 +243,13 @@ def digest(row: dict, target: float | None = None) -> str:
 
     lines = [f"{row['run_id']} / {row['judge']}: n={row['n']}, verdicts {row['judge_correct']} correct, "
              f"{row['judge_incorrect']} incorrect, {row['judge_invalid']} invalid (left out, never counted as wrong)",
-             "accuracy (95% CI): " + "; ".join(x for x in (acc(c) for c in CRITERIA) if x)]
+             "accuracy (95% Wilson interval): " + "; ".join(x for x in (acc(c) for c in CRITERIA) if x)]
+    if warning := invalid_warning(row):
+        lines.append(f"warning: {warning}")
     extra = [f"kappa judge vs exact match {row['kappa_exact_match_judge']:.2f}"]
-    if row.get("n_human"):
-        extra.append(f"kappa judge vs human {row['kappa_judge_human']:.2f}")
+    if row.get("n_judge_human"):
+        extra.append(f"kappa judge vs human {row['kappa_judge_human']:.2f}" if not pd.isna(row["kappa_judge_human"])
+                     else f"kappa judge vs human: too few labels ({int(row['n_judge_human'])})")
     if not pd.isna(row.get("auroc_sequence_nll_judge")):
         extra.append(f"AUROC of -NLL vs judge {row['auroc_sequence_nll_judge']:.2f}")
     lines.append("; ".join(extra))
@@ -223,9 +278,9 @@ def write(run_dir: Path, judge: str, s: ReportConfig | None = None) -> tuple[Pat
                                 stage.manifest().get("panel"))
         summary = with_estimates(summary, metrics, labels)
         samples_path, summary_path = stage.path / "samples.csv", stage.path / "summary.csv"
-        write_atomic(samples_path, samples.to_csv(index=False))
-        write_atomic(summary_path, summary.to_csv(index=False, float_format="%.6g"))
-        write_atomic(stage.path / "metrics.csv", metrics.to_csv(index=False, float_format="%.6g"))
+        write_atomic(samples_path, cells.to_csv(samples))  # (text that would run as a formula gets a ')
+        write_atomic(summary_path, cells.to_csv(summary, float_format="%.6g"))
+        write_atomic(stage.path / "metrics.csv", cells.to_csv(metrics, float_format="%.6g"))
         if s.plots:
             plot(samples, summary, stage.path, f"{run_dir.name} / {judge}")
         others = pages.other_judges(run_dir, judge, lambda name: read_verdicts(run_dir, name))
@@ -241,11 +296,16 @@ def write_and_print(run_dir: Path, judge: str, s: ReportConfig | None = None) ->
     s = s or settings()
     samples, summary = write(run_dir, judge, s)
     log.info("run %s: results in %s and %s", run_dir.name, samples, summary)
-    print("\n" + digest(pd.read_csv(summary).iloc[0].to_dict(), s.target_halfwidth), flush=True)
+    print("\n" + digest(read_summary(summary), s.target_halfwidth), flush=True)
     return samples, summary
 
 
 RESULT_FILES = ("samples.csv", "summary.csv", "metrics.csv", "report.html")
+
+
+def read_summary(path: Path) -> dict:
+    """summary.csv's row as written, its text cells as they were before cells.to_csv escaped them."""
+    return cells.read_csv(path).iloc[0].to_dict()
 
 
 def read_verdicts(run_dir: Path, judge: str) -> list[VerdictRow]:
@@ -278,7 +338,7 @@ def report_run(run_dir: Path, s: ReportConfig) -> list[dict]:
     rows = []
     for judge in judges:
         samples_path, summary_path = write(run_dir, judge, s)
-        summary = pd.read_csv(summary_path).iloc[0].to_dict()
+        summary = read_summary(summary_path)
         print(f"{digest(summary, s.target_halfwidth)}\nresults: {samples_path.parent}/{{samples,summary,metrics}}.csv, "
               f"figures; to read: {samples_path.parent / 'report.html'}\n")
         judge_manifest = read_json(run_dir / "judge" / judge / "manifest.json")
@@ -290,7 +350,9 @@ def report_run(run_dir: Path, s: ReportConfig) -> list[dict]:
 
 LEADERBOARD_COLUMNS = ["dataset", "dataset_sha256", "run_id", "generator", "judge", "judge_mode", "n",
                        "acc_judge", "acc_judge_lo", "acc_judge_hi", "ppi_acc_judge", "ppi_acc_judge_lo",
-                       "ppi_acc_judge_hi", "n_human", "judge_invalid", "acc_exact_match",
+                       "ppi_acc_judge_hi", "n_human", "labels_note", "judge_invalid", "judge_invalid_share",
+                       "judge_invalid_flagged", "acc_judge_invalid_as_wrong", "acc_judge_invalid_as_right",
+                       "acc_exact_match",
                        "acc_token_f1", "acc_contains", "acc_rouge_l", "acc_human", "kappa_judge_human",
                        "kappa_exact_match_judge", "auroc_sequence_nll_judge", "auroc_sequence_nll_exact_match"]
 
@@ -316,10 +378,12 @@ def run(cfg) -> list[Path]:
         print(f"skipped {line}")
     if not rows:
         raise PipelineError(f"none of the runs has a finished judge to report ({len(skipped)} skipped, above).")
-    board = pd.DataFrame(rows)[LEADERBOARD_COLUMNS].sort_values(["dataset", "dataset_sha256", "acc_judge"],
-                                                               ascending=[True, True, False])
+    # Within a data set, by accuracy; a judge flagged for its invalid verdicts below the others, whatever its accuracy
+    # over the few valid ones.
+    board = pd.DataFrame(rows)[LEADERBOARD_COLUMNS].sort_values(
+        ["dataset", "dataset_sha256", "judge_invalid_flagged", "acc_judge"], ascending=[True, True, True, False])
     out = Path(cfg.report.leaderboard) if cfg.report.leaderboard else runs_dir / "leaderboard.csv"
-    write_atomic(out, board.to_csv(index=False, float_format="%.4g"))
+    write_atomic(out, cells.to_csv(board, float_format="%.4g"))
     write_atomic(out.with_suffix(".html"), pages.leaderboard_page(board, out, runs_dir))
     groups = board.groupby(["dataset", "dataset_sha256"], dropna=False).size()
     print(f"leaderboard: {out} and {out.with_suffix('.html')} ({len(board)} rows)")

@@ -1,15 +1,18 @@
 """metrics.csv: every statistic of one (run, judge) as one row of a long table, the shape pandas filters and plots
 without reshaping.
 
-    run_id, judge, criterion, statistic, against, value, lo, hi, n
-    nq, gpt-4, judge, kappa, human, 0.70, 0.66, 0.74, 1490
-    nq, gpt-4, judge, ppi_accuracy, human, 0.61, 0.58, 0.64, 200
+    run_id, judge, criterion, statistic, against, value, lo, hi, n, note
+    nq, gpt-4, judge, kappa, human, 0.70, 0.66, 0.74, 1490,
+    nq, gpt-4, judge, ppi_accuracy, human, 0.61, 0.58, 0.64, 200,
+    nq, gpt-4, judge, kappa[words>5], human, , , , 12, too few labels (12): fewer than report.min_labels=30
 
 `criterion` is what is measured (a criterion of report.py, `judge_p_correct`, `sequence_nll`, a jury member, or
 `panel`), `against` what it is compared with (empty for a criterion's own accuracy), `lo`/`hi` the 95% interval
-where there is one, `n` the answers (or labels) it rests on. Statistics:
+where there is one, `n` the answers (or labels) it rests on, `note` why a value is empty. Every statistic against
+the human labels needs report.min_labels of them, of both classes, among the answers it rests on; with fewer its
+value is empty and `note` says "too few labels (n): ..." (estimates.label_shortage). Statistics:
 
-    accuracy                 share correct under the criterion (percentile bootstrap interval)
+    accuracy                 share correct under the criterion (Wilson score interval, stats.proportion_interval)
     agreement, kappa         with another criterion, where both are defined (bootstrap intervals)
     ppi_accuracy             the human-label accuracy estimated from this criterion on every answer plus the labels
                              (PPI++; valid when the labels are a uniform random subset); `ppi_lambda` its weight
@@ -17,9 +20,10 @@ where there is one, `n` the answers (or labels) it rests on. Statistics:
                              the labels alone)
     threshold[max_kappa], threshold[equal_error]   calibrated P(correct) thresholds against the labels, with
                              kappa[...], accuracy[...] and error_rate[equal_error] at each; ece the calibration error
-    <statistic>[words<=5], <statistic>[words>5]    accuracy, agreement and kappa by answer length
+    <statistic>[words<=5], <statistic>[words>5]    accuracy (Wilson interval), agreement and kappa by answer length
     auroc, brier             the generator's NLL or the judge's P(correct) as a score of a criterion
     labels_uniform           1 when the labels were drawn by stage=label (and labelled in draw order), else 0
+    invalid_share            the share of the judge's verdicts that are invalid
     fleiss_kappa             (jury judges) the panel's agreement; members' pairwise kappa/agreement as well
 """
 
@@ -34,9 +38,9 @@ import pandas as pd
 from . import estimates
 from .config import ReportConfig
 from .metrics import CRITERIA
-from .stats import agreement, auroc, cohen_kappa
+from .stats import agreement, auroc, cohen_kappa, proportion_interval
 
-COLUMNS = ["run_id", "judge", "criterion", "statistic", "against", "value", "lo", "hi", "n"]
+COLUMNS = ["run_id", "judge", "criterion", "statistic", "against", "value", "lo", "hi", "n", "note"]
 PREDICTORS = CRITERIA[:-1]  # every criterion but the human label can stand in for it
 
 
@@ -46,18 +50,34 @@ class Table:
     def __init__(self, run_id: str, judge: str):
         self.run_id, self.judge, self.rows = run_id, judge, []
 
-    def add(self, criterion: str, statistic: str, against: str, value, lo=math.nan, hi=math.nan, n=0) -> None:
-        self.rows.append([self.run_id, self.judge, criterion, statistic, against, value, lo, hi, int(n)])
+    def add(self, criterion: str, statistic: str, against: str, value, lo=math.nan, hi=math.nan, n=0,
+            note: str = "") -> None:
+        self.rows.append([self.run_id, self.judge, criterion, statistic, against, value, lo, hi, int(n), note])
+
+    def too_few(self, criterion: str, statistics: list[str], against: str, n: int, note: str) -> None:
+        """Rows without a value for statistics whose labels are too few, saying why."""
+        for statistic in statistics:
+            self.add(criterion, statistic, against, math.nan, n=n, note=note)
+
+    def accuracy(self, criterion: str, statistic: str, values) -> None:
+        """A share of yes (1) among `values`, with its Wilson interval."""
+        values = np.asarray(values, dtype=float)
+        k = int((values == 1).sum())
+        self.add(criterion, statistic, "", k / len(values), *proportion_interval(k, len(values)), len(values))
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=COLUMNS)
 
 
 def pairs(table: Table, crit: pd.DataFrame, s: ReportConfig, suffix: str = "") -> None:
-    """Agreement and kappa of every pair of criteria where both are defined."""
+    """Agreement and kappa of every pair of criteria where both are defined (against the human labels: where those
+    are enough)."""
     for a, b in combinations(CRITERIA, 2):
         both = crit[[a, b]].dropna()
         if len(both) == 0:
+            continue
+        if b == "human" and (note := estimates.label_shortage(both[b], s.min_labels)):
+            table.too_few(a, [f"agreement{suffix}", f"kappa{suffix}"], b, len(both), note)
             continue
         x, y = both[a].to_numpy() == 1, both[b].to_numpy() == 1
         boot = estimates.paired_bootstrap(x, y, s.bootstrap, s.seed) if not suffix else {}
@@ -76,20 +96,25 @@ def predictor_scores(samples: pd.DataFrame, crit: pd.DataFrame) -> dict[str, np.
 
 
 def with_labels(table: Table, samples: pd.DataFrame, crit: pd.DataFrame, s: ReportConfig, uniform: bool) -> None:
-    """PPI accuracy from each criterion, the human-only estimate's label needs, calibration of P(correct)."""
+    """PPI accuracy from each criterion, the human-only estimate's label needs, calibration of P(correct); each
+    without a value, and a note saying why, when the labels are too few."""
     human = crit["human"].to_numpy()
     labelled = ~np.isnan(human)
     y = human[labelled]
     table.add("human", "labels_uniform", "", float(uniform), n=len(y))
-    if len(y) < 2:
-        return
-    table.add("human", "labels_needed", "", estimates.labels_needed_classical(y, s.target_halfwidth), n=len(y))
-    for name, f in predictor_scores(samples, crit).items():
-        est = estimates.ppi_mean(y, f[labelled], f[~labelled])
-        table.add(name, "ppi_accuracy", "human", est.value, est.lo, est.hi, len(y))
-        table.add(name, "ppi_lambda", "human", est.lam if est.lam is not None else math.nan, n=len(y))
-        table.add(name, "labels_needed", "human",
-                  estimates.labels_needed_ppi(y, f[labelled], f[~labelled], s.target_halfwidth), n=len(y))
+    predictors = predictor_scores(samples, crit)
+    if note := estimates.label_shortage(y, s.min_labels):
+        table.too_few("human", ["labels_needed"], "", len(y), note)
+        for name in predictors:
+            table.too_few(name, ["ppi_accuracy", "ppi_lambda", "labels_needed"], "human", len(y), note)
+    else:
+        table.add("human", "labels_needed", "", estimates.labels_needed_classical(y, s.target_halfwidth), n=len(y))
+        for name, f in predictors.items():
+            est = estimates.ppi_mean(y, f[labelled], f[~labelled])
+            table.add(name, "ppi_accuracy", "human", est.value, est.lo, est.hi, len(y))
+            table.add(name, "ppi_lambda", "human", est.lam if est.lam is not None else math.nan, n=len(y))
+            table.add(name, "labels_needed", "human",
+                      estimates.labels_needed_ppi(y, f[labelled], f[~labelled], s.target_halfwidth), n=len(y))
     calibration(table, samples, crit, s)
 
 
@@ -97,7 +122,11 @@ def calibration(table: Table, samples: pd.DataFrame, crit: pd.DataFrame, s: Repo
     """Thresholds of P(correct) chosen against the labels, and the calibration error (logprob judges)."""
     p_all = pd.to_numeric(samples["judge_p_correct"], errors="coerce")
     both = pd.concat([p_all, crit["human"]], axis=1, keys=["p", "human"]).dropna()
-    if len(both) < 2:
+    if len(both) == 0:
+        return
+    if note := estimates.label_shortage(both["human"], s.min_labels):
+        table.too_few("judge_p_correct", ["threshold[max_kappa]", "threshold[equal_error]", "ece"], "human",
+                      len(both), note)
         return
     p, y, scored = both["p"].to_numpy(), both["human"].to_numpy(), p_all.dropna().to_numpy()
     for name, (t, quality) in (("max_kappa", estimates.best_kappa_threshold(p, y)),
@@ -108,7 +137,7 @@ def calibration(table: Table, samples: pd.DataFrame, crit: pd.DataFrame, s: Repo
         if not math.isnan(t):
             at = estimates.verdicts_at(p, y, t)
             table.add("judge_p_correct", f"kappa[{name}]", "human", at["kappa"], n=len(y))
-            table.add("judge_p_correct", f"accuracy[{name}]", "", float(np.mean(scored >= t)), n=len(scored))
+            table.accuracy("judge_p_correct", f"accuracy[{name}]", scored >= t)
     table.add("judge_p_correct", "ece", "human", estimates.calibration_error(p, y, s.calibration_bins), n=len(y))
 
 
@@ -121,11 +150,11 @@ def by_length(table: Table, samples: pd.DataFrame, crit: pd.DataFrame, s: Report
         for c in CRITERIA:
             values = part[c].dropna()
             if len(values):
-                table.add(c, f"accuracy[{name}]", "", float(values.mean()), n=len(values))
+                table.accuracy(c, f"accuracy[{name}]", values)
         pairs(table, part, s, suffix=f"[{name}]")
 
 
-def scores(table: Table, samples: pd.DataFrame, crit: pd.DataFrame) -> None:
+def scores(table: Table, samples: pd.DataFrame, crit: pd.DataFrame, s: ReportConfig) -> None:
     """AUROC of the generator's NLL for each criterion; AUROC and Brier score of P(correct) against humans."""
     for nll in ("sequence_nll", "mean_nll"):
         for c in CRITERIA:
@@ -133,7 +162,9 @@ def scores(table: Table, samples: pd.DataFrame, crit: pd.DataFrame) -> None:
             if len(both):
                 table.add(nll, "auroc", c, auroc(-both[nll], both[c] == 1), n=len(both))
     p = pd.concat([pd.to_numeric(samples["judge_p_correct"], errors="coerce"), crit["human"]], axis=1).dropna()
-    if len(p):
+    if len(p) and (note := estimates.label_shortage(p["human"], s.min_labels)):
+        table.too_few("judge_p_correct", ["auroc", "brier"], "human", len(p), note)
+    elif len(p):
         table.add("judge_p_correct", "auroc", "human", auroc(p.iloc[:, 0], p["human"] == 1), n=len(p))
         table.add("judge_p_correct", "brier", "human", float(((p.iloc[:, 0] - p["human"]) ** 2).mean()), n=len(p))
 
@@ -167,7 +198,7 @@ def metrics_table(samples: pd.DataFrame, crit: pd.DataFrame, summary: dict, s: R
     if crit["human"].notna().any():
         with_labels(table, samples, crit, s, labels_uniform)
     by_length(table, samples, crit, s)
-    scores(table, samples, crit)
+    scores(table, samples, crit, s)
     if panel:
         panel_rows(table, panel)
     return table.frame()
