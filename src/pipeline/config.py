@@ -76,6 +76,8 @@ class ModelConfig:
     compute_dtype: ComputeDtype = ComputeDtype.auto
     # nf4/fp4 only: quantise the quantisation constants too (saves ~0.4 bit per parameter).
     double_quant: bool = True
+    # A model folder that ships its own Python code (auto_map in config.json) is refused unless this is true: the
+    # code then runs to plan and load it. Read its .py files first.
     trust_remote_code: bool = False
     # null: use the tokenizer's chat template when it has one.
     use_chat_template: Optional[bool] = None

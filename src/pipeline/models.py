@@ -281,6 +281,24 @@ def hub_hint(spec: str) -> str:
             "Hub is reachable and pass the folder instead (e.g. judge.model=/data/models/Llama-3.1-70B-Instruct).")
 
 
+def setting_prefix(cfg: ModelConfig) -> str:
+    """'generator' or 'judge': where the user sets this model's options."""
+    return "generator" if hasattr(cfg, "max_new_tokens") else "judge"
+
+
+def refuse_untrusted_code(source: str, cfg, error: Exception) -> None:
+    """One line instead of transformers' error when a model needs its own code run and the user has not opted in
+    (`cfg`: the model's ModelConfig, or the plan's ModelIdentity)."""
+    if cfg.trust_remote_code or "trust_remote_code" not in str(error):
+        return
+    key = f"{setting_prefix(cfg)}.trust_remote_code"
+    raise PipelineError(
+        f"{cfg.name}: {source!r} ships its own Python code (auto_map in its config.json) that transformers must run "
+        f"to load it, and {key} is false. If you trust that code (read its .py files first), pass {key}=true; "
+        "otherwise choose another model."
+    ) from None
+
+
 def model_config(source: str, cfg: ModelConfig):
     """The model's transformers config (read from its folder, the HF cache or the Hub)."""
     from transformers import AutoConfig
@@ -290,6 +308,7 @@ def model_config(source: str, cfg: ModelConfig):
     try:
         return AutoConfig.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
+        refuse_untrusted_code(source, cfg, e)
         raise PipelineError(f"{cfg.name}: cannot read the config of {source!r} ({type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else ''}). {hub_hint(source)}") from None
 
@@ -301,6 +320,7 @@ def load_tokenizer(source: str, cfg: ModelConfig):
     try:
         tok = AutoTokenizer.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
+        refuse_untrusted_code(source, cfg, e)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PipelineError(f"{cfg.name}: could not load the tokenizer of {source!r}: {first}. "
                             f"{hub_hint(source)}") from None
@@ -342,6 +362,7 @@ def load_planned(plan: "Plan", offload_folder: Path | None = None):
             "Use the model's safetensors weights, or convert the checkpoint to safetensors where you trust it."
         ) from None
     except (OSError, ValueError) as e:
+        refuse_untrusted_code(who.source, who, e)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PipelineError(f"{who.name}: could not load the model {who.source!r}: {first}. "
                             f"{hub_hint(who.source)}") from None

@@ -14,6 +14,7 @@ Text inside an echoed fence (<<< ... >>>) is ignored: it is the candidate's, not
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import unicodedata
@@ -25,7 +26,6 @@ from .rows import GenerationRow
 
 CORRECT, INCORRECT, INVALID = "correct", "incorrect", "invalid"
 FENCE_OPEN, FENCE_CLOSE = "<<<", ">>>"
-INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u200e\u200f\u2060\ufeff"), None)
 
 
 @dataclass(frozen=True)
@@ -41,24 +41,133 @@ def fill(template: str, **values: str) -> str:
     return template
 
 
-# Characters a reader (or a model) may take for a fence marker: "<" and ">" and their look-alikes, with how many
-# chevrons each shows. A run of them that shows three or more is defused; so is any run of the plain markers.
-OPENERS = {"<": 1, "\uff1c": 1, "\ufe64": 1, "\u2039": 1, "\u3008": 1, "\u2329": 1, "\u27e8": 1, "\u276e": 1,
-           "\u00ab": 2, "\u226a": 2, "\u300a": 2, "\u22d8": 3}
-CLOSERS = {">": 1, "\uff1e": 1, "\ufe65": 1, "\u203a": 1, "\u3009": 1, "\u232a": 1, "\u27e9": 1, "\u276f": 1,
-           "\u00bb": 2, "\u226b": 2, "\u300b": 2, "\u22d9": 3}
-FENCE_RUN = re.compile("[%s]{2,}|[%s]{2,}" % (re.escape("".join(OPENERS)), re.escape("".join(CLOSERS))))
+# ------------------------------------------------------------------ invisible characters and fence look-alikes
+#
+# Two rules over the whole of Unicode, not lists of characters seen in attacks, built from unicodedata at first use
+# (about a second) and tested against the standards they follow:
+# - invisible: every format character (Cf) and every other default-ignorable code point (`is_invisible`), removed
+#   from every inserted value before anything else, so that none of them can split a fence or a special token;
+# - chevron look-alikes: a character shows one or more "<" or ">" when Unicode's confusables say so, when NFKC
+#   turns it into them, or when its name says it is a less-than or greater-than sign or a left or right angle
+#   bracket, angle quotation mark or arrowhead (`chevrons_shown`). The rule errs on the side of too many ("\u2264"
+#   counts as "<"): a run of three chevrons is defused, and no answer to a question needs one.
+
+# Default_Ignorable_Code_Point (Unicode's DerivedCoreProperties) outside the format category: code points that
+# render as nothing but are marks or letters. The CGJ U+034F, the Hangul fillers, the Khmer inherent vowels, the
+# reserved U+2065 and U+FFF0-U+FFF8, and the whole block U+E0000-U+E0FFF (language tags, tag characters, the
+# supplementary variation selectors and the code points reserved among them). Other variation selectors are
+# found by name.
+OTHER_IGNORABLE = ((0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x2065, 0x2065), (0x3164, 0x3164),
+                   (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0xE0000, 0xE0FFF))
+# UTS #39 confusables of "<" and ">" whose names do not say what they show (confusables.txt).
+CONFUSABLE_CHEVRONS = {"\u1438": "<", "\u16b2": "<", "\U0001d236": "<",
+                       "\u1433": ">", "\U00016f3f": ">", "\U0001d237": ">", "\u2a20": ">>"}
+ANGLE_SHAPE = re.compile(r"\b(LEFT|RIGHT)(?:-POINTING)?(?: [A-Z]+)? (?:ANGLE BRACKET|ANGLE QUOTATION|ARROWHEAD|CHEVRON"
+                         r"|GUILLEMET)")
+EVERY_CODE_POINT = range(0x110000)
+
+
+def is_invisible(char: str) -> bool:
+    """Whether a character is removed from every value that goes into the judge prompt: every format character
+    (category Cf: zero-width spaces and joiners, soft hyphen, bidi controls, U+2063, U+180E, tags ...), every
+    variation selector, and the other characters Unicode says to render as nothing (OTHER_IGNORABLE). That is
+    Unicode's Default_Ignorable_Code_Point plus the few visible format characters (Arabic number signs, U+FFF9-
+    U+FFFB): an answer to judge loses nothing by them."""
+    category = unicodedata.category(char)
+    if category == "Cf":
+        return True
+    if category == "Mn" and "VARIATION SELECTOR" in unicodedata.name(char, ""):
+        return True
+    return any(low <= ord(char) <= high for low, high in OTHER_IGNORABLE)
+
+
+@functools.cache
+def invisible_table() -> dict[int, None]:
+    """`str.translate` table that deletes every invisible character (built once, from unicodedata)."""
+    found = [cp for cp in EVERY_CODE_POINT if unicodedata.category(chr(cp)) in ("Cf", "Mn")
+             and is_invisible(chr(cp))]
+    found += [cp for low, high in OTHER_IGNORABLE for cp in range(low, high + 1)]
+    return dict.fromkeys(found)
+
+
+def drop_invisible(text: str) -> str:
+    return text.translate(invisible_table())
+
+
+def chevrons_named(char: str) -> str:
+    """The run of "<" or ">" a character shows by its name: any LESS-THAN or GREATER-THAN sign (but not one that
+    shows both, like U+2276), or a left or right angle bracket, angle quotation mark (guillemet) or arrowhead;
+    "MUCH"/"DOUBLE" show two, "VERY MUCH"/"TRIPLE" three. Combining marks draw over another character: none."""
+    name = unicodedata.name(char, "")
+    if not name or unicodedata.category(char) in ("Mn", "Me", "Cf"):
+        return ""
+    less, greater = "LESS-THAN" in name, "GREATER-THAN" in name
+    if less or greater:
+        chevron = "" if less and greater else "<" if less else ">"
+    else:
+        side = ANGLE_SHAPE.search(name)
+        chevron = {"LEFT": "<", "RIGHT": ">"}[side.group(1)] if side else ""
+    if re.search(r"\b(VERY MUCH|TRIPLE)\b", name):
+        return chevron * 3
+    return chevron * 2 if re.search(r"\b(MUCH|DOUBLE)\b(?!-)", name) else chevron
+
+
+def chevrons_shown(char: str) -> str:
+    """The run of "<" or ">" a reader (or a model) may see in a character, "" for most: Unicode's confusables with
+    no telling name, then what NFKC makes of it ("\uff1e" is ">", "\ufe3d" is "\u300a"), then its name."""
+    if char in CONFUSABLE_CHEVRONS:
+        return CONFUSABLE_CHEVRONS[char]
+    folded = unicodedata.normalize("NFKC", char)
+    if folded != char:
+        shown = "".join(c if c in "<>" else chevrons_shown(c) for c in folded)
+        if len(shown) == len(folded) and len(set(shown)) == 1:
+            return shown
+    return chevrons_named(char)
+
+
+@functools.cache
+def chevron_table() -> dict[int, str]:
+    """Every chevron look-alike in Unicode (by code point), with the plain chevrons it shows; built once, from
+    unicodedata over all code points."""
+    table = {}
+    for cp in EVERY_CODE_POINT:
+        char = chr(cp)
+        if unicodedata.category(char) not in ("Cn", "Co", "Cs") and not is_invisible(char):
+            shown = chevrons_shown(char)
+            if shown:
+                table[cp] = shown
+    return table
+
+
+@functools.cache
+def fence_run() -> re.Pattern:
+    """A run of chevrons pointing one way, plain or look-alike, with any combining marks drawn over them."""
+    table = chevron_table()
+    marks = "".join(chr(cp) for cp in EVERY_CODE_POINT if unicodedata.category(chr(cp)) in ("Mn", "Me"))
+
+    def run_of(chevron: str) -> str:
+        chars = "".join(chr(cp) for cp, shown in table.items() if shown[0] == chevron)
+        return f"(?:[{re.escape(chars)}][{re.escape(marks)}]*)+"
+
+    return re.compile(f"{run_of('<')}|{run_of('>')}")
 
 
 def defuse_fences(text: str) -> str:
     """Replace every run of chevrons (plain or look-alike) that shows three or more by a space, so that nothing
     inside a field can open or close the fence, or look as if it did: such a run carries no answer. "Paris >>> x"
-    becomes "Paris   x"; "<<" and a lone "\u00ab" stay."""
+    becomes "Paris   x", and so do "Paris \u02c3\u1433> x" and "Paris \u22d9 x"; "<<" and a lone "\u00ab" stay.
+    Look-alikes are found by Unicode's confusables, NFKC and names (`chevrons_shown`); invisible characters are
+    removed before this (`insert_field`), so they cannot split a run."""
     def drop(m: re.Match) -> str:
-        run = m.group()
-        return " " if sum(OPENERS.get(c, 0) + CLOSERS.get(c, 0) for c in run) >= 3 else run
+        return " " if len(plain_chevrons(m.group())) >= 3 else m.group()
 
-    return FENCE_RUN.sub(drop, text)
+    return fence_run().sub(drop, text)
+
+
+def plain_chevrons(run: str) -> str:
+    """The plain chevrons a run of look-alikes shows ("\u00ab\u02c2" is "<<<"), combining marks left out."""
+    table = chevron_table()
+    return "".join(table.get(ord(c), "") for c in run)
 
 
 def special_texts(tokenizer) -> tuple[str, ...]:
@@ -86,7 +195,7 @@ def defuse_special(text: str, specials: tuple[str, ...]) -> str:
 def insert_field(text: str, max_chars: int, specials: tuple[str, ...] = ()) -> str:
     """A value as it goes into the judge prompt: invisible characters removed, fence markers and special-token
     text replaced by spaces, cut to `max_chars` (the record keeps it whole)."""
-    text = defuse_special(defuse_fences(str(text).translate(INVISIBLE)), specials)
+    text = defuse_special(defuse_fences(drop_invisible(str(text))), specials)
     return text if len(text) <= max_chars else text[:max_chars].rstrip() + " [...]"
 
 
@@ -146,7 +255,8 @@ class PromptBuilder:
 
 
 def normalize_reply(reply: str) -> str:
-    return unicodedata.normalize("NFKC", reply).translate(INVISIBLE)
+    """A judge's reply as it is read: NFKC, invisible characters removed, chevron look-alikes made plain."""
+    return fence_run().sub(lambda m: plain_chevrons(m.group()), drop_invisible(unicodedata.normalize("NFKC", reply)))
 
 
 ECHOED_FENCE = re.compile(r"(<<<|< < <).*?(>>>|> > >|$)", flags=re.DOTALL)

@@ -212,7 +212,7 @@ def plan_placement(model_config, model_label: str, precision: Precision, hardwar
     check_settings(placement, workload)
     hardware = hardware.first(placement.gpus)
     use_gpus = uses_gpus(placement, hardware)
-    model, quantizer = meta_model(model_config, precision)
+    model, quantizer = meta_model(model_config, precision, identity.trust_remote_code if identity else None)
     sizes, _ = compute_module_sizes(model, quantizer)
     tied = frozenset(getattr(model, "all_tied_weights_keys", {}) or {})
     total_params = sum(p.numel() for n, p in model.named_parameters() if n not in tied)

@@ -18,7 +18,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import PipelineError
-from ..models import Precision
+from ..models import Precision, refuse_untrusted_code
 
 
 def shipped_config_file(model_id: str | None) -> Path | None:
@@ -54,6 +54,7 @@ def load_model_config(source: str, cfg: ModelConfig):
     try:
         return AutoConfig.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as e:
+        refuse_untrusted_code(source, cfg, e)
         raise PipelineError(
             f"{cfg.name}: cannot find the config of {source!r} ({e}). Planning needs only its config.json: "
             "download that file where the Hub is reachable, put it in a folder and pass the folder as the model "
@@ -79,18 +80,28 @@ _META_CACHE: dict = {}
 META_CACHE_SIZE = 8
 
 
-def meta_model(model_config, precision: Precision):
+def is_model_code(model_config) -> bool:
+    """Whether a config's class is the model's own code (named by auto_map in its config.json) rather than
+    transformers'. AutoConfig builds such a config only with trust_remote_code=true: its user has opted in."""
+    return not type(model_config).__module__.startswith("transformers.")
+
+
+def meta_model(model_config, precision: Precision, trust_remote_code: bool | None = None):
     """The model skeleton on the meta device, quantised as `from_pretrained` would (no weights, no memory).
 
-    Skeletons are cached by (config, precision): recommendations plan the same model many times.
+    `trust_remote_code` is the model's setting (the plan's identity): with it, a model whose auto_map names its
+    own modeling code is built from that code, as the loader will build it. None (what-if plans): trusted when
+    the config itself is the model's code (`is_model_code`). Skeletons are cached by (config, precision, trust):
+    recommendations plan the same model many times.
     """
     from transformers import AutoModelForCausalLM
     from transformers.quantizers import AutoHfQuantizer
 
-    key = (model_config.to_json_string(use_diff=False), precision)
+    trust = is_model_code(model_config) if trust_remote_code is None else bool(trust_remote_code)
+    key = (model_config.to_json_string(use_diff=False), precision, trust)
     if key not in _META_CACHE:
         with torch.device("meta"):  # keeps tied weights tied, unlike init_empty_weights
-            model = AutoModelForCausalLM.from_config(model_config, dtype=precision.dtype)
+            model = AutoModelForCausalLM.from_config(model_config, dtype=precision.dtype, trust_remote_code=trust)
         quantizer = None
         if precision.quantized:
             quantizer = AutoHfQuantizer.from_config(precision.quantization_config(), pre_quantized=False)
