@@ -29,7 +29,7 @@ def test_unknown_versions_and_missing_fields_are_refused_naming_the_place():
     with pytest.raises(PipelineError, match=r"gens.jsonl, line 2: .*'generation/3'.*generation/1, generation/2"):
         parse_rows(GenerationRow, [ANSWER.to_json(), newer], "gens.jsonl")
     lacking = {k: v for k, v in VERDICT.to_json().items() if k != "verdict"}
-    with pytest.raises(PipelineError, match=r"line 1: a verdict/1 record \(id 'q1'\) lacks verdict"):
+    with pytest.raises(PipelineError, match=r"line 1: a verdict/2 record \(id 'q1'\) lacks verdict"):
         parse_rows(VerdictRow, [lacking], "v.jsonl")
     with pytest.raises(PipelineError, match=r"line 2: 'verdict/9'"):
         check_versions([VERDICT.to_json(), VERDICT.to_json() | {"schema": "verdict/9"}], "v.jsonl", "verdicts.jsonl")

@@ -133,7 +133,7 @@ def test_duplicate_ids_and_unknown_schemas_are_refused_even_with_a_matching_chec
     with pytest.raises(PipelineError, match=r"1 id appear more than once"):
         report.write(run, "smollm2-135m")
 
-    f.write_text("".join(lines[:-1] + [lines[-1].replace('"verdict/1"', '"verdict/9"')]))
+    f.write_text("".join(lines[:-1] + [lines[-1].replace('"verdict/2"', '"verdict/9"')]))
     rewrite_checksum(f.parent, "verdicts.jsonl")
     with pytest.raises(PipelineError, match=r"schema this version cannot read \(line 16: 'verdict/9'\)"):
         report.write(run, "smollm2-135m")

@@ -194,6 +194,20 @@ def read_checked_jsonl(path: Path, sums_path: Path) -> list[dict]:
     return records
 
 
+def peek_jsonl(path: Path) -> list[dict]:
+    """The records an unfinished file holds so far, read without changing it: a torn last line, or a line that is not
+    a record, is passed over here (resuming the stage deals with both)."""
+    records = []
+    for line in path.read_bytes().split(b"\n"):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
 def write_sums(sums_path: Path, lines: list[bytes]) -> None:
     """Checksums for lines already in a records file (one written by an older version, which kept none)."""
     write_atomic(sums_path, "".join(json.dumps({"id": _record_id(line), "sha256": line_sha256(line)}) + "\n"

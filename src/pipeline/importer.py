@@ -37,6 +37,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from . import report
+from .binding import answer_hashes, bind
 from .config import DatasetConfig, check_name
 from .data import (FieldMap, QAItem, as_text, content_hash, delimited_reference, get_field, load_rows, read_item,
                    refuse_bad_rows, require_fields, warn_if_delimited)
@@ -288,7 +289,7 @@ def import_onto(cfg, gen: StageDir, ds, where: str, source: dict) -> Path:
     by_id = {v.id: v for v in read_verdicts(f, ds, ids, where)}
     answers = parse_rows(GenerationRow, gen.read_records(), gen.records_path)
     refuse_unmatched(f, ds, ids, answers, where, run_dir.name)
-    verdicts = [by_id[a.id] for a in answers]
+    verdicts = bind([by_id[a.id] for a in answers], answer_hashes(answers))  # each bound to the answer it judged
     judged = verdicts_job(cfg, run_dir, source, verdicts)
     if judged.finished():
         write_report(cfg, judged, if_missing=True)
@@ -394,6 +395,8 @@ def run(cfg) -> Path:
         return import_onto(cfg, other, ds, where, source)
     answers = read_answers(cfg, ds, path.stem, where)
     verdicts = read_verdicts(cfg.import_fields, ds, [a.id for a in answers], where)
+    if verdicts is not None:
+        verdicts = bind(verdicts, answer_hashes(answers))
     items = [QAItem(a.id, a.question, tuple(a.references)) for a in answers]
     data_info = {"name": path.stem, "source": where, "rows_in_source": len(ds), "rows_used": len(answers),
                  "content_sha256": content_hash(items)}

@@ -27,10 +27,11 @@ import torch
 from omegaconf import OmegaConf
 
 from . import replica_runs, replicas, report, shards
+from .binding import answer_hashes, answers_digest, bind, check_bound
 from .config import Config, check_name
 from .decoding import PrefixCache, context_length, length_batches
 from .errors import PipelineError, plural, preview
-from .files import write_json
+from .files import peek_jsonl, write_json
 from .hardware import GiB, detect
 from .judges import make_judge
 from .models import cache_root, load_planned, load_tokenizer, model_config, model_folder, source_info, \
@@ -158,8 +159,9 @@ def load_judge(plan: Plan, offload_folder: Path) -> tuple[object, dict]:
                    "load_s": round(load_s, 3)}
 
 
-def judge_answers(cfg: Config, attempt: Attempt, plan: Plan, prompts: Prompts) -> dict:
-    """Load the judge and write a verdict for every answer left; what the manifest records of the loading."""
+def judge_answers(cfg: Config, attempt: Attempt, plan: Plan, prompts: Prompts, hashes: dict[str, str]) -> dict:
+    """Load the judge and write a verdict for every answer left, each bound to the answer it judged (`hashes`);
+    what the manifest records of the loading."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     with scratch_folder(cfg, attempt.job.run_dir) as offload:
@@ -169,17 +171,18 @@ def judge_answers(cfg: Config, attempt: Attempt, plan: Plan, prompts: Prompts) -
         judge_batch = make_judge(cfg.judge, cfg.judge_prompt, prompts.tokenizer, model, prompts.tokens, prefix)
         batches = (todo[lo:hi] for lo, hi in length_batches([len(prompts.ids[rid]) for rid in todo],
                                                               cfg.judge.batch_size))
-        attempt.write(batches, lambda ids: judge_batch(ids, [prompts.ids[rid] for rid in ids]),
+        attempt.write(batches, lambda ids: bind(judge_batch(ids, [prompts.ids[rid] for rid in ids]), hashes),
                       desc=f"judge {cfg.judge.name}", unit="answer")
     return loaded
 
 
-def details(cfg: Config, attempt: Attempt, plan: Plan, prompts: Prompts, loaded: dict,
+def details(cfg: Config, attempt: Attempt, plan: Plan, prompts: Prompts, loaded: dict, answers_sha256: str,
             replica: dict | None = None) -> dict:
     """The judge stage's own manifest fields (and, in a replica, which one it is)."""
     j, prompt, tokens = cfg.judge, cfg.judge_prompt, prompts.tokens
     return {
         **({"replica": replica} if replica else {}),
+        "answers_sha256": answers_sha256,  # binding.answers_digest of every answer of the run when it was judged
         "judge": {"name": j.name, "precision": plan.precision_label, "mode": j.mode, "chat_template": prompts.chat,
                   "threshold": j.threshold if tokens else None,
                   "verdict_tokens": {str(k): v for k, v in tokens.spellings.items()} if tokens else None,
@@ -198,8 +201,9 @@ def write_results(cfg: Config, run_dir: Path) -> None:
     report.write_and_print(run_dir, cfg.judge.name, report.settings(cfg))
 
 
-def make_job(cfg: Config) -> tuple[StageJob, list[GenerationRow]]:
-    """The judge stage of the run (or this shard of it), and the answers it covers."""
+def make_job(cfg: Config) -> tuple[StageJob, list[GenerationRow], str]:
+    """The judge stage of the run (or this shard of it), the answers it covers, and the digest of all the run's
+    answers (binding.answers_digest, for the manifest)."""
     if not cfg.hardware.detect:
         raise PipelineError(f"hardware={cfg.hardware.name} declares a node to plan for (stage=plan); stage=judge runs "
                             "on this machine's own devices: leave hardware=auto.")
@@ -209,12 +213,30 @@ def make_job(cfg: Config) -> tuple[StageJob, list[GenerationRow]]:
     fingerprint = {"judge": {k: getattr(cfg.judge, k) for k in FINGERPRINT_KEYS},
                    "prompt": OmegaConf.to_container(cfg.judge_prompt)}
     job = StageJob(cfg, run_dir, judge_root(run_dir, cfg.judge.name), shard, fingerprint, [a.id for a in answers])
-    return job, [a for a in answers if a.id in job.mine]
+    check_earlier_verdicts(job, answer_hashes(answers))
+    return job, [a for a in answers if a.id in job.mine], answers_digest(answers)
+
+
+def check_earlier_verdicts(job: StageJob, hashes: dict[str, str]) -> None:
+    """Refuse to finish, resume or rerun a judge stage whose verdicts so far were given to other answers than the
+    run's now (answers regenerated or edited by hand since), naming the ids; overwrite=true judges them anew."""
+    if job.cfg.overwrite:
+        return
+    for stage in {job.stage.path: job.stage, job.root.path: job.root}.values():
+        if stage.is_complete():
+            records = stage.read_records()
+            where = stage.records_path
+        elif stage.partial_path.is_file():
+            records = peek_jsonl(stage.partial_path)
+            where = stage.partial_path
+        else:
+            continue
+        check_bound(hashes, parse_rows(VerdictRow, records, where), where, job.cfg.judge.name, job.run_dir.name)
 
 
 def run(cfg: Config) -> Path:
     """Judge every stored answer of this shard not yet judged by this judge; returns the stage directory."""
-    job, answers = make_job(cfg)
+    job, answers, digest = make_job(cfg)
     replica = replica_runs.check_replica(cfg, job.run_dir)  # a replica runs its parent's config, or nothing
     if job.finished():
         if not job.sharded and not report.results_present(job.stage.path):  # e.g. killed, or out of disk, while reporting
@@ -251,8 +273,8 @@ def run(cfg: Config) -> Path:
                         "copies those layers to the GPU, which is many times slower than a plan that fits.",
                         "/".join(r.device for r in plan.rows if r.device in ("cpu", "disk")))
         # an attempt stopped after its last batch has nothing left to judge, and loads no model
-        loaded = judge_answers(cfg, attempt, plan, prompts) if attempt.todo else {}
-        attempt.finish("judge", VerdictRow.SCHEMA, details(cfg, attempt, plan, prompts, loaded, replica))
+        loaded = judge_answers(cfg, attempt, plan, prompts, answer_hashes(answers)) if attempt.todo else {}
+        attempt.finish("judge", VerdictRow.SCHEMA, details(cfg, attempt, plan, prompts, loaded, digest, replica))
         if replica:
             log.info("run %s: replica %s of %s (shard %s) of judge %s done", job.run_dir.name, replica.get("index"),
                      replica.get("count"), job.shard.name, cfg.judge.name)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 
 from . import panel, report
+from .binding import answer_hashes, bind, check_bound
 from .config import check_name
 from .errors import PipelineError, plural, preview
 from .files import read_json, sha256_file
@@ -160,11 +161,13 @@ class Member:
     sha256: str
 
 
-def read_member(run_dir: Path, name: str, ids: list[str]) -> Member:
-    """A finished member's verdicts (verified against its manifest), covering exactly the run's answers."""
+def read_member(run_dir: Path, name: str, ids: list[str], hashes: dict[str, str]) -> Member:
+    """A finished member's verdicts (verified against its manifest), covering exactly the run's answers, each given
+    to the answer the run holds now (`hashes`, binding.py)."""
     stage = StageDir(run_dir / "judge" / name, "verdicts.jsonl")
     sha = (stage.manifest().get("records_file") or {}).get("sha256") or sha256_file(stage.records_path)
     rows = parse_rows(VerdictRow, stage.read_records(), stage.records_path)  # verified against that sha256
+    check_bound(hashes, rows, stage.records_path, name, run_dir.name)
     got = {v.id: v for v in rows}
     lost, extra = [i for i in ids if i not in got], sorted(set(got) - set(ids))
     if lost or extra:
@@ -275,12 +278,13 @@ def run(cfg) -> Path:
     name = jury_name(cfg, members_names)
     check_finished(run_dir, members_names)
     refuse_double_votes(run_dir, name, members_names)
-    ids = [a.id for a in answers_of(run_dir)]
-    members = [read_member(run_dir, m, ids) for m in members_names]
+    answers = answers_of(run_dir)
+    ids, hashes = [a.id for a in answers], answer_hashes(answers)
+    members = [read_member(run_dir, m, ids, hashes) for m in members_names]
     method, threshold = str(cfg.jury.method), float(cfg.jury.threshold)
     job = StageJob(cfg, run_dir, StageDir(run_dir / "judge" / name, "verdicts.jsonl"), Shard(0, 1),
                    fingerprint(method, threshold, members), ids)
-    verdicts = jury_verdicts(name, method, threshold, ids, members)
+    verdicts = bind(jury_verdicts(name, method, threshold, ids, members), hashes)
     stats = panel_of(members, ids, verdicts)
     if job.finished():
         if not report.results_present(job.stage.path):  # e.g. killed while writing the report

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -25,8 +26,11 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from .config import ReportConfig
+from .errors import PipelineError
 from .metrics import CRITERIA
 from .verdict import CORRECT, INCORRECT
+
+log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).parent / "templates"
 FIGURES = (("accuracy.png", "Accuracy by criterion, with 95% intervals"),
@@ -128,8 +132,14 @@ def other_judges(run_dir: Path, judge: str, read) -> dict[str, dict[str, float |
 
     out = {}
     for name in finished_judges(run_dir):
-        if name != judge:
-            out[name] = {v.id: {CORRECT: 1, INCORRECT: 0}.get(v.verdict) for v in read(name)}
+        if name == judge:
+            continue
+        try:
+            verdicts = read(name)
+        except PipelineError as e:  # e.g. verdicts given to answers since regenerated: never shown beside these
+            log.warning("judge %s is left off the page of %s: %s", name, judge, e)
+            continue
+        out[name] = {v.id: {CORRECT: 1, INCORRECT: 0}.get(v.verdict) for v in verdicts}
     return out
 
 

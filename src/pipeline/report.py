@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .binding import answer_hashes, check_bound
 from .config import ReportConfig
 from .errors import PipelineError
 from . import cells, pages
@@ -270,9 +271,9 @@ def write(run_dir: Path, judge: str, s: ReportConfig | None = None) -> tuple[Pat
 
     with stage.lock():  # not while a judge of the same name is still writing
         answers = parse_rows(GenerationRow, gen.read_records(), gen.records_path)
+        hashes = answer_hashes(answers)
         labels = load_labels(run_dir, answers)
-        samples = sample_rows(with_labels(answers, labels),
-                              parse_rows(VerdictRow, stage.read_records(), stage.records_path), run_dir, judge)
+        samples = sample_rows(with_labels(answers, labels), read_verdicts(run_dir, judge, hashes), run_dir, judge)
         summary = summarize(samples, run_dir.name, judge, s)
         metrics = metrics_table(samples, criteria(samples, s), summary.iloc[0].to_dict(), s, labels.drawn_uniformly,
                                 stage.manifest().get("panel"))
@@ -283,7 +284,7 @@ def write(run_dir: Path, judge: str, s: ReportConfig | None = None) -> tuple[Pat
         write_atomic(stage.path / "metrics.csv", cells.to_csv(metrics, float_format="%.6g"))
         if s.plots:
             plot(samples, summary, stage.path, f"{run_dir.name} / {judge}")
-        others = pages.other_judges(run_dir, judge, lambda name: read_verdicts(run_dir, name))
+        others = pages.other_judges(run_dir, judge, lambda name: read_verdicts(run_dir, name, hashes))
         write_atomic(stage.path / "report.html", pages.judge_page(
             run_id=run_dir.name, judge=judge, samples=samples, crit=criteria(samples, s),
             summary=summary.iloc[0].to_dict(), metrics=metrics, labels=labels, manifest=stage.manifest(),
@@ -308,9 +309,13 @@ def read_summary(path: Path) -> dict:
     return cells.read_csv(path).iloc[0].to_dict()
 
 
-def read_verdicts(run_dir: Path, judge: str) -> list[VerdictRow]:
+def read_verdicts(run_dir: Path, judge: str, hashes: dict[str, str]) -> list[VerdictRow]:
+    """A finished judge's verdicts, verified against its manifest and refused if any was given to another answer than
+    the run's now (`hashes`: binding.answer_hashes of the run's answers)."""
     stage = StageDir(run_dir / "judge" / judge, "verdicts.jsonl")
-    return parse_rows(VerdictRow, stage.read_records(), stage.records_path)
+    verdicts = parse_rows(VerdictRow, stage.read_records(), stage.records_path)
+    check_bound(hashes, verdicts, stage.records_path, judge, run_dir.name)
+    return verdicts
 
 
 def results_present(folder: Path) -> bool:

@@ -101,10 +101,10 @@ class GenerationRow(Row):
 
 @dataclass(frozen=True)
 class VerdictRow(Row):
-    """One judge's verdict on one answer."""
+    """One judge's verdict on one answer. Version 2 added `answer_sha256` (version 1 records read with None)."""
 
-    SCHEMA: ClassVar[str] = "verdict/1"
-    READS: ClassVar[tuple[str, ...]] = ("verdict/1",)
+    SCHEMA: ClassVar[str] = "verdict/2"
+    READS: ClassVar[tuple[str, ...]] = ("verdict/1", "verdict/2")
 
     id: str
     judge: str
@@ -115,22 +115,38 @@ class VerdictRow(Row):
     invalid_reason: Optional[str]
     p_correct: Optional[float]  # logprob mode: P(correct) among the verdict words; None in generate mode
     verdict_mass: Optional[float]  # logprob mode: the probability the verdict words had in all
-    reply: str  # what the judge wrote (logprob mode: its most likely verdict word)
+    reply: str  # what the judge wrote (logprob mode: the verdict word P(correct) decided, and P(correct))
     finish_reason: Optional[str]  # generate mode: why the reply ended
+    # sha256 of the question, references and prediction judged (rows.answer_sha256); None in verdict/1 records,
+    # which predate it. Readers refuse a verdict whose answer changed since (binding.py).
+    answer_sha256: Optional[str] = None
 
 
 @dataclass(frozen=True)
 class LabelRow(Row):
-    """One human correctness label attached to a run by stage=label (runs/<run_id>/labels/labels.jsonl)."""
+    """One human correctness label attached to a run by stage=label (runs/<run_id>/labels/labels.jsonl).
 
-    SCHEMA: ClassVar[str] = "label/1"
-    READS: ClassVar[tuple[str, ...]] = ("label/1",)
+    Version 2 added `answer_sha256`, the hash of the answer the labeller saw (`answer_sha256`), so that a label is
+    never paired with an answer regenerated or edited since. Version 1 records read with None there: they cannot
+    be checked, and the report says so."""
+
+    SCHEMA: ClassVar[str] = "label/2"
+    READS: ClassVar[tuple[str, ...]] = ("label/1", "label/2")
 
     id: str
     human_label: bool
     sheet: str  # the file the label was read from (its name)
     sheet_sha256: str
     line: int  # its line in that file (1 is the header)
+    answer_sha256: Optional[str] = None  # what was labelled: question, references, prediction (None in label/1)
+
+    def to_json(self) -> dict[str, Any]:
+        """A label that records no answer (read from a label/1 record) is written back as the label/1 it was."""
+        record = super().to_json()
+        if self.answer_sha256 is None:
+            del record["answer_sha256"]
+            record["schema"] = "label/1"
+        return record
 
 
 # The records file of each stage and the row type it holds.
