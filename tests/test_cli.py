@@ -61,6 +61,16 @@ def test_a_value_the_checks_refuse_is_one_line_before_any_stage_starts(tmp_path)
     assert not runs.exists()
 
 
+def test_a_reasoned_prompt_in_logprob_mode_is_refused_before_anything_loads(tmp_path):
+    """Issue repro: reasoned-v2 with the default logprob mode made 14 of 16 verdicts invalid and the 2 left an
+    accuracy of 1.000 [1.000, 1.000]; the pair cannot give a meaningful number, so it is refused up front."""
+    runs = tmp_path / "runs"
+    out = run_cli("stage=judge", "judge_prompt=reasoned-v2", f"runs_dir={runs}", cwd=tmp_path)
+    line = one_error_line(out)
+    assert "judge_prompt=reasoned-v2 is written for judge.mode=generate, not judge.mode=logprob" in line
+    assert "pass judge.mode=generate" in line and not runs.exists()
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_generate_judge_report_from_the_command_line(tmp_path, model_dir):

@@ -43,9 +43,13 @@ def test_threshold_and_min_mass_decide_as_configured(clear_cut_run):
     assert {v["verdict"] for v in read_jsonl(clear_cut_run / "judge/t0/verdicts.jsonl")} == {"correct"}
     judge.run(make_cfg(runs, "run_id=clear", "judge.name=t1", "judge.threshold=1"))
     assert {v["verdict"] for v in read_jsonl(clear_cut_run / "judge/t1/verdicts.jsonl")} == {"incorrect"}
+    for name, word in (("t0", "correct"), ("t1", "incorrect")):  # the reply says what decided, never the argmax
+        for v in read_jsonl(clear_cut_run / f"judge/{name}/verdicts.jsonl"):
+            assert v["reply"] == f"Verdict: {word} (P(correct) {v['p_correct']:.3f})", v
     judge.run(make_cfg(runs, "run_id=clear", "judge.name=all-invalid", "judge.min_verdict_mass=1.0"))
     rows = read_jsonl(clear_cut_run / "judge/all-invalid/verdicts.jsonl")
     assert {v["verdict"] for v in rows} == {"invalid"} and all("min_verdict_mass" in v["invalid_reason"] for v in rows)
+    assert all(v["reply"].startswith("Verdict: (no verdict word: they got ") for v in rows)
     summary = pd.read_csv(clear_cut_run / "judge/all-invalid/summary.csv").iloc[0]
     assert summary["judge_invalid"] == 6 and summary["judge_incorrect"] == 0 and math.isnan(summary["acc_judge"])
     assert summary["n_judge"] == 0 and summary["acc_human"] == pytest.approx(0.5)  # the rest of the report stands

@@ -67,6 +67,15 @@ def check(cfg: Config) -> None:
     for key, sep in (("dataset.fields.answers_sep", cfg.dataset.fields.answers_sep),
                      ("import_fields.answers_sep", cfg.import_fields.answers_sep)):
         need(sep != "", f"{key}='' is no separator: give the text between references (e.g. '|'), or null for none")
+    modes = list(cfg.judge_prompt.modes)
+    need(cfg.stage not in ("judge", "submit") or str(cfg.judge.mode) in modes,
+         f"judge_prompt={cfg.judge_prompt.name}-v{cfg.judge_prompt.version} is written for judge.mode="
+         f"{'/'.join(modes)}, not judge.mode={cfg.judge.mode}"
+         + (" (the judge reasons before its verdict, and logprob mode reads only the first token of its reply): pass "
+            "judge.mode=generate, or use a prompt that ends where the verdict starts (judge_prompt=verdict-v2)"
+            if str(cfg.judge.mode) == "logprob" else f": pass judge.mode={modes[0]}" if modes else ""))
+    for mode in modes:
+        need(mode in ("logprob", "generate"), f"judge_prompt.modes holds {mode!r}: the modes are logprob and generate")
     need(DEVICE_PATTERN.fullmatch(str(cfg.generator.device)) is not None,
          f"generator.device={cfg.generator.device!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
     if problems:

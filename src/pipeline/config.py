@@ -245,6 +245,10 @@ class JudgePromptConfig:
     # Worked examples shown before the real case, as earlier turns of the conversation: each a mapping with
     # question, references (a list), candidate and reply (what the judge should answer).
     examples: List[Any] = field(default_factory=list)
+    # The judge.mode values the prompt is written for. A prompt that has the judge reason before its verdict is
+    # [generate]: logprob mode reads only the reply's first token, which would be the start of the reasoning, so
+    # stage=judge refuses the pair before loading anything. Not part of the stage's fingerprint (it decides no record).
+    modes: List[str] = field(default_factory=lambda: ["logprob", "generate"])
 
 
 @dataclass

@@ -211,7 +211,7 @@ def make_job(cfg: Config) -> tuple[StageJob, list[GenerationRow], str]:
     run_dir = find_run(Path(cfg.runs_dir), cfg.run_id)
     answers = generations_of(run_dir)
     fingerprint = {"judge": {k: getattr(cfg.judge, k) for k in FINGERPRINT_KEYS},
-                   "prompt": OmegaConf.to_container(cfg.judge_prompt)}
+                   "prompt": {k: v for k, v in OmegaConf.to_container(cfg.judge_prompt).items() if k != "modes"}}
     job = StageJob(cfg, run_dir, judge_root(run_dir, cfg.judge.name), shard, fingerprint, [a.id for a in answers])
     check_earlier_verdicts(job, answer_hashes(answers))
     return job, [a for a in answers if a.id in job.mine], answers_digest(answers)

@@ -21,9 +21,22 @@ from typing import Callable
 from .config import JudgeConfig, JudgePromptConfig
 from .decoding import PrefixCache, StopRule, generated_text, greedy_batch, next_token_logprobs
 from .rows import VerdictRow
-from .verdict import VerdictTokens, parse_verdict, verdict_from_logprobs
+from .verdict import CORRECT, INCORRECT, VerdictTokens, parse_verdict, verdict_from_logprobs
 
 JudgeBatch = Callable[[list[str], list[list[int]]], list[VerdictRow]]
+
+
+def logprob_reply(prefix: str, prompt: JudgePromptConfig, label: str, p_correct: float, mass: float,
+                  top_token: str) -> str:
+    """What decided a logprob verdict, as its reply: the verdict word P(correct) implies and P(correct) itself
+    ("Verdict: correct (P(correct) 0.731)"). The single most likely next token is not shown for a valid verdict: it
+    can contradict the verdict, which sums every spelling of both words. An invalid verdict shows it, as what the
+    judge meant to say instead."""
+    if label == CORRECT:
+        return f"{prefix} {prompt.correct_words[0]} (P(correct) {p_correct:.3f})"
+    if label == INCORRECT:
+        return f"{prefix} {prompt.incorrect_words[0]} (P(correct) {p_correct:.3f})"
+    return f"{prefix} (no verdict word: they got {mass:.2g} of the probability; most likely next: {top_token!r})"
 
 
 def make_judge(judge: JudgeConfig, prompt: JudgePromptConfig, tokenizer, model, tokens: VerdictTokens | None,
@@ -41,7 +54,9 @@ def make_judge(judge: JudgeConfig, prompt: JudgePromptConfig, tokenizer, model, 
                 rows.append(VerdictRow(id=rid, **base, verdict=verdict.label, invalid_reason=verdict.reason,
                                        p_correct=None if math.isnan(p_correct) else round(p_correct, 6),
                                        verdict_mass=round(mass, 6),
-                                       reply=reply_prefix + tokenizer.decode([int(top)]), finish_reason=None))
+                                       reply=logprob_reply(reply_prefix, prompt, verdict.label, p_correct, mass,
+                                                           tokenizer.decode([int(top)])),
+                                       finish_reason=None))
             return rows
         return judge_by_logprobs
 
