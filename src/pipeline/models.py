@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from safetensors import SafetensorError
 
 from .config import ComputeDtype, ModelConfig, PrecisionName
 from .errors import PipelineError
@@ -366,6 +367,9 @@ def load_planned(plan: "Plan", offload_folder: Path | None = None):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PipelineError(f"{who.name}: could not load the model {who.source!r}: {first}. "
                             f"{hub_hint(who.source)}") from None
+    except SafetensorError as e:
+        raise PipelineError(f"{who.name}: the weights in {who.source!r} are damaged or incomplete ({e}); download or "
+                            "convert them again (an interrupted copy leaves a short file).") from None
     model.eval()
     log.info("%s: loaded %s in %s in %.1f s", who.name, who.source, precision.describe(), time.perf_counter() - started)
     return model
