@@ -1,7 +1,9 @@
 # make demo   set up (first time only) and run the whole pipeline on the embedded default: generate -> judge -> CSVs
 # make test   set up (first time only) and run the test suite
 # make test-fast  set up (first time only) and run the fast tests: no real model, no whole stage (-m "not slow", ~1 min)
-# make bench  speed benchmarks (the generate stage's decoding vs one prompt at a time)
+# make bench  speed benchmarks (the generate stage's decoding vs one prompt at a time, and vs lm-eval run beside it)
+# make bench-peers  the peer tools make bench measures against, each in a scratch venv (lm-eval[hf] into
+#                   ~/.cache/pipeline/peers/lm-eval); without them make bench says it skipped that comparison
 # make gpu-kit    build gpu-kit/ (git-ignored): what the GPU check needs that the GPU machine lacks; prints the device call
 # make gpu-check  the GPU proof check, ON the GPU machine (its own python3): results in $(OUT) (gpu-check.json, .md)
 #                 make gpu-check DRY=1 OUT=/tmp/gpu-check-dry   every kind of step on this CPU, tiny shapes (~65 s on 2 cores)
@@ -10,7 +12,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 RUN_ID ?= demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: setup demo test test-fast bench clean-venv gpu-kit gpu-check
+.PHONY: setup demo test test-fast bench bench-peers clean-venv gpu-kit gpu-check
 setup:
 	@PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup.sh
 
@@ -28,6 +30,9 @@ test-fast: setup
 
 bench: setup
 	$(PY) -m pipeline.bench
+
+bench-peers:
+	@PYTHON=$(PYTHON) bash scripts/bench_peers.sh
 
 gpu-kit: setup
 	$(PY) scripts/gpu_kit.py $(GPU_KIT_ARGS)

@@ -4,6 +4,7 @@
     python -m pipeline.bench plan                 how long planning a 70B judge takes (no weights are read)
     python -m pipeline.bench judge [--n 64]       judge throughput: logprob mode vs generate mode
     python -m pipeline.bench page [--n 100000]    report.html of n answers in headless Chromium (benchpage.py)
+    python -m pipeline.bench peers [--n 64] [--rounds 1]   the generate stage vs lm-evaluation-harness, both run now
 
 `generate` compares, on the embedded generator preset (its prompts, stop rule and max_new_tokens):
   one-at-a-time  `model.generate` per prompt, greedy, stopping at EOS or a newline token (the baseline);
@@ -11,6 +12,12 @@
   stage          the generate stage's path: prompts sorted by length, `greedy_batch` (shared prefix computed once,
                  finished rows dropped from the batch).
 It prints questions/s, generated tokens/s, and each method's speed-up over one-at-a-time.
+
+`peers` times whole commands, side by side in this run: `python -m pipeline stage=generate` and lm-evaluation-harness
+(HF backend) on the same questions, model folder and greedy settings (benchpeers/lmeval.py). No peer figure is stored
+here: every ratio against another tool is measured in the run that prints it. The peer lives in its own virtualenv,
+which `make bench-peers` creates (<cache>/peers/lm-eval, or $PIPELINE_LM_EVAL_VENV); without it, `peers` prints one
+line saying the comparison was skipped, why, and that command.
 """
 
 from __future__ import annotations
@@ -19,10 +26,6 @@ import argparse
 import time
 
 import torch
-
-# lm-evaluation-harness 0.4.13, HF backend, batch 64, SmolLM2-135M-Instruct on a 2-core build machine
-# (../shared/notes/anchors.md, "Throughput of today's tools on this machine"): its best measured rate.
-LM_EVAL_BEST_QPS = 4.59
 
 
 def compose_config(overrides: list[str]):
@@ -126,8 +129,6 @@ def bench_generate(n: int, overrides: list[str]) -> dict:
     print(f"stage vs one-at-a-time: {stage / base:.1f}x (target >= 8x); same tokens for {same}/{len(prompts)} "
           "questions (differences come from float rounding in batched matmuls, or from a newline before any text, "
           "which the stage does not count as the end of the answer)")
-    print(f"stage vs lm-evaluation-harness at its best batch size ({LM_EVAL_BEST_QPS} questions/s, anchors.md): "
-          f"{stage / LM_EVAL_BEST_QPS:.1f}x")
     return results
 
 
@@ -240,17 +241,27 @@ def bench_judge(n: int, overrides: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", nargs="?", default="all", choices=["all", "generate", "plan", "judge", "page"])
+    parser.add_argument("which", nargs="?", default="all",
+                        choices=["all", "generate", "plan", "judge", "page", "peers"])
     parser.add_argument("--n", type=int, default=None,
                         help="questions in the generate/judge benchmarks (default 64), answers on the page (100,000)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="peers: whole-command rounds of each tool, alternating (default 1); medians are printed")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. generator.batch_size=32")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds}: give at least 1 round")
     n = args.n or 64
     if args.which in ("all", "plan"):
         bench_plan(args.overrides)
         print()
     if args.which in ("all", "generate"):
         bench_generate(n, args.overrides)
+        print()
+    if args.which in ("all", "peers"):
+        from .benchpeers.lmeval import compare
+
+        compare(compose_config(args.overrides), n, args.overrides, args.rounds)
         print()
     if args.which in ("all", "judge"):
         bench_judge(n, args.overrides)
