@@ -1,6 +1,8 @@
 """labels.py (stage=label): the drawn sheet (columns, the draw itself, larger n extending it, hostile cells, never
 overwritten), the filled sheet read back (accepted forms, refusals naming file and line, idempotence, contradictions,
-two processes at once) and load_labels (uniform or not, and why). Runs are made by hand (write_run): no model."""
+two processes at once), load_labels (uniform or not, and why) and labelfile.py (labels bound to the answers they
+labelled, labels.jsonl sealed by its manifest, an earlier version's file read). Runs are made by hand (write_run): no
+model."""
 
 import csv
 import hashlib
@@ -194,8 +196,9 @@ def test_the_round_trip_on_the_command_line(tmp_path):
     records = read_jsonl(run_dir / "labels/labels.jsonl")
     assert [r["id"] for r in records] == sorted(want)  # frame order
     first = next(r for r in records if r["id"] == drawn[0])
-    assert first == {"schema": "label/1", "id": drawn[0], "human_label": True, "sheet": "sheet-n40-seed0.csv",
-                     "sheet_sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "line": 2}
+    assert first == {"schema": "label/2", "id": drawn[0], "human_label": True, "sheet": "sheet-n40-seed0.csv",
+                     "sheet_sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "line": 2,
+                     "answer_sha256": next(a for a in answers if a.id == drawn[0]).answer_sha256}
 
 
 def test_a_whole_sheet_labelled_is_a_uniform_sample(tmp_path):
@@ -359,9 +362,11 @@ def test_no_labels_at_all_is_no_warning(tmp_path):
 
 def test_labels_jsonl_edited_by_hand_is_refused_naming_it(tmp_path):
     answers = make_answers(100, imported={0: True})
+    q000 = next(a for a in answers if a.id == "q000")
     runs, run_dir, _ = new_run(tmp_path, answers=answers)
     read_back(runs, fill(sheet(runs, "label.n=10"), ["1"] * 10))
     stored = run_dir / "labels/labels.jsonl"
+    (run_dir / "labels/manifest.json").unlink()  # a file of an earlier version, checked line by line
     good = stored.read_text()
     record = json.loads(good.splitlines()[0])
     for text, says in [
@@ -369,7 +374,9 @@ def test_labels_jsonl_edited_by_hand_is_refused_naming_it(tmp_path):
             (good + json.dumps({**record, "id": "zz"}) + "\n", f"{stored}, line 11: id 'zz' is not an answer"),
             (good + json.dumps(record) + "\n", f"{stored}, line 11: id '{record['id']}' is already labelled on line 1"),
             (json.dumps({**record, "human_label": "yes"}) + "\n", f"{stored}, line 1: human_label is 'yes', not true"),
-            (json.dumps({**record, "id": "q000", "human_label": False}) + "\n",
+            (json.dumps({k: v for k, v in record.items() if k != "answer_sha256"}) + "\n",
+             f"{stored}, line 1: a label/2 record without the answer's answer_sha256"),
+            (json.dumps({**record, "id": "q000", "human_label": False, "answer_sha256": q000.answer_sha256}) + "\n",
              f"{stored}: 1 label contradict the human labels imported with the answers")]:
         stored.write_text(text)
         with pytest.raises(PipelineError) as e:
@@ -436,3 +443,159 @@ def test_a_read_back_waits_for_another_that_holds_the_lock(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert len(read_jsonl(run_dir / "labels/labels.jsonl")) == 10
+
+
+# ------------------------------------------------------------------------------------------ labels bound to answers
+
+def other_answers(n: int, changed: set[int] | None = None) -> list[GenerationRow]:
+    """make_answers(n) with another prediction for each index in `changed` (all of them when None)."""
+    return [replace(a, prediction=f"other {a.prediction}") if changed is None or int(a.id[1:]) in changed else a
+            for a in make_answers(n)]
+
+
+def test_a_sheet_from_another_run_with_the_same_ids_is_refused_naming_them(tmp_path):
+    runs, _, _ = new_run(tmp_path, n=100, run_id="a")
+    _, run_b, _ = new_run(tmp_path, run_id="b", answers=other_answers(100))  # the same questions, other answers
+    path = fill(sheet(runs, "label.n=12", run_id="a"), ["yes"] * 12)
+    ids = [r[0] for r in rows_of(path)[1:]]
+    line = one_error_line(run_cli("stage=label", "run_id=b", f"runs_dir={runs}", f"label.sheet={path}",
+                                  cwd=tmp_path))
+    assert line.startswith(f"error: {path}: 12 labelled rows show answers that are not run b's answers of those ids "
+                           f"({ids[0]!r} (line 2: prediction), {ids[1]!r} (line 3: prediction), "), line
+    assert f"{ids[7]!r} (line 9: prediction) and 4 more)" in line and ids[8] not in line
+    assert "drawn from another run" in line and "Nothing was attached" in line
+    assert f"python -m pipeline stage=label label.n=12 label.seed=0 run_id=b runs_dir={runs}" in line
+    assert not (run_b / "labels").exists()
+
+
+def test_a_sheet_whose_prediction_was_edited_is_refused_naming_that_id(tmp_path):
+    runs, run_dir, answers = new_run(tmp_path, n=60)
+    path = fill(sheet(runs, "label.n=10"), ["yes"] * 8)
+    rows = rows_of(path)
+    rows[4][3] = "a better answer"  # labelled row, line 5
+    rows[10][1] = "another question"  # an unlabelled row: nothing to check
+    with open(path, "w", encoding="utf-8-sig", newline="") as f:
+        csv.writer(f).writerows(rows)
+    with pytest.raises(PipelineError) as e:
+        read_back(runs, path)
+    message = str(e.value)
+    assert message.startswith(f"{path}: 1 labelled row shows an answer that is not run r's answer of that id "
+                              f"({rows[4][0]!r} (line 5: prediction)); ") and "\n" not in message
+    assert "edited" in message and f"move {path} away first" in message  # a new draw of n=10, seed 0 has its name
+    assert not (run_dir / "labels/labels.jsonl").exists()
+    rows[4][3] = rows[4][3].replace("a better answer", next(a.prediction for a in answers if a.id == rows[4][0]))
+    with open(path, "w", encoding="utf-8-sig", newline="") as f:
+        csv.writer(f).writerows(rows)
+    read_back(runs, path)
+    assert len(loaded(run_dir, answers).by_id) == 8
+
+
+def test_every_unreadable_thing_on_a_sheet_is_counted_in_good_english(tmp_path):
+    runs, run_dir, _ = new_run(tmp_path, n=60)
+    rows = rows_of(sheet(runs, "label.n=10"))
+    rows[1][4], rows[2][4] = "maybe", "perhaps"
+    rows[3][0], rows[4][0] = "nope", "nada"
+    rows[6][0] = rows[7][0] = rows[5][0]
+    path = tmp_path / "bad.csv"
+    with open(path, "w", encoding="utf-8-sig", newline="") as f:
+        csv.writer(f).writerows(rows)
+    with pytest.raises(PipelineError) as e:
+        read_back(runs, path)
+    assert f"{path}: 2 ids not in this run (line 4: 'nope', line 5: 'nada'); 2 ids appearing twice (" in str(e.value)
+    assert "; 2 labels in an unreadable form (line 2: 'maybe', line 3: 'perhaps'); accepted: " in str(e.value)
+
+
+def test_stored_labels_record_the_answer_they_labelled_and_a_manifest(tmp_path):
+    runs, run_dir, answers = new_run(tmp_path, n=60)
+    read_back(runs, fill(sheet(runs, "label.n=10"), ["yes"] * 10))
+    stored = run_dir / "labels/labels.jsonl"
+    of = {a.id: a for a in answers}
+    records = read_jsonl(stored)
+    assert len(records) == 10 and all(r["schema"] == "label/2" for r in records)
+    assert all(r["answer_sha256"] == of[r["id"]].answer_sha256 for r in records)
+    manifest = json.loads((run_dir / "labels/manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["records_file"] == {
+        "name": "labels.jsonl", "records": 10, "sha256": hashlib.sha256(stored.read_bytes()).hexdigest()}
+
+
+def test_labels_jsonl_edited_by_hand_is_refused_by_its_checksum(tmp_path):
+    runs, run_dir, answers = new_run(tmp_path, n=60)
+    read_back(runs, fill(sheet(runs, "label.n=10"), ["yes"] * 10))
+    stored = run_dir / "labels/labels.jsonl"
+    stored.write_text(stored.read_text().replace('"human_label": true', '"human_label": false', 1))
+    for attempt in (lambda: loaded(run_dir, answers), lambda: sheet(runs, "label.n=20"),
+                    lambda: read_back(runs, run_dir / "labels/sheet-n10-seed0.csv")):
+        with pytest.raises(PipelineError) as e:
+            attempt()
+        message = str(e.value)
+        assert message.startswith(f"{stored} is not the file stage=label wrote: its sha256 differs from the one in "
+                                  f"{run_dir / 'labels/manifest.json'} (10 labels)") and "\n" not in message
+        assert "Restore it" in message and "read the sheets back again" in message
+
+
+def legacy_labels(run_dir, sheet_path, count_: int) -> list[dict]:
+    """labels.jsonl as the previous version wrote it (label/1, no manifest), for the first rows of a filled sheet."""
+    rows, digest = rows_of(sheet_path)[1:], hashlib.sha256(sheet_path.read_bytes()).hexdigest()
+    return [{"schema": "label/1", "id": r[0], "human_label": labels.parse_label(r[4]), "sheet": sheet_path.name,
+             "sheet_sha256": digest, "line": k} for k, r in enumerate(rows[:count_], 2)]
+
+
+def test_labels_of_the_previous_version_are_read_with_a_warning_and_sealed_by_reading_their_sheet(tmp_path, capsys):
+    runs, run_dir, answers = new_run(tmp_path)
+    first = fill(sheet(runs, "label.n=10"), ["yes", "no"] * 5)
+    second = fill(sheet(runs, "label.n=5", "label.seed=1"), ["no"] * 5)
+    old = legacy_labels(run_dir, first, 10)
+    old += [r for r in legacy_labels(run_dir, second, 5) if r["id"] not in {o["id"] for o in old}]
+    stored = run_dir / "labels/labels.jsonl"
+    stored.write_text("".join(json.dumps(r) + "\n" for r in old))
+    got = loaded(run_dir, answers)
+    assert got.by_id == {r["id"]: r["human_label"] for r in old}  # read, not refused
+    assert got.warnings[0] == (f"{stored} was written by an earlier version: it has no manifest and its {len(old)} "
+                               "labels do not record which answer they labelled, so none can be checked; read each "
+                               "of its sheets back again (stage=label label.sheet=<sheet>) to seal it and bind them "
+                               "(sheets: sheet-n10-seed0.csv, sheet-n5-seed1.csv)")
+    capsys.readouterr()
+    read_back(runs, first)  # seals the file, and binds the labels of that sheet to the answers it shows
+    assert (run_dir / "labels/manifest.json").is_file()
+    assert "sheet-n10-seed0.csv: bound 10 earlier labels to the answers it shows, 10 already attached" in \
+        capsys.readouterr().out
+    got = loaded(run_dir, answers)
+    assert got.by_id == {r["id"]: r["human_label"] for r in old}
+    assert len(old) - 10 == 5  # (the two draws share no id)
+    assert got.warnings[0] == ("5 labels (label/1, from an earlier version) do not record "
+                               "which answer they labelled, so they cannot be checked against the run's answers; read "
+                               "sheet-n5-seed1.csv back again to bind them")
+    read_back(runs, second)
+    assert all(r["schema"] == "label/2" for r in read_jsonl(stored))
+    assert not any("label/1" in w or "earlier version" in w for w in loaded(run_dir, answers).warnings)
+
+
+def test_labels_of_answers_changed_since_are_left_out_with_a_warning(tmp_path):
+    from pipeline import report
+
+    runs, run_dir, answers = new_run(tmp_path, judged=True)
+    path = fill(sheet(runs, "label.n=40"), ["yes"] * 40)
+    read_back(runs, path)
+    drawn = [r[0] for r in rows_of(path)[1:]]
+    changed = {int(i[1:]) for i in drawn[:3]}
+    now = other_answers(250, changed)  # the answers regenerated (overwrite=true): three of the labelled ones differ
+    write_run(runs, "r", now, {"j": [verdict_row(a.id, "j", "correct", 0.9) for a in now]})
+    got = loaded(run_dir, now)
+    assert len(got.by_id) == 37 and not set(drawn[:3]) & set(got.by_id)
+    gone = sorted(drawn[:3])
+    warning = (f"3 labels were given to answers that have changed since (ids {', '.join(map(repr, gone))}): the run's "
+               "answers were regenerated or edited after labelling, so those labels are left out; label the new "
+               "answers with a new sheet (stage=label label.n=...)")
+    assert warning in got.warnings and got.drawn_uniformly is False
+    assert all(a.human_label is None for a in labels.with_labels(now, got) if a.id in gone)
+    report.write(run_dir, "j", report.settings(cfg(runs)))
+    assert warning in pd.read_csv(run_dir / "judge/j/summary.csv").labels_warnings.item()
+    fresh = sheet(runs, "label.n=41")  # the changed answers are not prefilled with the old labels, the others are
+    assert [r[4] for r in rows_of(fresh)[1:]] == [""] * 3 + ["true"] * 37 + [""]
+    with pytest.raises(PipelineError, match="3 labelled rows show answers that are not run r's answers"):
+        read_back(runs, path)  # the old sheet shows the old answers
+    read_back(runs, fill(fresh, {i: "no" for i in gone}))  # the new answers labelled: the old labels are replaced
+    got = loaded(run_dir, now)
+    assert [got.by_id[i] for i in gone] == [False] * 3 and not any("changed since" in w for w in got.warnings)
+    kept = list((run_dir / "replaced").glob("*/labels/labels.jsonl"))
+    assert len(kept) == 1 and {r["id"] for r in read_jsonl(kept[0])} == set(drawn)

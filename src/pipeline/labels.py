@@ -15,12 +15,20 @@ runs/<run_id>/labels/sheet-n<n>-seed<s>.csv   the n drawn answers in draw order:
     starting with '); reading back takes it off. A sheet is never overwritten: it may hold a labeller's work.
 runs/<run_id>/labels/draws.json     each draw: seed, n, frame_size, frame_sha256 (of the frame's ids joined by
     newlines), ids (in draw order), sheet (its file name), written (time)
-runs/<run_id>/labels/labels.jsonl   one rows.LabelRow per labelled id, in frame order, rewritten whole under the lock
-    runs/<run_id>/.locks/labels.lock (a second read-back waits); overwrite=true keeps the old one in replaced/<time>/
+runs/<run_id>/labels/labels.jsonl   one rows.LabelRow per labelled id, in frame order, with the hash of the answer
+    it labelled (label/2); rewritten whole, atomically, under the lock runs/<run_id>/.locks/labels.lock (a second
+    read-back waits); a rewrite that changes a stored label keeps the old file in replaced/<time>/
+runs/<run_id>/labels/manifest.json  written after labels.jsonl, as every stage's: its record count and sha256, so a
+    hand-edited labels.jsonl is refused. A labels.jsonl of an earlier version (no manifest, label/1) is read with a
+    warning; reading one of its sheets back seals it, and binds that sheet's labels to the answers it shows
+    (labelfile.py reads, verifies and writes the two).
 
 A sheet read back needs its id and human_label columns; labels take importer.parse_label's forms in any case, and an
-empty cell is "not labelled yet". Line numbers count rows as a spreadsheet shows them (line 1 is the header).
-`load_labels` is what the report uses: a run's human labels, and whether they are a uniform sample.
+empty cell is "not labelled yet". Line numbers count rows as a spreadsheet shows them (line 1 is the header). Every
+labelled row must show the run's current answer of its id (question, references, prediction: those of the three the
+sheet has), or the whole sheet is refused: a sheet of another run, or edited, or of answers since regenerated.
+`load_labels` is what the report uses: a run's human labels, and whether they are a uniform sample. A label of an
+answer that changed since it was labelled is left out, with a warning naming the id: never paired with the new one.
 """
 
 from __future__ import annotations
@@ -28,10 +36,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import logging
 import shlex
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -41,10 +47,13 @@ from typing import Iterator
 
 import numpy as np
 
-from .cells import safe_cell  # (the one rule for every CSV people open: cells.py)
+from .cells import plain_cell, safe_cell  # (the one rule for every CSV people open: cells.py)
 from .errors import PipelineError, plural, preview
 from .files import read_json, sha256_file, write_atomic, write_json
 from .importer import FALSE_LABELS, TRUE_LABELS, parse_label
+from .binding import answer_hashes  # the hash of each answer by id: what a label records
+from .labelfile import (current_labels, keep_copies, label_store, left_out, read_label_file, stored_warnings,
+                        write_label_file)
 from .locks import StageLock
 from .rows import GenerationRow, LabelRow, parse_rows
 from .runs import StageDir, find_run
@@ -56,6 +65,7 @@ SHEET_COLUMNS = ["id", "question", "references", "prediction", "human_label"]
 ACCEPTED = (f"{'/'.join(TRUE_LABELS)} for correct, {'/'.join(FALSE_LABELS)} for incorrect (any case), or an "
             "empty cell for not labelled yet")
 DRAW_KEYS = ("seed", "n", "frame_size", "frame_sha256", "ids", "sheet")
+ANSWER_COLUMNS = ("question", "references", "prediction")  # what a labeller saw, checked when read back
 LOCK_WAIT_S = 300.0  # how long a read-back waits for another one to finish
 
 
@@ -100,30 +110,6 @@ def finished_answers(run_dir: Path) -> list[GenerationRow]:
     return parse_rows(GenerationRow, gen.read_records(), gen.records_path)
 
 
-def read_label_rows(path: Path, known_ids: set[str]) -> list[LabelRow]:
-    """labels.jsonl, checked line by line: JSON records of label/1, known ids, each once, true/false labels."""
-    fix = "it was edited by hand: fix or delete that line (reading the sheets back again restores labels)"
-    rows, seen = [], {}
-    for lineno, line in ((k, x) for k, x in enumerate(path.read_bytes().split(b"\n") if path.is_file() else [], 1)
-                         if x.strip()):
-        where = f"{path}, line {lineno}"
-        try:
-            record = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
-            raise PipelineError(f"{where}: not a valid JSON record ({getattr(e, 'msg', e)}); {fix}.") from None
-        row = LabelRow.from_json(record, where) if isinstance(record, dict) else None
-        problem = ("not a JSON object" if row is None else
-                   f"human_label is {row.human_label!r}, not true or false" if not isinstance(row.human_label, bool)
-                   else f"id {row.id!r} is not an answer of this run" if not isinstance(row.id, str) or
-                   row.id not in known_ids
-                   else f"id {row.id!r} is already labelled on line {seen[row.id]}" if row.id in seen else None)
-        if problem:
-            raise PipelineError(f"{where}: {problem}; {fix}.")
-        seen[row.id] = lineno
-        rows.append(row)
-    return rows
-
-
 def read_draws(run_dir: Path) -> list[dict]:
     """draws.json ([] when there is none), each entry checked for the fields a draw has."""
     path = labels_path(run_dir, "draws.json")
@@ -141,8 +127,9 @@ def is_prefix(order: list[str], labelled: set[str]) -> bool:
 
 def load_labels(run_dir: Path, answers: list[GenerationRow]) -> Labels:
     """Every human label of the run (imported with the answers, and attached by stage=label); read-only."""
-    ids = [a.id for a in frame(answers)]
-    rows = read_label_rows(labels_path(run_dir), set(ids))
+    ids, hashes = [a.id for a in frame(answers)], answer_hashes(answers)
+    stored, sealed = read_label_file(run_dir, set(ids))
+    rows = current_labels(stored, hashes)  # a label of an answer changed since is never paired with the new one
     imported = {a.id: a.human_label for a in answers if a.human_label is not None}
     clash = [r.id for r in rows if r.id in imported and imported[r.id] != r.human_label]
     if clash:
@@ -152,7 +139,8 @@ def load_labels(run_dir: Path, answers: list[GenerationRow]) -> Labels:
     draws, sha, by_id = read_draws(run_dir), frame_sha256(ids), {**imported, **{r.id: r.human_label for r in rows}}
     prefix = next((d for d in draws if d["frame_sha256"] == sha and is_prefix(d["ids"], {r.id for r in rows})), None)
     return Labels(by_id=by_id, drawn_uniformly=prefix is not None and not imported, draws=draws,
-                  warnings=label_warnings(rows, imported, draws, by_id, sha, len(ids), prefix is not None),
+                  warnings=stored_warnings(labels_path(run_dir), stored, sealed, left_out(stored, rows))
+                  + label_warnings(rows, imported, draws, by_id, sha, len(ids), prefix is not None),
                   source=describe(rows, imported, draws, prefix))
 
 
@@ -226,15 +214,6 @@ def command(cfg, run_dir: Path, *args: str) -> str:
     """The exact command line for this run (runs_dir included when it is not the default)."""
     where = [] if str(cfg.runs_dir) == "runs" else [shlex.quote(f"runs_dir={cfg.runs_dir}")]
     return " ".join(["python -m pipeline", *args, f"run_id={run_dir.name}", *where])
-
-
-def keep_copy(run_dir: Path, path: Path) -> Path:
-    """Copy `path` into run_dir/replaced/<time>/ before it is rewritten, never over an earlier copy."""
-    stamp, k = time.strftime("%Y%m%d-%H%M%S"), 1
-    while (dest := run_dir / "replaced" / (stamp if k == 1 else f"{stamp}-{k}") / path.relative_to(run_dir)).exists():
-        k += 1
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    return Path(shutil.copy2(path, dest))
 
 
 def write_sheet(cfg, run_dir: Path, answers: list[GenerationRow]) -> Path:
@@ -314,26 +293,90 @@ def read_sheet(path: Path, header: list[str], records: list[list[str]], answers:
                 continue
             empty += label is None
             labels += [(key, label, line)] if label is not None else []
-    problems = [f"{plural(len(found), what)} ({preview(found, 5)}){tail}" for found, what, tail in (
-        (unknown, "id not in this run", ""), (twice, "id appearing twice", ""),
-        (bad, "label in an unreadable form", f"; accepted: {ACCEPTED}")) if found]
+    problems = [f"{plural(len(found), noun)} {what} ({preview(found, 5)}){tail}" for found, noun, what, tail in (
+        (unknown, "id", "not in this run", ""), (twice, "id", "appearing twice", ""),
+        (bad, "label", "in an unreadable form", f"; accepted: {ACCEPTED}")) if found]
     if problems:
         raise PipelineError(f"{path}: {'; '.join(problems)} ({plural(empty, 'row')} without a label yet). Nothing was "
                             "attached; correct the sheet and read it back again.")
     return labels, empty
 
 
+def sheet_shows(cell: str, text: str) -> bool:
+    """Whether a sheet's cell shows `text`: as the sheet wrote it (cells.safe_cell), or as a spreadsheet saved it
+    (without the leading ' it reads as "text"); CR LF and LF line ends are the same."""
+    text = text.replace("\r\n", "\n")
+    return text in {plain_cell(cell).replace("\r\n", "\n"), cell.replace("\r\n", "\n")}
+
+
+def differing_answers(header: list[str], records: list[list[str]], labels: list[tuple[str, bool, int]],
+                      answers: list[GenerationRow]) -> list[str]:
+    """"'<id>' (line <n>: prediction)" for each labelled row whose question, references or prediction (those of the
+    three the sheet has; references as the sheet writes them, joined by " | ") are not the run's answer of its id."""
+    of, columns, out = {a.id: a for a in answers}, [(c, header.index(c)) for c in ANSWER_COLUMNS if c in header], []
+    for i, _, line in labels:
+        record, a = records[line - 2], of[i]
+        shown = {"question": a.question, "references": " | ".join(a.references), "prediction": a.prediction}
+        bad = [c for c, k in columns if not sheet_shows(record[k] if k < len(record) else "", shown[c])]
+        out += [f"{i!r} (line {line}: {', '.join(bad)})"] if bad else []
+    return out
+
+
+def check_sheet_answers(cfg, run_dir: Path, sheet: Path, records: list[list[str]], differ: list[str],
+                        size: int) -> None:
+    """Refuse a sheet whose labelled rows show other answers than the run's (`differ`), saying how to draw anew."""
+    if not differ:
+        return
+    drawn = next((d for d in reversed(read_draws(run_dir)) if d["sheet"] == sheet.name), None)
+    n = drawn["n"] if drawn else sum(any(c.strip() for c in r) for r in records)
+    seed = drawn["seed"] if drawn else cfg.label.seed
+    same_name = labels_path(run_dir, f"sheet-n{min(n, size)}-seed{seed}.csv")
+    one, again = len(differ) == 1, command(cfg, run_dir, "stage=label", f"label.n={n}", f"label.seed={seed}")
+    raise PipelineError(
+        f"{sheet}: {plural(len(differ), 'labelled row')} show{'s an answer' if one else ' answers'} that "
+        f"{'is' if one else 'are'} not run {run_dir.name}'s answer{'s' * (not one)} of "
+        f"{'that id' if one else 'those ids'} ({preview(differ, 8)}); the sheet was drawn from another run, or edited "
+        "(a spreadsheet that turns text into numbers or dates edits it too), or the run's answers changed since it was "
+        f"drawn. Nothing was attached; draw a new sheet of the run's answers with {again}"
+        + (f" (move {same_name} away first: a sheet is never overwritten)" if same_name.exists() else "")
+        + " and label that.")
+
+
+@dataclass(frozen=True)
+class Attached:
+    """What reading a sheet back did to labels.jsonl."""
+
+    added: int
+    replaced: int
+    unchanged: int
+    bound: int  # labels of an earlier version (label/1) now bound to the answer the sheet shows
+    written: bool
+
+    def said(self) -> str:
+        """What the read-back did, in words."""
+        parts = [f"attached {plural(self.added, 'new label')}, replaced {self.replaced}"] * bool(self.added or
+                                                                                               self.replaced)
+        parts += [f"bound {plural(self.bound, 'earlier label')} to the answers it shows"] * bool(self.bound)
+        return ", ".join(parts) or ("sealed the labels of an earlier version" if self.written else
+                                    "nothing changed (reading a sheet again is harmless)")
+
+
 def attach(cfg, run_dir: Path, answers: list[GenerationRow], sheet: Path, labels: list[tuple[str, bool, int]]
-           ) -> tuple[int, int, int]:
-    """Merge the sheet's labels into labels.jsonl (call under the labels lock): (added, replaced, unchanged)."""
-    path, ids = labels_path(run_dir), [a.id for a in frame(answers)]
-    old = {r.id: r for r in read_label_rows(path, set(ids))}
+           ) -> Attached:
+    """Merge the sheet's labels into labels.jsonl (call under the labels lock). A stored label of an answer that has
+    changed since counts as no label: the sheet's label of the new answer replaces it."""
+    path, ids, hashes = labels_path(run_dir), [a.id for a in frame(answers)], answer_hashes(answers)
+    stored, sealed = read_label_file(run_dir, set(ids))
+    old, now = {r.id: r for r in stored}, {r.id: r for r in current_labels(stored, hashes)}
     imported = {a.id: a.human_label for a in answers if a.human_label is not None}
-    rows, sha, counts, clashes, against = dict(old), sha256_file(sheet), [0, 0, 0], [], []
+    rows, sha, counts, clashes, against, bound = dict(old), sha256_file(sheet), [0, 0, 0], [], [], 0
     for i, lab, line in labels:
-        prev = imported.get(i, old[i].human_label if i in old else None)
-        if prev is None or (prev != lab and cfg.overwrite and i not in imported):
-            rows[i] = LabelRow(id=i, human_label=lab, sheet=sheet.name, sheet_sha256=sha, line=line)
+        prev = imported.get(i, now[i].human_label if i in now else None)
+        unbound = prev == lab and i in now and now[i].answer_sha256 is None
+        bound += unbound
+        if prev is None or (prev != lab and cfg.overwrite and i not in imported) or unbound:
+            rows[i] = LabelRow(id=i, human_label=lab, sheet=sheet.name, sheet_sha256=sha, line=line,
+                               answer_sha256=hashes[i])
         counts[0 if prev is None else 1 if prev != lab else 2] += 1
         if prev is not None and prev != lab:
             (against if i in imported else clashes).append(f"line {line}: {i!r} says {str(lab).lower()}, " + (
@@ -349,14 +392,14 @@ def attach(cfg, run_dir: Path, answers: list[GenerationRow], sheet: Path, labels
                             f"{run_dir.name} in {path} ({preview(clashes, 5)}). Nothing was attached; correct the "
                             f"sheet, or pass overwrite=true to replace them (the old {path.name} is kept under "
                             f"{run_dir / 'replaced'}/).")
-    if counts[0] or counts[1]:
-        if counts[1]:
-            log.info("kept the previous labels as %s", keep_copy(run_dir, path))
+    changed = [i for i in rows if rows[i] is not old.get(i)]
+    write = bool(changed) or bool(stored and not sealed)  # (an earlier version's file is sealed by any read-back)
+    if write:
+        if any(i in old for i in changed):
+            log.info("kept the previous labels in %s", keep_copies(run_dir, [path, label_store(run_dir).manifest_path]))
         position = {i: k for k, i in enumerate(ids)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n"
-                                   for r in sorted(rows.values(), key=lambda r: position[r.id])))
-    return counts[0], counts[1], counts[2]
+        write_label_file(run_dir, sorted(rows.values(), key=lambda r: position[r.id]))
+    return Attached(*counts, bound=bound, written=write)
 
 
 def read_back(cfg, run_dir: Path, answers: list[GenerationRow]) -> Path:
@@ -365,9 +408,14 @@ def read_back(cfg, run_dir: Path, answers: list[GenerationRow]) -> Path:
 
     sheet, header, records = sheet_records(cfg.label.sheet, run_dir)
     labels, empty = read_sheet(sheet, header, records, answers)
+    check_sheet_answers(cfg, run_dir, sheet, records, differing_answers(header, records, labels, answers), len(answers))
+    if unseen := [c for c in ANSWER_COLUMNS if c not in header]:
+        names = f"{', '.join(unseen[:-1])} or {unseen[-1]}" if len(unseen) > 1 else unseen[0]
+        log.warning("%s: no %s column, so what its labels were given to cannot be checked; they are bound to the "
+                    "run's answers as they are now", sheet, names)
     with labels_lock(run_dir):
-        added, replaced, unchanged = attach(cfg, run_dir, answers, sheet, labels)
-        judges = report.finished_judges(run_dir) if added or replaced else []
+        done = attach(cfg, run_dir, answers, sheet, labels)
+        judges = report.finished_judges(run_dir) if done.written else []
         try:
             if judges:
                 report.report_run(run_dir, report.settings(cfg))
@@ -379,10 +427,8 @@ def read_back(cfg, run_dir: Path, answers: list[GenerationRow]) -> Path:
     pool = drawn["ids"] if drawn else [i for i, _, _ in labels]
     left = sum(i not in by_id for i in pool) + (0 if drawn else empty)
     of = f"the {len(pool)} drawn answers (seed {drawn['seed']})" if drawn else f"the sheet's {len(pool) + empty} rows"
-    done = f"attached {plural(added, 'new label')}, replaced {replaced}" if added or replaced else \
-        "nothing changed (reading a sheet again is harmless)"
-    print(f"{sheet.name}: {done}, {unchanged} already attached, {plural(empty, 'row')} without a label yet; {left} of "
-          f"{of} {'is' if left == 1 else 'are'} still unlabelled. Labels: {labels_path(run_dir)}"
+    print(f"{sheet.name}: {done.said()}, {done.unchanged} already attached, {plural(empty, 'row')} without a label "
+          f"yet; {left} of {of} {'is' if left == 1 else 'are'} still unlabelled. Labels: {labels_path(run_dir)}"
           f"{'; rewrote the results of ' + ', '.join(judges) if judges else ''}.\nreport: "
           f"{command(cfg, run_dir, 'stage=report')}")
     return labels_path(run_dir)
