@@ -12,6 +12,7 @@ import yaml
 
 from pipeline import generate
 from pipeline.errors import PipelineError
+from pipeline.files import write_sums
 from pipeline.runs import StageDir
 
 from conftest import SMALL, copy_run, make_cfg, read_jsonl, run_cli
@@ -68,6 +69,7 @@ def test_interrupted_generate_resumes_without_redoing_finished_records(tmp_path,
     (stage / "manifest.json").unlink()
     (stage / "generations.jsonl").unlink()
     (stage / "generations.jsonl.partial").write_text("".join(full[:8]) + full[8][:40])
+    write_sums(stage / "generations.jsonl.sums", [x.encode() for x in full[:8]])  # written with each batch
     generate.run(cfg)
     resumed = (stage / "generations.jsonl").read_text().splitlines(keepends=True)
     assert resumed[:8] == full[:8]  # kept byte for byte, not regenerated
@@ -119,6 +121,7 @@ def test_nothing_left_to_do_loads_no_model(judged_run, tmp_path, monkeypatch):
     stage = StageDir(run / "generate", "generations.jsonl")
     os.replace(stage.records_path, stage.partial_path)  # killed after its last batch, before the manifest
     stage.manifest_path.unlink()
+    write_sums(stage.sums_path, stage.partial_path.read_bytes().splitlines())
 
     def no_load(*args, **kwargs):
         raise AssertionError("a model was loaded with nothing left to generate")

@@ -383,7 +383,7 @@ def test_make_demo():
         last = lines.index(f"Open in a browser: {folder / 'report.html'}")
         assert all(line.startswith("make") for line in lines[last + 1:])  # its last line (a sub-make's follow)
         assert len(pd.read_csv(folder / "samples.csv")) == 252  # the whole embedded data set
-        assert "accuracy (95% CI)" in out.stdout and "exact_match" in out.stdout and "kappa" in out.stdout
+        assert "accuracy (95% Wilson interval)" in out.stdout and "exact_match" in out.stdout and "kappa" in out.stdout
         # the README's figures for the demo: "exact match credits 1.6% of the answers, while 51% contain a reference"
         claim = re.search(r"exact match credits ([\d.]+)% of the answers, while ([\d.]+)% contain", README.read_text())
         assert claim, "the README no longer states the demo's exact-match and contains figures"
