@@ -102,7 +102,11 @@ def test_reserves_add_up_on_every_device_and_match_hand_computation(tmp_path):
     kv_per_layer = 2 * tokens * 8 * 128 * 2  # keys+values, 8 kv heads of 128, bf16
     activations = tokens * (4 * 8192 + 3 * 28672 + (64 + 16) * 128) * 2
     logits = 16 * 128256 * (2 + 4 + 4)
-    int8_workspace = tokens * (28672 + 4 * 28672)
+    # the worst LLM.int8 matmul, every input column an outlier: at 16 x 512 tokens, the gate/up projection
+    # (8192 -> 28672) in its matmul: int8 + 16-bit inputs (3 bytes each), 16-bit weight columns (2 per weight) and
+    # int32 + fp16 + bf16 + added outputs (8 per output); its column de-quantisation and the down projection hold less
+    int8_workspace = 3 * tokens * 8192 + 2 * 28672 * 8192 + 8 * tokens * 28672
+    assert int8_workspace > 3 * tokens * 28672 + 7 * 8192 * 28672  # the down projection's worst phase
     for row in plan.rows:
         layers = [m for m in row.modules if m.startswith("model.layers.")]
         assert row.reserves["kv_cache"] == len(layers) * kv_per_layer

@@ -44,6 +44,7 @@ def device_figures(row: dict, other: dict | None, after: dict | None, measured: 
     if measured is not None:
         d["max_memory_allocated"] = measured["max_memory_allocated"]
         d["max_memory_reserved"] = measured["max_memory_reserved"]
+        d["allocator"] = measured.get("allocator")
         d["allocated_within_plan"] = measured["max_memory_allocated"] <= d["planned_allocations"]
         d["reserved_within_plan"] = measured["max_memory_reserved"] <= counted
         d["headroom_bytes"] = counted - measured["max_memory_reserved"]

@@ -105,7 +105,9 @@ def gpu_memory() -> list[dict] | None:
             p = torch.cuda.get_device_properties(i)
             devices.append({"device": f"cuda:{i}", "name": p.name, "total_bytes": int(p.total_memory),
                             "max_memory_allocated": int(torch.cuda.max_memory_allocated(i)),
-                            "max_memory_reserved": int(torch.cuda.max_memory_reserved(i))})
+                            "max_memory_reserved": int(torch.cuda.max_memory_reserved(i)),
+                            "allocator": os.environ.get("PYTORCH_ALLOC_CONF")
+                            or os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or "default"})
         return devices
     except Exception:  # a broken driver or runtime must not cost the stage its manifest
         return None

@@ -7,7 +7,8 @@
                   gate/up/product (3 x intermediate size) and the q/k/v projections
     logits        the last position's logits over the vocabulary, in the model dtype, in float32 and after
                   log-softmax (on the device holding lm_head)
-    qmm workspace NF4: the largest layer's weight de-quantised for a matmul; int8: int8 inputs and int32 outputs
+    qmm workspace NF4: the largest layer's weight de-quantised for a matmul; int8: the temporaries of
+                  bitsandbytes' mixed int8 matmul when every input column holds an outlier (see `int8_workspace`)
 
 `ModelFacts.of` derives them once from the meta model and its config; `budget.account` puts them on devices. The
 CUDA context and the margin are per device, not per model: they come from the placement config.
@@ -56,7 +57,7 @@ class QuantFacts:
     @classmethod
     def of(cls, model, precision: Precision, quantizer, tokens: int, width: int) -> "QuantFacts":
         state: dict[str, int] = {}
-        largest_in = largest_out = largest = 0
+        largest = int8_peak = 0
         int8 = precision.name == PrecisionName.int8
         if quantizer is not None:
             for name, p in model.named_parameters():
@@ -66,15 +67,32 @@ class QuantFacts:
                 if int8:
                     out_features = p.shape[0]
                     state[name] = 4 * out_features  # float32 scale per output row
-                    largest_out = max(largest_out, out_features)
-                    largest_in = max(largest_in, numel // out_features)
+                    int8_peak = max(int8_peak, int8_workspace(tokens, numel // out_features, out_features))
                 elif precision.double_quant:  # 8-bit absmax per 64 weights, float32 per 256 absmax blocks
                     state[name] = math.ceil(numel / 64) + 4 * math.ceil(numel / (64 * 256))
                 else:  # float32 absmax per 64 weights
                     state[name] = 4 * math.ceil(numel / 64)
                 largest = max(largest, numel)
-        workspace = tokens * (largest_in + 4 * largest_out) if int8 else largest * width
+        workspace = int8_peak if int8 else largest * width
         return cls(state, workspace)
+
+
+def int8_workspace(tokens: int, in_features: int, out_features: int) -> int:
+    """Bytes one bitsandbytes LLM.int8 matmul holds beyond its input and its weights, at its worst.
+
+    Input columns with a value past the outlier threshold are computed in 16 bits from de-quantised weight columns.
+    How many there are depends on the data: a few in a trained model's attention inputs, and nearly all of them in
+    an MLP's down projection on the GPU check's random-weight 70B (its peak allocation exceeded the earlier
+    estimate, int8 inputs and int32 outputs only, by 1.2 GB). So this counts every column as an outlier; the
+    largest of the three phases:
+      quantising the input   a float16 copy, the outlier mask, the masked copy, the int8 result   6 x tokens x in
+      de-quantising columns  int8 result and outlier inputs (1 + 2 per input value), the weight columns' int8 copy,
+                             float32 and compute-dtype versions (1 + 4 + 2 per weight)          3 x tokens x in + 7 x w
+      the matmul             the same inputs, the 16-bit columns (2 per weight), int32 product, float16 and
+                             compute-dtype outputs and the added outliers' result (8 per output)  + 2 x w + 8 x out
+    """
+    t, i, o = tokens, in_features, out_features
+    return max(6 * t * i, 3 * t * i + 7 * o * i, 3 * t * i + 2 * o * i + 8 * t * o)
 
 
 @dataclass
