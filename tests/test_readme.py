@@ -89,6 +89,8 @@ SUBSTITUTIONS: dict[str, list[str]] = {
     # The GPU kit and the dry check write into the test's folder, not the checkout's gpu-kit/ and /tmp.
     "gpu-kit": ["gpu-kit", "GPU_KIT_ARGS=--kit {kit} --no-run"],
     "OUT=/tmp/gpu-check-dry": ["OUT={out}"],
+    "judge.engine=vllm": ["judge.engine=vllm", "judge.name=smollm2-135m-vllm", "judge.vllm.start_timeout_s=1500"],
+    "judge.api.base_url=http://gpu-node-3:8000/v1": ["judge.api.base_url={vllm_url}", "judge.name=smollm2-135m-api"],
 }
 
 # Commands that run exactly as written (a cwd or environment of the test's choosing, nothing added).
@@ -168,6 +170,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "python -m pipeline stage=report 'report.runs=[a,b]'": ("over nq-8b and vllm-nq", "test_report_several_runs"),
     "python -m pipeline stage=report 'report.runs=[all]'": ("over every run of the test", "test_report_all_runs"),
     "python -m pipeline.bench page --n N": ("--n 300", "test_page_benchmark"),
+    # Engines
+    "make vllm": ("literally: the tests' vLLM fixture installed it the same way, so it returns at once",
+                  "test_make_vllm"),
+    "python -m pipeline stage=judge run_id=nq-8b judge=llama8b judge.engine=vllm":
+        ("embedded judge in bf16, as smollm2-135m-vllm: the stage starts vLLM's server and stops it",
+         "test_judge_on_vllm_and_on_a_served_judge"),
+    "python -m pipeline stage=judge run_id=nq-8b judge=llama8b judge.engine=openai "
+    "judge.api.base_url=http://gpu-node-3:8000/v1":
+        ("the tests' vLLM server (the embedded model), as smollm2-135m-api", "test_judge_on_vllm_and_on_a_served_judge"),
     "make gpu-kit": ("into the test's folder, without making the stored run (the kit's wheels, trim, size, call)",
                      "test_make_gpu_kit"),
     "make gpu-check DRY=1 OUT=/tmp/gpu-check-dry": ("into the test's folder", "test_make_gpu_check_dry"),
@@ -549,7 +560,8 @@ def check_judged(run: Path, judge: str, n: int, precision: str | None = None, sh
     folder = run / "judge" / judge
     for name in ("samples.csv", "summary.csv", "metrics.csv", "verdicts.jsonl", "manifest.json", *figures):
         assert (folder / name).is_file(), f"{folder} has no {name}: {sorted(p.name for p in folder.iterdir())}"
-    loaded = json.loads((folder / "manifest.json").read_text())["judge"]["mode"] in ("logprob", "generate")
+    judged = json.loads((folder / "manifest.json").read_text())["judge"]
+    loaded = judged["mode"] in ("logprob", "generate") and judged.get("engine", "hf") == "hf"  # a plan of its own
     plans = [] if not loaded else [folder / "plan.json"] if not shards else \
         [folder / f"shards/{i:05d}-of-{shards:05d}/plan.json" for i in range(shards)]
     assert all(p.is_file() for p in plans), plans
@@ -908,3 +920,32 @@ def test_jury_of_the_runs_judges(work, nq_run):
             assert row.judge_p_correct == pytest.approx(sum(ps) / len(ps), abs=1e-9)
     metrics = pd.read_csv(nq_run / "judge/panel/metrics.csv")
     assert "fleiss_kappa" in set(metrics.statistic) and "Fleiss" in out.stdout
+
+
+# ------------------------------------------------------------------------------------------------ engines
+
+@pytest.mark.slow
+def test_make_vllm(vllm_python):
+    out = sh(["make", "vllm"], cwd=REPO, env=venv_env())
+    assert out.stderr.strip() == "" or "installing" not in out.stderr, out.stderr  # already there: nothing to do
+    assert vllm_python.is_file()
+
+
+@pytest.mark.slow
+def test_judge_on_vllm_and_on_a_served_judge(nq_run, vllm_server):
+    work = nq_run.parents[1]
+    pipeline(work, "python -m pipeline stage=judge run_id=nq-8b judge=llama8b judge.engine=openai "
+                   "judge.api.base_url=http://gpu-node-3:8000/v1", vllm_url=vllm_server)
+    check_judged(nq_run, "smollm2-135m-api", len(NQ_ROWS), precision="bf16")
+    engine = json.loads((nq_run / "judge/smollm2-135m-api/manifest.json").read_text())["engine"]
+    assert engine["engine"] == "openai" and engine["usage"]["completion_tokens"] == len(NQ_ROWS)
+
+    out = pipeline(work, "python -m pipeline stage=judge run_id=nq-8b judge=llama8b judge.engine=vllm")
+    check_judged(nq_run, "smollm2-135m-vllm", len(NQ_ROWS), precision="bf16")
+    engine = json.loads((nq_run / "judge/smollm2-135m-vllm/manifest.json").read_text())["engine"]
+    server = engine["server"]
+    assert engine["engine"] == "vllm" and server["tensor_parallel_size"] == 1 and server["dtype"] == "bfloat16"
+    assert server["prefix_caching"] and Path(server["log"]).is_file() and "starting vLLM's server" in out.stderr
+    port = engine["base_url"].split(":")[-1].split("/")[0]
+    left = subprocess.run(["pgrep", "-f", f"--port {port}"], capture_output=True, text=True)
+    assert left.stdout.strip() == "", "the stage left its vLLM server running"

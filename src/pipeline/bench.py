@@ -5,6 +5,7 @@
     python -m pipeline.bench judge [--n 64]       judge throughput: logprob mode vs generate mode
     python -m pipeline.bench page [--n 100000]    report.html of n answers in headless Chromium (benchpage.py)
     python -m pipeline.bench peers [--n 64] [--rounds 1]   the generate stage vs lm-evaluation-harness, both run now
+    python -m pipeline.bench engines [--n 252] [--modes logprob,generate]   the judge stage on hf, openai, vllm
 
 `generate` compares, on the embedded generator preset (its prompts, stop rule and max_new_tokens):
   one-at-a-time  `model.generate` per prompt, greedy, stopping at EOS or a newline token (the baseline);
@@ -180,6 +181,7 @@ def judge_work(base, overrides: list[str], tok, n: int) -> dict:
 def judge_rate(judge_cfg, prompt, tok, model, prompts: list[list[int]]) -> float:
     """Answers/s of the judge stage's own batch function (judges.make_judge) over `prompts`, after a warm-up."""
     from .decoding import PrefixCache
+    from .engines.hf import HfEngine
     from .judges import make_judge
     from .verdict import VerdictTokens
 
@@ -187,7 +189,8 @@ def judge_rate(judge_cfg, prompt, tok, model, prompts: list[list[int]]) -> float
 
     def judge_all(batch_prompts: list[list[int]]) -> float:
         """Seconds to judge `batch_prompts` in batches; the judge is built (stop rule, prefix) before the clock."""
-        judge_batch = make_judge(judge_cfg, prompt, tok, model, tokens, PrefixCache(batch_prompts))
+        engine = HfEngine(model, tok, prompt.stop_at_newline, PrefixCache(batch_prompts))
+        judge_batch = make_judge(judge_cfg, prompt, tok, engine, tokens)
         t = time.perf_counter()
         for s in range(0, len(batch_prompts), judge_cfg.batch_size):
             batch = batch_prompts[s:s + judge_cfg.batch_size]
@@ -242,11 +245,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", nargs="?", default="all",
-                        choices=["all", "generate", "plan", "judge", "page", "peers"])
+                        choices=["all", "generate", "plan", "judge", "page", "peers", "engines"])
     parser.add_argument("--n", type=int, default=None,
                         help="questions in the generate/judge benchmarks (default 64), answers on the page (100,000)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="peers: whole-command rounds of each tool, alternating (default 1); medians are printed")
+    parser.add_argument("--modes", default="logprob",
+                        help="engines: judge modes, comma-separated (default logprob; logprob,generate for both)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. generator.batch_size=32")
     args = parser.parse_args(argv)
     if args.rounds < 1:
@@ -265,6 +270,11 @@ def main(argv: list[str] | None = None) -> None:
         print()
     if args.which in ("all", "judge"):
         bench_judge(n, args.overrides)
+        print()
+    if args.which in ("all", "engines"):
+        from .benchengines import bench_engines
+
+        bench_engines(args.n or 252, [m for m in args.modes.split(",") if m], compose_config(args.overrides))
         print()
     if args.which in ("all", "page"):
         from .benchpage import bench_page

@@ -12,13 +12,14 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from .choice import Choice
+from .engines.settings import ApiConfig, EngineName, VllmConfig
 from .errors import PipelineError
 
 
@@ -29,24 +30,6 @@ def conf_dir() -> Path:
         sys.exit(f"error: no Hydra config at {path}/config.yaml. Run from a checkout of the repository "
                  "(pip install -e .), or set PIPELINE_CONF_DIR to its conf/ folder.")
     return path
-
-
-class Choice(str, Enum):
-    """A setting with a fixed set of values. Hydra refuses any other value when it composes the config, naming the
-    key and the choices; a member compares equal to, formats and serialises as its plain string."""
-
-    def __str__(self) -> str:
-        return self.value
-
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
-
-    def __repr__(self) -> str:
-        return repr(self.value)
-
-    @classmethod
-    def values(cls) -> tuple[str, ...]:
-        return tuple(m.value for m in cls)
 
 
 Stage = Choice("Stage", [(s, s) for s in ("generate", "import", "judge", "label", "jury", "report", "merge", "plan",
@@ -82,6 +65,12 @@ class ModelConfig:
     # null: use the tokenizer's chat template when it has one.
     use_chat_template: Optional[bool] = None
     batch_size: int = 32
+    # What runs the model: hf (loaded here through transformers, placed by the plan), vllm (a vLLM server this stage
+    # starts in its own environment and stops), openai (any OpenAI-compatible server, at api.base_url). The prompts,
+    # records, resume and reports are the same for every engine (engines/).
+    engine: EngineName = EngineName.hf
+    api: ApiConfig = field(default_factory=ApiConfig)
+    vllm: VllmConfig = field(default_factory=VllmConfig)
 
 
 @dataclass

