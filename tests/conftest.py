@@ -272,7 +272,8 @@ def vllm_server(vllm_python, model_dir, tmp_path_factory) -> str:
     from pipeline.engines.vllm import VllmServer
 
     log = tmp_path_factory.mktemp("vllm") / "server.log"
-    server = VllmServer(vllm_python, str(model_dir), "smollm2-135m", "fp32", 2048, VllmConfig(start_timeout_s=1500),
-                        log, "the tests' vLLM server")
+    settings = VllmConfig(start_timeout_s=1500, extra_args=["--enforce-eager"])  # no compiling: up in 30 s, not 100
+    server = VllmServer(vllm_python, str(model_dir), "smollm2-135m", "fp32", 2048, settings, log,
+                        "the tests' vLLM server")
     with server as base_url:
         yield base_url

@@ -94,15 +94,3 @@ def test_bench_peers_measures_lm_eval_beside_the_stage(tmp_path, model_dir, caps
         in line
     assert 0 < a["generate_s"] < a["whole_s"] and 0 < b["generate_s"] < b["whole_s"]
     assert result["same_answers"] >= 6, printed  # greedy on the same model: the answers agree but for rounding
-
-
-def test_bench_engines_says_it_skipped_when_vllm_is_not_installed(tmp_path):
-    """Without vLLM's environment the engines benchmark prints one line naming the missing python and the install
-    command, and no figure (it runs with vLLM in `make bench`; its figures are in the README)."""
-    absent = tmp_path / "no-vllm" / "bin" / "python"
-    out = subprocess.run([sys.executable, "-m", "pipeline.bench", "engines", "--n", "4"], capture_output=True,
-                         text=True, env={**os.environ, "PIPELINE_VLLM_PYTHON": str(absent)}, timeout=300)
-    assert out.returncode == 0, out.stderr
-    lines = [line for line in out.stdout.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"benchmark engines: skipped: engine=vllm: no vLLM environment at "
-                                                   f"{absent}. `make vllm` installs one"), lines

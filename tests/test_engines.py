@@ -85,8 +85,14 @@ def test_openai_engine_gives_the_hf_engines_verdicts(api_run):
     assert engine["server_model"]["id"] == "smollm2-135m"
     assert engine["usage"]["prompt_tokens"] > 48 * 50 and engine["usage"]["completion_tokens"] == 48
     assert manifest["judge"]["engine"] == "openai" and "placement" not in manifest
-    digest = (run48 / "r/judge/api/summary.csv").read_text()
-    assert "api" in digest
+    from pipeline.report import digest, read_summary
+
+    row = read_summary(run48 / "r/judge/api/summary.csv")
+    assert row["judge_engine"] == "openai" and row["judge_prompt_tokens"] == engine["usage"]["prompt_tokens"]
+    assert (f"openai engine: {engine['usage']['prompt_tokens']} prompt and 48 completion tokens in "
+            f"{engine['usage']['requests']} requests (0 retried)") in digest(row)
+    hf_row = read_summary(run48 / "r/judge/hf/summary.csv")
+    assert hf_row["judge_engine"] == "hf" and "engine:" not in digest(hf_row)
 
 
 def test_openai_engine_in_generate_mode_writes_the_hf_engines_replies(run48, vllm_server):

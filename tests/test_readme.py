@@ -89,7 +89,8 @@ SUBSTITUTIONS: dict[str, list[str]] = {
     # The GPU kit and the dry check write into the test's folder, not the checkout's gpu-kit/ and /tmp.
     "gpu-kit": ["gpu-kit", "GPU_KIT_ARGS=--kit {kit} --no-run"],
     "OUT=/tmp/gpu-check-dry": ["OUT={out}"],
-    "judge.engine=vllm": ["judge.engine=vllm", "judge.name=smollm2-135m-vllm", "judge.vllm.start_timeout_s=1500"],
+    "judge.engine=vllm": ["judge.engine=vllm", "judge.name=smollm2-135m-vllm", "judge.vllm.start_timeout_s=1500",
+                          "judge.vllm.extra_args=[--enforce-eager]"],  # no compiling: the server is up in 30 s, not 100
     "judge.api.base_url=http://gpu-node-3:8000/v1": ["judge.api.base_url={vllm_url}", "judge.name=smollm2-135m-api"],
 }
 
@@ -171,6 +172,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "python -m pipeline stage=report 'report.runs=[all]'": ("over every run of the test", "test_report_all_runs"),
     "python -m pipeline.bench page --n N": ("--n 300", "test_page_benchmark"),
     # Engines
+    "python -m pipeline.bench engines": ("without vLLM's environment (PIPELINE_VLLM_PYTHON elsewhere): one line, skipped; "
+                                         "with it, make bench measures it (8 minutes; README figures)",
+                                         "test_bench_engines_without_vllm"),
     "make vllm": ("literally: the tests' vLLM fixture installed it the same way, so it returns at once",
                   "test_make_vllm"),
     "python -m pipeline stage=judge run_id=nq-8b judge=llama8b judge.engine=vllm":
@@ -949,3 +953,14 @@ def test_judge_on_vllm_and_on_a_served_judge(nq_run, vllm_server):
     port = engine["base_url"].split(":")[-1].split("/")[0]
     left = subprocess.run(["pgrep", "-f", f"--port {port}"], capture_output=True, text=True)
     assert left.stdout.strip() == "", "the stage left its vLLM server running"
+
+
+def test_bench_engines_without_vllm(tmp_path):
+    """Without vLLM's environment the engines benchmark prints one line naming the missing python and the install
+    command, and no figure."""
+    absent = tmp_path / "no-vllm" / "bin" / "python"
+    argv = readme_command("python -m pipeline.bench engines")
+    out = sh([*argv, "--n", "4"], cwd=REPO, env=venv_env(PIPELINE_VLLM_PYTHON=str(absent)))
+    lines = [line for line in out.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"benchmark engines: skipped: engine=vllm: no vLLM environment at "
+                                                   f"{absent}. `make vllm` installs one"), lines

@@ -47,6 +47,7 @@ import pandas as pd
 
 from .binding import answer_hashes, check_bound
 from .config import ReportConfig
+from .engines.cost import cost_line, with_engine
 from .errors import PipelineError
 from . import cells, pages
 from .figures import plot
@@ -254,6 +255,8 @@ def digest(row: dict, target: float | None = None) -> str:
     if not pd.isna(row.get("auroc_sequence_nll_judge")):
         extra.append(f"AUROC of -NLL vs judge {row['auroc_sequence_nll_judge']:.2f}")
     lines.append("; ".join(extra))
+    if cost := cost_line(row):
+        lines.append(cost)
     return "\n".join(lines + label_lines(row, target))
 
 
@@ -277,7 +280,7 @@ def write(run_dir: Path, judge: str, s: ReportConfig | None = None) -> tuple[Pat
         summary = summarize(samples, run_dir.name, judge, s)
         metrics = metrics_table(samples, criteria(samples, s), summary.iloc[0].to_dict(), s, labels.drawn_uniformly,
                                 stage.manifest().get("panel"))
-        summary = with_estimates(summary, metrics, labels)
+        summary = with_engine(with_estimates(summary, metrics, labels), stage.manifest())
         samples_path, summary_path = stage.path / "samples.csv", stage.path / "summary.csv"
         write_atomic(samples_path, cells.to_csv(samples))  # (text that would run as a formula gets a ')
         write_atomic(summary_path, cells.to_csv(summary, float_format="%.6g"))
