@@ -215,7 +215,29 @@ def test_retry_after_is_read_as_seconds_or_a_date():
     assert 25 <= retry_after_seconds(formatdate(time.time() + 30, usegmt=True)) <= 31
 
 
-def test_the_generate_stage_refuses_a_served_engine_in_one_line(tmp_path):
-    out = run_cli("stage=generate", f"runs_dir={tmp_path}", "generator.engine=vllm", cwd=REPO)
-    assert out.returncode == 2 and "runs on the hf engine only so far" in one_error_line(out)
+def test_the_generate_stage_on_the_openai_engine_writes_the_hf_engines_answers(run48, vllm_server):
+    """The same questions answered through the server: the same tokens, text and finish reasons as the hf engine's
+    (float32 on both sides), log-probabilities close; the manifest says which engine made them."""
+    from pipeline import generate
+
+    generate.run(make_cfg(run48, "run_id=g-api", "dataset.limit=48", "generator.engine=openai",
+                          f"generator.api.base_url={vllm_server}"))
+    hf = {r["id"]: r for r in read_jsonl(run48 / "r/generate/generations.jsonl")}
+    api = {r["id"]: r for r in read_jsonl(run48 / "g-api/generate/generations.jsonl")}
+    assert api.keys() == hf.keys()
+    same = [k for k in hf if api[k]["token_ids"] == hf[k]["token_ids"]]
+    assert len(same) / len(hf) >= 0.95, len(same)
+    assert all(api[k]["prediction"] == hf[k]["prediction"] and api[k]["finish_reason"] == hf[k]["finish_reason"]
+               for k in same)
+    assert max(abs(api[k]["sequence_nll"] - hf[k]["sequence_nll"]) for k in same) < 0.05
+    manifest = json.loads((run48 / "g-api/generate/manifest.json").read_text())
+    assert manifest["generator"]["engine"] == "openai" and manifest["engine"]["usage"]["requests"] >= 2
+
+
+def test_a_served_generator_that_cannot_run_is_refused_before_any_run_is_made(tmp_path):
+    out = run_cli("stage=generate", f"runs_dir={tmp_path}", "generator.engine=vllm", "generator.precision=int8",
+                  cwd=REPO)
+    assert out.returncode == 2 and "engine=vllm cannot run precision=int8" in one_error_line(out)
+    out = run_cli("stage=generate", f"runs_dir={tmp_path}", "generator.engine=openai", cwd=REPO)
+    assert out.returncode == 2 and "set api.base_url" in one_error_line(out)
     assert not any(tmp_path.iterdir())

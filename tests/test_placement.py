@@ -16,7 +16,7 @@ from pipeline.models import choose_precision
 from pipeline.placement import (ModelFacts, ModelIdentity, Workload, load_model_config, meta_model, plan_for,
                                 plan_placement, single_device, summarize_modules)
 
-from conftest import PROFILES, gpus, judge_cfg, make_cfg, profile_hardware, run_cli
+from conftest import PROFILES, gpus, judge_cfg, make_cfg, one_error_line, profile_hardware, run_cli
 
 MODELS = {  # preset -> exact parameter count of its public config (tied copies counted once)
     "llama70b": 70_553_706_496,
@@ -353,3 +353,26 @@ def test_plan_stage_prints_table_saves_json_and_exits_by_verdict(tmp_path):
     out = run_cli("stage=plan", "hardware=5xB200", cwd=tmp_path)
     assert out.returncode == 2 and "Available options in 'hardware'" in out.stderr and "4xA100-40GB" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_plan_stage_shows_the_replicas_the_judge_stage_will_run(tmp_path):
+    """On 8 x H100 the 70B in bf16 fits in 2 GPUs: stage=plan says stage=judge runs 4 copies of 2 and shows one
+    copy's plan; replicas=N is honoured (N that do not fit: refused in one line); a one-copy node says nothing more."""
+    out = run_cli("stage=plan", "judge=llama70b", "hardware=8xH100-80GB", f"runs_dir={tmp_path}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "replicas: stage=judge runs 4 replicas x 2 GPUs: [0,1] [2,3] [4,5] [6,7]" in out.stdout
+    copy_table = out.stdout.split("replicas: stage=judge runs", 1)[1]
+    assert "cuda:1 NVIDIA H100" in copy_table and "cuda:2" not in copy_table
+    saved = json.loads((tmp_path / "plans/llama70b--8xH100-80GB.json").read_text())
+    assert saved["replicas"]["count"] == 4 and saved["replicas"]["groups"] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert {r["device"] for r in saved["replicas"]["copy_plan"]["rows"]} == {"cuda:0", "cuda:1"}
+
+    out = run_cli("stage=plan", "judge=llama70b", "hardware=8xH100-80GB", "judge.placement.replicas=3",
+                  f"runs_dir={tmp_path}", cwd=tmp_path)
+    assert out.returncode == 0 and "3 replicas x 2 GPUs: [0,1] [2,3] [4,5]; 2 GPUs unused (6,7)" in out.stdout
+    out = run_cli("stage=plan", "judge=llama70b", "hardware=8xH100-80GB", "judge.placement.replicas=5",
+                  f"runs_dir={tmp_path}", cwd=tmp_path)
+    assert out.returncode == 2 and "at most 4 replicas fit" in one_error_line(out)
+    out = run_cli("stage=plan", "judge=llama70b-8bit", "hardware=4xA100-40GB", f"runs_dir={tmp_path}", cwd=tmp_path)
+    assert out.returncode == 0 and "replicas:" not in out.stdout
+    assert json.loads((tmp_path / "plans/llama70b-8bit--4xA100-40GB.json").read_text())["replicas"] is None

@@ -21,7 +21,9 @@ import torch
 from . import shards
 from .config import Config
 from .data import QAItem, load_items
-from .decoding import Generation, PrefixCache, StopRule, context_length, generated_text, greedy_batch, length_batches
+from .decoding import Generation, PrefixCache, context_length, generated_text, length_batches
+from .engines.hf import HfEngine
+from .engines.served import check_served, served_engine, served_fingerprint
 from .errors import PipelineError, plural, preview
 from .models import (cache_root, encode_chat, load_planned, load_tokenizer, model_config, model_folder,
                      choose_precision, source_info, use_chat_template)
@@ -113,16 +115,21 @@ class Generator:
     """Everything resolved before the run folder is made: a device, precision or model folder that cannot be had
     fails before anything is written."""
 
-    plan: Plan  # one device: what the loader applies and verifies
+    plan: Plan | None  # one device: what the loader applies and verifies (None: a served engine places the model)
     limit: int | None  # the model's context length
+    source: str  # the model's folder: its tokenizer and config (and, for hf and vllm, its weights)
 
     @classmethod
     def prepare(cls, cfg: Config) -> "Generator":
         g = cfg.generator
+        if g.engine != "hf":
+            check_served(g, f"generator {g.name}")
+            source = model_folder(g.model, cache_root(cfg.cache_dir))
+            return cls(None, context_length(model_config(source, g)), source)
         device = pick_device(g.device)
         precision = choose_precision(g, on_gpu=device.type == "cuda")
         source = model_folder(g.model, cache_root(cfg.cache_dir))
-        return cls(single_device(g, precision, str(device), source), context_length(model_config(source, g)))
+        return cls(single_device(g, precision, str(device), source), context_length(model_config(source, g)), source)
 
 
 def answer_questions(cfg: Config, attempt: Attempt, gen: Generator, items: list[QAItem]) -> dict:
@@ -133,7 +140,7 @@ def answer_questions(cfg: Config, attempt: Attempt, gen: Generator, items: list[
     t0 = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    tokenizer = load_tokenizer(gen.plan.source, g)
+    tokenizer = load_tokenizer(gen.source, g)
     chat = use_chat_template(tokenizer, g.use_chat_template)
     specials = special_texts(tokenizer)
     prompts = {it.id: encode_chat(tokenizer, generator_messages(cfg, it.question, specials), chat) for it in todo}
@@ -141,22 +148,40 @@ def answer_questions(cfg: Config, attempt: Attempt, gen: Generator, items: list[
             "load_s": 0.0, "new_tokens": 0}
     if not todo:  # an attempt stopped after its last batch has nothing left to answer, and loads no model
         return info
+    todo.sort(key=lambda it: len(prompts[it.id][1]), reverse=True)  # similar lengths share a batch; peaks come first
+    if g.engine != "hf":
+        longest = len(prompts[todo[0].id][1]) + g.max_new_tokens
+        with served_engine(g, gen.source, tokenizer, model_config(gen.source, g), g.stop_at_newline, longest,
+                           cache_root(cfg.cache_dir), f"{attempt.job.run_dir.name}--{g.name}",
+                           f"generator {g.name}") as engine:
+            info["load_s"] = round(time.perf_counter() - t0, 3)
+            try:
+                write_answers(cfg, attempt, engine, tokenizer, todo, prompts, position, info)
+            finally:
+                info["engine"] = engine.describe()
+        return info
     model = load_planned(gen.plan)
     verify_loaded(model, gen.plan)
     info["load_s"] = round(time.perf_counter() - t0, 3)
-    stop = StopRule.build(tokenizer, model, g.stop_at_newline)
-    todo.sort(key=lambda it: len(prompts[it.id][1]), reverse=True)  # similar lengths share a batch; peaks come first
     prefix = PrefixCache([prompts[it.id][1] for it in todo])  # the system turn: run once, not per batch
+    engine = HfEngine(model, tokenizer, g.stop_at_newline, prefix)
+    write_answers(cfg, attempt, engine, tokenizer, todo, prompts, position, info)
+    return info
+
+
+def write_answers(cfg: Config, attempt: Attempt, engine, tokenizer, todo: list[QAItem], prompts: dict,
+                  position: dict, info: dict) -> None:
+    """Answers to `todo` (sorted longest first) in batches of similar lengths from `engine`, written as each ends."""
+    g = cfg.generator
 
     def rows_of(batch: list[QAItem]) -> list[GenerationRow]:
-        gens = greedy_batch(model, [prompts[it.id][1] for it in batch], g.max_new_tokens, stop, stage_prefix=prefix)
+        gens = engine.generate([prompts[it.id][1] for it in batch], g.max_new_tokens)
         info["new_tokens"] += sum(len(x.token_ids) for x in gens)
         return [answer_row(it, position[it.id], prompts[it.id][0], x, tokenizer, g.stop_at_newline)
                 for it, x in zip(batch, gens)]
 
     batches = (todo[lo:hi] for lo, hi in length_batches([len(prompts[it.id][1]) for it in todo], g.batch_size))
     attempt.write(batches, rows_of, desc=f"generate {g.name}", unit="q")
-    return info
 
 
 def details(cfg: Config, attempt: Attempt, gen: Generator, data_info: dict, info: dict, total: int) -> dict:
@@ -165,9 +190,12 @@ def details(cfg: Config, attempt: Attempt, gen: Generator, data_info: dict, info
     return {
         "expected_total": total,
         "dataset": data_info,
-        "generator": {"name": g.name, "precision": gen.plan.precision.describe(), "device": gen.plan.device_map[""],
+        "generator": {"name": g.name, "engine": str(g.engine),
+                      "precision": gen.plan.precision.describe() if gen.plan else str(g.precision),
+                      "device": gen.plan.device_map[""] if gen.plan else "server",
                       "chat_template": info["chat_template"], "context_length": gen.limit,
-                      **source_info(g.model, gen.plan.source)},
+                      **source_info(g.model, gen.source)},
+        **({"engine": info["engine"]} if info.get("engine") else {}),
         "truncated_questions": info["truncated"],
         "timings": {"load_s": info["load_s"], "generate_s": round(attempt.seconds, 3),
                     "total_s": round(time.perf_counter() - attempt.job.started, 3),
@@ -179,15 +207,11 @@ def details(cfg: Config, attempt: Attempt, gen: Generator, data_info: dict, info
 def run(cfg: Config) -> Path:
     """Generate answers for every question of this shard not yet answered; returns the stage directory."""
     g = cfg.generator
-    if g.engine != "hf":
-        raise PipelineError(f"generator.engine={g.engine}: the generate stage runs on the hf engine only so far (the "
-                            "judge stage runs on hf, vllm and openai); leave generator.engine=hf, or make the answers "
-                            "elsewhere and bring them in with stage=import.")
     shard = shards.this_shard(cfg.shard, overwrite=cfg.overwrite)
     gen = Generator.prepare(cfg)
     items, data_info = load_items(cfg.dataset)
     run_dir, new_run = make_run(Path(cfg.runs_dir), cfg.run_id or new_run_id(g.name, cfg.dataset.name))
-    fingerprint = {"generator": {k: getattr(g, k) for k in FINGERPRINT_KEYS},
+    fingerprint = {"generator": {k: getattr(g, k) for k in FINGERPRINT_KEYS}, **served_fingerprint(g),
                    "dataset": {"name": cfg.dataset.name, "content_sha256": data_info["content_sha256"]}}
     job = StageJob(cfg, run_dir, StageDir(run_dir / "generate", "generations.jsonl"), shard, fingerprint,
                    [it.id for it in items], also_replace=(run_dir / "judge",), new_run=new_run, points_latest=True)

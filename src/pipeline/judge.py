@@ -34,7 +34,7 @@ from .errors import PipelineError, plural, preview
 from .files import peek_jsonl, write_json
 from .hardware import GiB, detect
 from .engines.hf import HfEngine
-from .engines.served import check_served, served_engine
+from .engines.served import check_served, served_engine, served_fingerprint
 from .judges import make_judge
 from .models import cache_root, load_planned, load_tokenizer, model_config, model_folder, source_info, \
     use_chat_template
@@ -251,15 +251,6 @@ def make_job(cfg: Config) -> tuple[StageJob, list[GenerationRow], str]:
     job = StageJob(cfg, run_dir, judge_root(run_dir, cfg.judge.name), shard, fingerprint, [a.id for a in answers])
     check_earlier_verdicts(job, answer_hashes(answers))
     return job, [a for a in answers if a.id in job.mine], answers_digest(answers)
-
-
-def served_fingerprint(model_cfg) -> dict:
-    """What else decides the records of a served engine (nothing for hf: its stages' fingerprints are unchanged):
-    a stage is never resumed with another engine or served model."""
-    if model_cfg.engine == "hf":
-        return {}
-    served = model_cfg.name if model_cfg.engine == "vllm" else model_cfg.api.model
-    return {"engine": {"name": str(model_cfg.engine), "served_model": served}}
 
 
 def check_earlier_verdicts(job: StageJob, hashes: dict[str, str]) -> None:

@@ -46,6 +46,15 @@ def check_served(model_cfg, what: str) -> None:
         server_dtype(str(model_cfg.precision), 0, what)
 
 
+def served_fingerprint(model_cfg) -> dict:
+    """What else decides the records of a served engine (nothing for hf: its stages' fingerprints are unchanged):
+    a stage is never resumed with another engine or served model."""
+    if model_cfg.engine == "hf":
+        return {}
+    served = model_cfg.name if model_cfg.engine == "vllm" else model_cfg.api.model
+    return {"engine": {"name": str(model_cfg.engine), "served_model": served}}
+
+
 def stop_rule(source: str, tokenizer, config, stop_at_newline: bool) -> StopRule:
     """The hf engine's stop rule for a model whose weights are not loaded here: vocabulary from its config,
     end-of-sequence ids from its tokenizer and generation config."""

@@ -64,12 +64,40 @@ def run(cfg) -> Plan:
         print(f"hardware: {note}")
     j = cfg.judge
     plan = plan_for(j, hardware, recommendations=True)
-    elapsed = time.perf_counter() - started
     print(plan.table())
+    grouping = replica_grouping(j, hardware, plan) if plan.fits else None
+    elapsed = time.perf_counter() - started
     out = Path(cfg.runs_dir) / "plans" / f"{j.name}--{cfg.hardware.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out, {**plan.to_dict(), "planning_seconds": round(elapsed, 3)})
+    write_json(out, {**plan.to_dict(), "planning_seconds": round(elapsed, 3), "replicas": grouping})
     print(f"planned in {elapsed:.1f} s without reading any weight; saved {out}")
     if not plan.fits:
         raise PipelineError(f"{' '.join(plan.problems)} The table above lists what would fit.")
     return plan
+
+
+def replica_grouping(j, hardware: Hardware, plan: Plan) -> dict | None:
+    """The copies stage=judge runs on these GPUs (judge.placement.replicas: auto, or N, refused when N do not fit),
+    printed with one copy's plan when there is more than one; None for one copy (the plan above)."""
+    from ..replicas import describe, gpus_per_copy, group_plans_fit, groups, parse_requested, usable_gpus
+
+    if not any(r.device.startswith("cuda:") for r in plan.rows):
+        return None
+    if j.placement.max_memory:
+        if parse_requested(j.placement.replicas) not in (1, "auto"):
+            raise PipelineError(f"judge.placement.replicas={j.placement.replicas}: judge.placement.max_memory places "
+                                "one copy by hand; drop max_memory to split the GPUs into replicas.")
+        return None
+    per, one = gpus_per_copy(j, hardware, plan, None, None)
+    grouped = groups(per, usable_gpus(j, hardware), j.placement.replicas)
+    if len(grouped) < 2:
+        return None
+    problem = group_plans_fit(j, hardware, grouped, None, None)
+    if problem:
+        raise PipelineError(f"judge.placement.replicas={j.placement.replicas}: {problem}.")
+    unused = usable_gpus(j, hardware)[len(grouped) * per:]
+    text = describe(grouped, unused=unused)
+    print(f"\nreplicas: stage=judge runs {text}, each copy placed as follows:")
+    print(one.table())
+    return {"count": len(grouped), "gpus_per_copy": per, "groups": grouped, "unused": unused, "describe": text,
+            "copy_plan": one.to_dict()}
