@@ -376,3 +376,26 @@ def test_plan_stage_shows_the_replicas_the_judge_stage_will_run(tmp_path):
     out = run_cli("stage=plan", "judge=llama70b-8bit", "hardware=4xA100-40GB", f"runs_dir={tmp_path}", cwd=tmp_path)
     assert out.returncode == 0 and "replicas:" not in out.stdout
     assert json.loads((tmp_path / "plans/llama70b-8bit--4xA100-40GB.json").read_text())["replicas"] is None
+
+
+def test_plan_stage_for_vllm_shows_its_tensor_parallel_layout(tmp_path):
+    """judge.engine=vllm: the fewest GPUs that hold a copy and divide the heads (70B bf16 on 8 x H100: 2 of 64
+    heads), per-GPU weights against what vLLM may use; a precision vLLM cannot run is refused before planning."""
+    out = run_cli("stage=plan", "judge=llama70b", "hardware=8xH100-80GB", "judge.engine=vllm", f"runs_dir={tmp_path}",
+                  cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "vLLM layout: tensor parallel 2 over GPUs [0, 1]" in out.stdout and "64 attention heads" in out.stdout
+    saved = json.loads((tmp_path / "plans/llama70b--8xH100-80GB--vllm.json").read_text())
+    lay = saved["vllm"]
+    assert lay["tensor_parallel_size"] == 2 and lay["fits"] and lay["devices"] == [0, 1]
+    assert lay["weights_per_gpu_bytes"] == int(saved["total_weight_bytes"] / 2)
+    h100 = next(r for r in saved["rows"] if r["device"] == "cuda:0")["capacity_bytes"]
+    assert lay["usable_per_gpu_bytes"] == int(h100 * 0.9)
+    assert lay["left_per_gpu_bytes"] == lay["usable_per_gpu_bytes"] - lay["weights_per_gpu_bytes"]
+    out = run_cli("stage=plan", "judge=llama70b", "hardware=8xH100-80GB", "judge.engine=vllm",
+                  "judge.vllm.tensor_parallel_size=3", f"runs_dir={tmp_path}", cwd=tmp_path)
+    assert out.returncode == 2 and "divide the model's 64 attention heads" in one_error_line(out)
+    out = run_cli("stage=plan", "judge=llama70b-8bit", "hardware=8xH100-80GB", "judge.engine=vllm",
+                  f"runs_dir={tmp_path}", cwd=tmp_path)
+    assert out.returncode == 2 and "engine=vllm cannot run precision=int8" in one_error_line(out)
+    assert "placement plan" not in out.stdout

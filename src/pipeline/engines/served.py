@@ -9,6 +9,7 @@ starts and stops), both asked through engines/openai.py.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from contextlib import contextmanager
@@ -21,7 +22,9 @@ from ..decoding import StopRule, eos_ids
 from ..errors import PipelineError
 from .openai import OpenAIEngine
 from .settings import ApiConfig
-from .vllm import VllmServer, server_dtype, vllm_python
+
+log = logging.getLogger(__name__)
+from .vllm import VllmServer, layout, layout_text, server_dtype, vllm_python
 
 
 def api_key(api, what: str) -> str | None:
@@ -84,6 +87,19 @@ def model_length(longest: int, config, vllm_cfg) -> int:
     return min(length, context) if isinstance(context, int) and context >= longest else length
 
 
+def server_layout(model_cfg) -> dict:
+    """The vLLM layout on this machine's GPUs (a judge's, from its plan); a generator, small by design, runs on one
+    GPU unless generator.vllm.tensor_parallel_size says otherwise."""
+    from ..hardware import detect
+
+    hardware = detect()
+    if not hardware.gpus or not hasattr(model_cfg, "placement"):
+        return {"tensor_parallel_size": model_cfg.vllm.tensor_parallel_size or 1}
+    lay = layout(model_cfg, hardware)
+    log.info("%s", layout_text(lay))
+    return lay
+
+
 @contextmanager
 def served_engine(model_cfg, source: str, tokenizer, config, stop_at_newline: bool, longest: int, cache: Path,
                   log_name: str, what: str) -> Iterator[OpenAIEngine]:
@@ -99,8 +115,9 @@ def served_engine(model_cfg, source: str, tokenizer, config, stop_at_newline: bo
         return
     python = vllm_python(model_cfg.vllm, cache)
     log_path = cache / "engines" / "logs" / f"{log_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    lay = server_layout(model_cfg)
     server = VllmServer(python, source, model_cfg.name, str(model_cfg.precision), model_length(longest, config,
-                        model_cfg.vllm), model_cfg.vllm, log_path, what)
+                        model_cfg.vllm), model_cfg.vllm, log_path, what, lay["tensor_parallel_size"])
     with server as base_url:
         engine = OpenAIEngine(plain_api(model_cfg.api, base_url=base_url, concurrency=max(1, model_cfg.api.concurrency)),
                               model_cfg.name, None, tokenizer, stop, what)

@@ -63,8 +63,14 @@ def run(cfg) -> Plan:
     for note in hardware.notes:
         print(f"hardware: {note}")
     j = cfg.judge
+    if j.engine == "vllm":  # a precision vLLM cannot run: refused before planning
+        from ..engines.vllm import server_dtype
+
+        server_dtype(str(j.precision), len(hardware.gpus), f"judge {j.name}")
     plan = plan_for(j, hardware, recommendations=True)
     print(plan.table())
+    if j.engine == "vllm":
+        return vllm_plan(cfg, hardware, plan, started)
     grouping = replica_grouping(j, hardware, plan) if plan.fits else None
     elapsed = time.perf_counter() - started
     out = Path(cfg.runs_dir) / "plans" / f"{j.name}--{cfg.hardware.name}.json"
@@ -101,3 +107,22 @@ def replica_grouping(j, hardware: Hardware, plan: Plan) -> dict | None:
     print(one.table())
     return {"count": len(grouped), "gpus_per_copy": per, "groups": grouped, "unused": unused, "describe": text,
             "copy_plan": one.to_dict()}
+
+
+def vllm_plan(cfg, hardware: Hardware, plan: Plan, started: float) -> Plan:
+    """stage=plan judge.engine=vllm: the hf plan above counts what one copy needs; vLLM spreads it over the GPUs
+    its layout says (engines/vllm.py), and this says how, with the same verdict."""
+    from ..engines.vllm import layout, layout_text
+    from ..files import write_json
+
+    j = cfg.judge
+    lay = layout(j, hardware)
+    print(layout_text(lay))
+    out = Path(cfg.runs_dir) / "plans" / f"{j.name}--{cfg.hardware.name}--vllm.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, {**plan.to_dict(), "vllm": lay, "planning_seconds": round(time.perf_counter() - started, 3)})
+    print(f"saved {out}")
+    if not plan.fits or not lay.get("fits", True):
+        raise PipelineError(f"judge {j.name} does not fit on {hardware.describe()} for vLLM: "
+                            f"{' '.join(plan.problems) or layout_text(lay)}")
+    return plan
