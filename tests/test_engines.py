@@ -241,3 +241,26 @@ def test_a_served_generator_that_cannot_run_is_refused_before_any_run_is_made(tm
     out = run_cli("stage=generate", f"runs_dir={tmp_path}", "generator.engine=openai", cwd=REPO)
     assert out.returncode == 2 and "set api.base_url" in one_error_line(out)
     assert not any(tmp_path.iterdir())
+
+
+def test_array_shards_on_the_openai_engine_merge_with_their_cost_added_up(api_run, run48, vllm_server):
+    """Two shards of a served judge (as SLURM array tasks run them), then stage=report merges them: every id once,
+    the same verdicts as one unsharded stage, and the merged manifest and summary.csv add up the shards' tokens."""
+    from pipeline import judge, report
+
+    for i in range(2):
+        judge.run(make_cfg(run48, "run_id=r", "judge.name=sharded", f"shard.index={i}", "shard.count=2",
+                           *served(vllm_server)))
+    shard_usage = [json.loads(m.read_text())["engine"]["usage"]
+                   for m in sorted((run48 / "r/judge/sharded/shards").glob("*/manifest.json"))]
+    assert len(shard_usage) == 2
+    report.run(make_cfg(run48, "run_id=r", "stage=report", "judge.name=sharded"))
+    assert same_records(verdicts(run48, "sharded"), verdicts(run48, "api"))
+    merged = json.loads((run48 / "r/judge/sharded/manifest.json").read_text())["engine"]
+    assert merged["shards"] == 2 and merged["engine"] == "openai"
+    for key in ("prompt_tokens", "completion_tokens", "requests"):
+        assert merged["usage"][key] == sum(u[key] for u in shard_usage)
+    from pipeline.report import read_summary
+
+    row = read_summary(run48 / "r/judge/sharded/summary.csv")
+    assert row["judge_prompt_tokens"] == merged["usage"]["prompt_tokens"] and row["judge_engine"] == "openai"

@@ -45,10 +45,25 @@ def merge_locked(stage: StageDir, stage_root: Path, records_name: str, expected_
         "shard_hosts": {name: m.get("hardware", {}).get("hostname") for name, m in
                         zip(info["shards"], info["manifests"].values())},
     })
+    engines = [m["engine"] for m in info["manifests"].values() if m.get("engine")]
+    if engines:  # a served engine's shards: what they cost together
+        manifest["engine"] = {**engines[0], "usage": summed_usage([e.get("usage") or {} for e in engines]),
+                              "shards": len(engines)}
     stage.publish(records, manifest)
     log.info("merged %d shards of %s into %s (%d records)", info["shard_count"], stage_root, stage.records_path,
              len(records))
     return True
+
+
+def summed_usage(usages: list[dict]) -> dict:
+    """Tokens, requests and retries of several shards of a served engine, added up."""
+    total = {k: sum(int(u.get(k) or 0) for u in usages) for k in ("prompt_tokens", "completion_tokens", "requests",
+                                                                    "retries")}
+    kinds: dict[str, int] = {}
+    for u in usages:
+        for kind, n in (u.get("retried_failures") or {}).items():
+            kinds[kind] = kinds.get(kind, 0) + int(n)
+    return {**total, "retried_failures": kinds}
 
 
 def merge_run(run_dir: Path) -> list[str]:
