@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, make_cfg, one_error_line, read_jsonl, run_cli
+from conftest import REPO, copy_run, make_cfg, one_error_line, read_jsonl, run_cli
 from fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.slow
@@ -26,14 +26,16 @@ SECRET = "sk-test-0123456789abcdef-do-not-leak"
 
 
 @pytest.fixture(scope="module")
-def run48(tmp_path_factory, model_dir):
-    """48 answers of the embedded generator, judged by the hf engine in logprob mode (fp32) as `hf`."""
-    from pipeline import generate, judge
+def run48(tmp_path_factory, judged_run):
+    """A copy of the session's shared run as run `r`: 16 answers of the embedded generator, judged by the hf engine
+    in logprob mode (fp32) as `smollm2-135m`, here called HF."""
+    base = tmp_path_factory.mktemp("engines")
+    copy_run(judged_run, base, "r")
+    return base / "runs"
 
-    runs = tmp_path_factory.mktemp("engines")
-    generate.run(make_cfg(runs, "run_id=r", "dataset.limit=48"))
-    judge.run(make_cfg(runs, "run_id=r", "judge.name=hf"))
-    return runs
+
+HF = "smollm2-135m"
+N = 16
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +77,7 @@ def served(base_url: str, *extra: str) -> list[str]:
 
 def test_openai_engine_gives_the_hf_engines_verdicts(api_run):
     run48 = api_run
-    hf, api = verdicts(run48, "hf"), verdicts(run48, "api")
+    hf, api = verdicts(run48, HF), verdicts(run48, "api")
     assert api.keys() == hf.keys()
     same, worst = agreement(api, hf)
     assert same >= 0.97 and worst <= 0.02, (same, worst)
@@ -83,15 +85,15 @@ def test_openai_engine_gives_the_hf_engines_verdicts(api_run):
     engine = manifest["engine"]
     assert engine["engine"] == "openai" and engine["verdict_logprobs"] == "exact"
     assert engine["server_model"]["id"] == "smollm2-135m"
-    assert engine["usage"]["prompt_tokens"] > 48 * 50 and engine["usage"]["completion_tokens"] == 48
+    assert engine["usage"]["prompt_tokens"] > N * 50 and engine["usage"]["completion_tokens"] == N
     assert manifest["judge"]["engine"] == "openai" and "placement" not in manifest
     from pipeline.report import digest, read_summary
 
     row = read_summary(run48 / "r/judge/api/summary.csv")
     assert row["judge_engine"] == "openai" and row["judge_prompt_tokens"] == engine["usage"]["prompt_tokens"]
-    assert (f"openai engine: {engine['usage']['prompt_tokens']} prompt and 48 completion tokens in "
+    assert (f"openai engine: {engine['usage']['prompt_tokens']} prompt and {N} completion tokens in "
             f"{engine['usage']['requests']} requests (0 retried)") in digest(row)
-    hf_row = read_summary(run48 / "r/judge/hf/summary.csv")
+    hf_row = read_summary(run48 / f"r/judge/{HF}/summary.csv")
     assert hf_row["judge_engine"] == "hf" and "engine:" not in digest(hf_row)
 
 
@@ -112,20 +114,20 @@ def test_every_verdict_arrives_once_through_30_percent_faults_and_the_key_is_nev
     """429 (Retry-After), 500, replies too slow and JSON cut short, on 30% of requests: each is retried, every
     verdict arrives once and equals the one without faults; the key reaches the server and nothing else."""
     root = vllm_server.removesuffix("/v1")
-    with FaultProxy(root, rate=0.3, seed=7, slow_s=4.0) as proxy:
+    with FaultProxy(root, rate=0.3, seed=7, slow_s=2.5) as proxy:
         out = run_cli("stage=judge", f"runs_dir={run48}", "run_id=r", "judge.name=faulty", "progress=false",
                       *served(proxy.url + "/v1", "judge.api.key_env=JUDGE_KEY", "judge.api.timeout_s=2",
                               "judge.api.retries=10", "judge.api.backoff_s=0.05", "judge.api.max_backoff_s=0.2",
-                              "judge.api.concurrency=2", "judge.batch_size=4"),
+                              "judge.api.concurrency=2", "judge.batch_size=2"),
                       cwd=REPO, env={**os.environ, "JUDGE_KEY": SECRET})
     assert out.returncode == 0, out.stderr[-2000:]
     faults = sum(proxy.counts[f] for f in ("429", "500", "slow", "cut"))
-    assert faults >= 4 and proxy.counts["forwarded"] >= 12, proxy.counts
+    assert faults >= 3 and proxy.counts["forwarded"] >= N // 2, proxy.counts  # (the seed decides how many)
     rows = read_jsonl(run48 / "r/judge/faulty/verdicts.jsonl")
     assert sorted(r["id"] for r in rows) == sorted(verdicts(run48, "api").keys())  # each once
     assert same_records({r["id"]: r for r in rows}, verdicts(run48, "api"))  # as without faults
     usage = json.loads((run48 / "r/judge/faulty/manifest.json").read_text())["engine"]["usage"]
-    assert usage["retries"] == faults and set(usage["retried_failures"]) <= {"HTTP 429", "HTTP 500", "a timeout",
+    assert usage["retries"] >= faults and set(usage["retried_failures"]) <= {"HTTP 429", "HTTP 500", "a timeout",
                                                                              "a reply that is not JSON"}
     assert all(a == f"Bearer {SECRET}" for a in proxy.auth)  # sent to the server, on every request
     assert SECRET not in out.stdout + out.stderr
@@ -137,7 +139,7 @@ def test_every_verdict_arrives_once_through_30_percent_faults_and_the_key_is_nev
 def test_a_server_that_stays_down_stops_the_stage_in_one_line_and_the_rerun_asks_only_for_the_rest(api_run, run48,
                                                                                                    vllm_server):
     root = vllm_server.removesuffix("/v1")
-    args = ["stage=judge", f"runs_dir={run48}", "run_id=r", "judge.name=down", "progress=false", "judge.batch_size=8"]
+    args = ["stage=judge", f"runs_dir={run48}", "run_id=r", "judge.name=down", "progress=false", "judge.batch_size=4"]
     with FaultProxy(root, rate=0.0, fail_after=2) as proxy:
         out = run_cli(*args, *served(proxy.url + "/v1", "judge.api.retries=2", "judge.api.backoff_s=0.01",
                                      "judge.api.concurrency=1"), cwd=REPO)
@@ -145,11 +147,11 @@ def test_a_server_that_stays_down_stops_the_stage_in_one_line_and_the_rerun_asks
     line = one_error_line(out)
     assert "3 tries of" in line and "HTTP 500" in line and "run the same command again" in line, line
     kept = read_jsonl(run48 / "r/judge/down/verdicts.jsonl.partial")
-    assert len(kept) == 16  # the two batches answered before the server went down
+    assert len(kept) == 8  # the two batches answered before the server went down
     with FaultProxy(root, rate=0.0) as proxy:
         out = run_cli(*args, *served(proxy.url + "/v1", "judge.api.concurrency=1"), cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert proxy.prompts == 48 - 16  # no answered id was asked again
+    assert proxy.prompts == N - 8  # no answered id was asked again
     assert same_records(verdicts(run48, "down"), verdicts(run48, "api"))
 
 
@@ -159,21 +161,21 @@ def test_kill_9_mid_stage_then_the_same_command_gives_each_verdict_once(api_run,
     root = vllm_server.removesuffix("/v1")
     args = ["stage=judge", f"runs_dir={run48}", "run_id=r", "judge.name=killed", "progress=false", "judge.batch_size=4"]
     partial = run48 / "r/judge/killed/verdicts.jsonl.partial"
-    with FaultProxy(root, rate=0.0, delay_s=0.5) as proxy:
+    with FaultProxy(root, rate=0.0, delay_s=1.0) as proxy:
         cmd = [sys.executable, "-m", "pipeline", *args, *served(proxy.url + "/v1", "judge.api.concurrency=1")]
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and (not partial.is_file() or len(partial.read_text().splitlines()) < 12):
+        while time.monotonic() < deadline and (not partial.is_file() or len(partial.read_text().splitlines()) < 8):
             time.sleep(0.1)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     done_before = len(read_jsonl(partial))
-    assert 12 <= done_before < 48
+    assert 8 <= done_before < N  # killed between batches (each request waits 1 s at the proxy)
     out = run_cli(*args, *served(vllm_server), cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = read_jsonl(run48 / "r/judge/killed/verdicts.jsonl")
-    assert sorted(r["id"] for r in rows) == sorted(verdicts(run48, "hf"))  # 0 lost, 0 twice
+    assert sorted(r["id"] for r in rows) == sorted(verdicts(run48, HF))  # 0 lost, 0 twice
     assert same_records({r["id"]: r for r in rows}, verdicts(run48, "api"))  # as the uninterrupted run's
 
 
@@ -220,7 +222,7 @@ def test_the_generate_stage_on_the_openai_engine_writes_the_hf_engines_answers(r
     (float32 on both sides), log-probabilities close; the manifest says which engine made them."""
     from pipeline import generate
 
-    generate.run(make_cfg(run48, "run_id=g-api", "dataset.limit=48", "generator.engine=openai",
+    generate.run(make_cfg(run48, "run_id=g-api", f"dataset.limit={N}", "generator.engine=openai",
                           f"generator.api.base_url={vllm_server}"))
     hf = {r["id"]: r for r in read_jsonl(run48 / "r/generate/generations.jsonl")}
     api = {r["id"]: r for r in read_jsonl(run48 / "g-api/generate/generations.jsonl")}

@@ -16,7 +16,7 @@ from pipeline.models import choose_precision
 from pipeline.placement import (ModelFacts, ModelIdentity, Workload, load_model_config, meta_model, plan_for,
                                 plan_placement, single_device, summarize_modules)
 
-from conftest import PROFILES, gpus, judge_cfg, make_cfg, one_error_line, profile_hardware, run_cli
+from conftest import PROFILES, gpus, judge_cfg, make_cfg, profile_hardware, run_cli
 
 MODELS = {  # preset -> exact parameter count of its public config (tied copies counted once)
     "llama70b": 70_553_706_496,
@@ -355,36 +355,40 @@ def test_plan_stage_prints_table_saves_json_and_exits_by_verdict(tmp_path):
     assert len(out.stderr.strip().splitlines()) == 1
 
 
-def test_plan_stage_shows_the_replicas_the_judge_stage_will_run(tmp_path):
+def plan_stage(tmp_path, capsys, *overrides):
+    """stage=plan in this process (the command line's own run is tested above): its printed output."""
+    from pipeline import placement
+
+    placement.run(make_cfg(tmp_path, "stage=plan", *overrides))
+    return capsys.readouterr().out
+
+
+def test_plan_stage_shows_the_replicas_the_judge_stage_will_run(tmp_path, capsys):
     """On 8 x H100 the 70B in bf16 fits in 2 GPUs: stage=plan says stage=judge runs 4 copies of 2 and shows one
     copy's plan; replicas=N is honoured (N that do not fit: refused in one line); a one-copy node says nothing more."""
-    out = run_cli("stage=plan", "judge=llama70b", "hardware=8xH100-80GB", f"runs_dir={tmp_path}", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert "replicas: stage=judge runs 4 replicas x 2 GPUs: [0,1] [2,3] [4,5] [6,7]" in out.stdout
-    copy_table = out.stdout.split("replicas: stage=judge runs", 1)[1]
+    out = plan_stage(tmp_path, capsys, "judge=llama70b", "hardware=8xH100-80GB")
+    assert "replicas: stage=judge runs 4 replicas x 2 GPUs: [0,1] [2,3] [4,5] [6,7]" in out
+    copy_table = out.split("replicas: stage=judge runs", 1)[1]
     assert "cuda:1 NVIDIA H100" in copy_table and "cuda:2" not in copy_table
     saved = json.loads((tmp_path / "plans/llama70b--8xH100-80GB.json").read_text())
     assert saved["replicas"]["count"] == 4 and saved["replicas"]["groups"] == [[0, 1], [2, 3], [4, 5], [6, 7]]
     assert {r["device"] for r in saved["replicas"]["copy_plan"]["rows"]} == {"cuda:0", "cuda:1"}
 
-    out = run_cli("stage=plan", "judge=llama70b", "hardware=8xH100-80GB", "judge.placement.replicas=3",
-                  f"runs_dir={tmp_path}", cwd=tmp_path)
-    assert out.returncode == 0 and "3 replicas x 2 GPUs: [0,1] [2,3] [4,5]; 2 GPUs unused (6,7)" in out.stdout
-    out = run_cli("stage=plan", "judge=llama70b", "hardware=8xH100-80GB", "judge.placement.replicas=5",
-                  f"runs_dir={tmp_path}", cwd=tmp_path)
-    assert out.returncode == 2 and "at most 4 replicas fit" in one_error_line(out)
-    out = run_cli("stage=plan", "judge=llama70b-8bit", "hardware=4xA100-40GB", f"runs_dir={tmp_path}", cwd=tmp_path)
-    assert out.returncode == 0 and "replicas:" not in out.stdout
+    out = plan_stage(tmp_path, capsys, "judge=llama70b", "hardware=8xH100-80GB", "judge.placement.replicas=3")
+    assert "3 replicas x 2 GPUs: [0,1] [2,3] [4,5]; 2 GPUs unused (6,7)" in out
+    with pytest.raises(PipelineError, match="at most 4 replicas fit"):
+        plan_stage(tmp_path, capsys, "judge=llama70b", "hardware=8xH100-80GB", "judge.placement.replicas=5")
+    out = plan_stage(tmp_path, capsys, "judge=llama70b-8bit", "hardware=4xA100-40GB")
+    assert "replicas:" not in out
     assert json.loads((tmp_path / "plans/llama70b-8bit--4xA100-40GB.json").read_text())["replicas"] is None
 
 
-def test_plan_stage_for_vllm_shows_its_tensor_parallel_layout(tmp_path):
+def test_plan_stage_for_vllm_shows_its_tensor_parallel_layout(tmp_path, capsys):
     """judge.engine=vllm: the fewest GPUs that hold a copy and divide the heads (70B bf16 on 8 x H100: 2 of 64
-    heads), per-GPU weights against what vLLM may use; a precision vLLM cannot run is refused before planning."""
-    out = run_cli("stage=plan", "judge=llama70b", "hardware=8xH100-80GB", "judge.engine=vllm", f"runs_dir={tmp_path}",
-                  cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert "vLLM layout: tensor parallel 2 over GPUs [0, 1]" in out.stdout and "64 attention heads" in out.stdout
+    heads), per-GPU weights against what vLLM may use; a precision vLLM cannot run is refused before planning (its
+    one line from the command line is checked in test_engines)."""
+    out = plan_stage(tmp_path, capsys, "judge=llama70b", "hardware=8xH100-80GB", "judge.engine=vllm")
+    assert "vLLM layout: tensor parallel 2 over GPUs [0, 1]" in out and "64 attention heads" in out
     saved = json.loads((tmp_path / "plans/llama70b--8xH100-80GB--vllm.json").read_text())
     lay = saved["vllm"]
     assert lay["tensor_parallel_size"] == 2 and lay["fits"] and lay["devices"] == [0, 1]
@@ -392,10 +396,10 @@ def test_plan_stage_for_vllm_shows_its_tensor_parallel_layout(tmp_path):
     h100 = next(r for r in saved["rows"] if r["device"] == "cuda:0")["capacity_bytes"]
     assert lay["usable_per_gpu_bytes"] == int(h100 * 0.9)
     assert lay["left_per_gpu_bytes"] == lay["usable_per_gpu_bytes"] - lay["weights_per_gpu_bytes"]
-    out = run_cli("stage=plan", "judge=llama70b", "hardware=8xH100-80GB", "judge.engine=vllm",
-                  "judge.vllm.tensor_parallel_size=3", f"runs_dir={tmp_path}", cwd=tmp_path)
-    assert out.returncode == 2 and "divide the model's 64 attention heads" in one_error_line(out)
-    out = run_cli("stage=plan", "judge=llama70b-8bit", "hardware=8xH100-80GB", "judge.engine=vllm",
-                  f"runs_dir={tmp_path}", cwd=tmp_path)
-    assert out.returncode == 2 and "engine=vllm cannot run precision=int8" in one_error_line(out)
-    assert "placement plan" not in out.stdout
+    with pytest.raises(PipelineError, match="divide the model's 64 attention heads"):
+        plan_stage(tmp_path, capsys, "judge=llama70b", "hardware=8xH100-80GB", "judge.engine=vllm",
+                   "judge.vllm.tensor_parallel_size=3")
+    capsys.readouterr()
+    with pytest.raises(PipelineError, match="engine=vllm cannot run precision=int8"):
+        plan_stage(tmp_path, capsys, "judge=llama70b-8bit", "hardware=8xH100-80GB", "judge.engine=vllm")
+    assert "placement plan" not in capsys.readouterr().out
