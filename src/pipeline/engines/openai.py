@@ -16,6 +16,7 @@ from the environment variable api.key_env names, sent only in the Authorization 
 from __future__ import annotations
 
 import email.utils
+import http.client
 import json
 import logging
 import random
@@ -76,8 +77,9 @@ class Client:
     def request(self, path: str, body: dict | None = None) -> dict:
         """The decoded JSON reply to one request (POST with a body, else GET), after as many tries as allowed."""
         url = f"{self.base_url}/{path.lstrip('/')}"
-        last = "no try"
+        last, tries = "no try", 0
         for attempt in range(self.api.retries + 1):
+            tries = attempt + 1
             try:
                 reply = self._once(url, body)
                 with self._lock:
@@ -90,6 +92,7 @@ class Client:
                 wait = min(self.api.max_backoff_s, self.api.backoff_s * 2 ** attempt) * random.uniform(0.5, 1.0)
                 if e.retry_after is not None:
                     if e.retry_after > LONGEST_WAIT_S:
+                        last = f"{e.kind}, asking to wait {e.retry_after:.0f} s (more than {LONGEST_WAIT_S:.0f})"
                         break
                     wait = max(wait, e.retry_after)
                 with self._lock:
@@ -98,7 +101,7 @@ class Client:
                             self.api.retries + 1, wait)
                 time.sleep(wait)
         raise PipelineError(
-            f"{self.what}: {self.api.retries + 1} tries of {url} failed, the last with {last}. Every record written "
+            f"{self.what}: {tries} tries of {url} failed, the last with {last}. Every record written "
             "so far is kept: run the same command again to resume, or raise api.retries / api.timeout_s.")
 
     def _once(self, url: str, body: dict | None) -> dict:
@@ -117,6 +120,8 @@ class Client:
                                 f"{e.reason}: {self.mask(error_message(e))}") from None
         except (TimeoutError, socket.timeout):
             raise Transient("a timeout") from None
+        except http.client.HTTPException:  # a reply cut off mid-body, a broken status line
+            raise Transient("a broken reply") from None
         except (urllib.error.URLError, ConnectionError, OSError) as e:
             reason = getattr(e, "reason", e)
             kind = "a timeout" if isinstance(reason, (TimeoutError, socket.timeout)) else "no connection"
