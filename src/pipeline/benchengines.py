@@ -55,6 +55,7 @@ def against(rows: dict, hf: dict, mode: str) -> str:
 def bench_engines(n: int, modes: list[str], cfg) -> dict:
     from .engines.settings import VllmConfig
     from .engines.vllm import VllmServer, vllm_python
+    from .hardware import detect
     from .models import cache_root, model_folder
 
     try:
@@ -70,7 +71,7 @@ def bench_engines(n: int, modes: list[str], cfg) -> dict:
               f"{n} answers of the embedded generator (made in {gen_s:.0f} s), {os.cpu_count()} CPUs")
         folder = model_folder(cfg.judge.model, cache_root(cfg.cache_dir))
         server = VllmServer(python, str(folder), cfg.judge.name, "auto", 2048, VllmConfig(start_timeout_s=1800),
-                            runs / "server.log", "benchmark")
+                            runs / "server.log", "benchmark", gpus=len(detect().gpus))  # auto: as the hf engine
         t = time.perf_counter()
         with server as base_url:
             start_s = time.perf_counter() - t

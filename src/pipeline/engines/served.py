@@ -18,13 +18,13 @@ from typing import Iterator
 
 from omegaconf import OmegaConf
 
-from ..decoding import StopRule, eos_ids
+from ..decoding import StopRule, context_length, eos_ids
 from ..errors import PipelineError
 from .openai import OpenAIEngine
 from .settings import ApiConfig
 
 log = logging.getLogger(__name__)
-from .vllm import VllmServer, layout, layout_text, server_dtype, vllm_python
+from .vllm import VllmServer, server_dtype, vllm_python
 
 
 def api_key(api, what: str) -> str | None:
@@ -81,23 +81,24 @@ def model_length(longest: int, config, vllm_cfg) -> int:
     """vLLM's max_model_len: the setting, else the longest prompt plus reply rounded up to 256, within the context."""
     if vllm_cfg.max_model_len:
         return int(vllm_cfg.max_model_len)
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    context = getattr(text, "max_position_embeddings", None)
+    context = context_length(config)
     length = -(-max(longest, 1) // 256) * 256
-    return min(length, context) if isinstance(context, int) and context >= longest else length
+    return min(length, context) if context is not None and context >= longest else length
 
 
-def server_layout(model_cfg) -> dict:
-    """The vLLM layout on this machine's GPUs (a judge's, from its plan); a generator, small by design, runs on one
-    GPU unless generator.vllm.tensor_parallel_size says otherwise."""
+def server_layout(model_cfg) -> tuple[dict, int]:
+    """The vLLM layout on this machine's GPUs (a judge's, from its plan; a generator, small by design, runs on one
+    GPU unless generator.vllm.tensor_parallel_size says otherwise), and how many GPUs are visible."""
     from ..hardware import detect
+    from ..placement import plan_for
+    from ..placement.vllm import layout, layout_text
 
     hardware = detect()
     if not hardware.gpus or not hasattr(model_cfg, "placement"):
-        return {"tensor_parallel_size": model_cfg.vllm.tensor_parallel_size or 1}
-    lay = layout(model_cfg, hardware)
+        return {"tensor_parallel_size": model_cfg.vllm.tensor_parallel_size or 1}, len(hardware.gpus)
+    lay = layout(model_cfg, hardware, plan_for(model_cfg, hardware))
     log.info("%s", layout_text(lay))
-    return lay
+    return lay, len(hardware.gpus)
 
 
 @contextmanager
@@ -115,9 +116,9 @@ def served_engine(model_cfg, source: str, tokenizer, config, stop_at_newline: bo
         return
     python = vllm_python(model_cfg.vllm, cache)
     log_path = cache / "engines" / "logs" / f"{log_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    lay = server_layout(model_cfg)
+    lay, gpus = server_layout(model_cfg)
     server = VllmServer(python, source, model_cfg.name, str(model_cfg.precision), model_length(longest, config,
-                        model_cfg.vllm), model_cfg.vllm, log_path, what, lay["tensor_parallel_size"])
+                        model_cfg.vllm), model_cfg.vllm, log_path, what, lay["tensor_parallel_size"], gpus)
     with server as base_url:
         engine = OpenAIEngine(plain_api(model_cfg.api, base_url=base_url, concurrency=max(1, model_cfg.api.concurrency)),
                               model_cfg.name, None, tokenizer, stop, what)

@@ -53,71 +53,18 @@ def server_dtype(precision: str, gpus: int, what: str) -> tuple[str, list[str]]:
                         "through bitsandbytes): choose one of those, or engine=hf for int8 and fp4.")
 
 
-def layout(judge_cfg, hardware) -> dict:
-    """How vLLM runs the judge on `hardware`: tensor parallelism over the fewest GPUs that hold one copy with its
-    reserves (the hf engine's plan, which counts them) and divide the attention heads; per GPU, the weights' share
-    and what vLLM may use (gpu_memory_utilization). judge.vllm.tensor_parallel_size > 0 is taken as given.
-    On a CPU: one process."""
-    from ..placement import plan_for
-    from ..placement.configs import load_model_config
-    from ..replicas import gpus_per_copy
-
-    gpus = hardware.gpus
-    if not gpus:
-        return {"tensor_parallel_size": 1, "devices": "cpu", "why": "no GPU: one process on the CPU"}
-    text = load_model_config(judge_cfg.model, judge_cfg).get_text_config()
-    heads = int(text.num_attention_heads)
-    plan = plan_for(judge_cfg, hardware)
-    wanted = judge_cfg.vllm.tensor_parallel_size
-    if wanted:
-        tp, why = wanted, "judge.vllm.tensor_parallel_size"
-    else:
-        need = gpus_per_copy(judge_cfg, hardware, plan, None, None)[0] if plan.fits else len(gpus)
-        tp = next((t for t in range(need, len(gpus) + 1) if heads % t == 0), len(gpus))
-        why = (f"the fewest of the {len(gpus)} GPUs that hold a copy with its reserves ({need}) and divide its "
-               f"{heads} attention heads")
-    if tp > len(gpus) or heads % tp:
-        raise PipelineError(f"engine=vllm: tensor parallelism over {tp} GPUs needs {tp} visible GPUs that divide the "
-                            f"model's {heads} attention heads ({len(gpus)} visible).")
-    per_gpu = int(plan.total_weight_bytes / tp)
-    usable = int(min(g.total_bytes for g in gpus[:tp]) * judge_cfg.vllm.gpu_memory_utilization)
-    return {"tensor_parallel_size": tp, "devices": [g.index for g in gpus[:tp]], "why": why,
-            "weights_per_gpu_bytes": per_gpu, "usable_per_gpu_bytes": usable, "left_per_gpu_bytes": usable - per_gpu,
-            "fits": usable > per_gpu}
-
-
-def layout_text(lay: dict) -> str:
-    if lay["devices"] == "cpu":
-        return "vLLM layout: tensor parallel 1, on the CPU"
-    gib = 2 ** 30
-    return (f"vLLM layout: tensor parallel {lay['tensor_parallel_size']} over GPUs {lay['devices']} ({lay['why']}); "
-            f"per GPU {lay['weights_per_gpu_bytes'] / gib:.2f} GiB of weights of {lay['usable_per_gpu_bytes'] / gib:.2f} "
-            f"GiB vLLM may use, {lay['left_per_gpu_bytes'] / gib:.2f} GiB left for its KV cache and activations"
-            + ("" if lay["fits"] else ": DOES NOT FIT"))
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def visible_gpus() -> int:
-    try:
-        import torch
-
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except Exception:
-        return 0
-
-
 class VllmServer:
     """`with VllmServer(...) as base_url:` a vLLM server answering at base_url, stopped on leaving."""
 
     def __init__(self, python: Path, folder: str, served_name: str, precision: str, max_model_len: int, vllm_cfg,
-                 log_path: Path, what: str, tensor_parallel_size: int | None = None):
+                 log_path: Path, what: str, tensor_parallel_size: int | None = None, gpus: int = 0):
         self.python, self.folder, self.served_name = python, folder, served_name
-        gpus = visible_gpus()
         self.dtype, self.quant = server_dtype(precision, gpus, what)
         self.max_model_len, self.cfg, self.log_path, self.what = max_model_len, vllm_cfg, log_path, what
         self.tp = tensor_parallel_size or vllm_cfg.tensor_parallel_size or 1

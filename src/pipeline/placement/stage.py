@@ -111,12 +111,12 @@ def replica_grouping(j, hardware: Hardware, plan: Plan) -> dict | None:
 
 def vllm_plan(cfg, hardware: Hardware, plan: Plan, started: float) -> Plan:
     """stage=plan judge.engine=vllm: the hf plan above counts what one copy needs; vLLM spreads it over the GPUs
-    its layout says (engines/vllm.py), and this says how, with the same verdict."""
-    from ..engines.vllm import layout, layout_text
+    its layout says (placement/vllm.py), and this says how, with the same verdict."""
+    from .vllm import layout, layout_text
     from ..files import write_json
 
     j = cfg.judge
-    lay = layout(j, hardware)
+    lay = layout(j, hardware, plan)
     print(layout_text(lay))
     out = Path(cfg.runs_dir) / "plans" / f"{j.name}--{cfg.hardware.name}--vllm.json"
     out.parent.mkdir(parents=True, exist_ok=True)
