@@ -22,6 +22,10 @@ of its stderr, and the others still run:
              manifest), load time and answers/s
   generate   stage=generate with the 1B (a fixed number of new tokens) against plain batched `model.generate` and
              one prompt at a time, in tokens/s
+  speed:*    with --speed N only: the stored run's answers N times over as one run, each logprob judge on it (after
+             a warm-up judge when none ran before), answers/s from seconds of judging rather than warm-up; the int8
+             judges also under the CUDA caching allocator's own settings (expandable segments off), in the order
+             A B (8B) and B A (70B-4L), for peak reserved memory and speed side by side
 
 Results: DIR/gpu-check.json (every figure; `passed` and `failed` list the steps), DIR/gpu-check.md (the same as
 tables) and DIR/gpu-check.log (the end of every step's output). Both result files are rewritten after each step, so
@@ -101,6 +105,22 @@ def run_all(check: Check) -> dict:
     judges("logprob")
     step("generate", 200 if not s.dry else 120, check.generate)
     judges("generate")
+    if s.speed:
+        step("speed-run", 120, check.speed_run)
+        if not check.results["judges"]:  # the first judge process on a fresh machine is 3-4x slower: not a speed
+            first = next(c for c in s.combos if c[2] == "logprob")
+            step(f"speed:warm-up {judge_name(*first)}", judge_limit, check.judge, *first)
+        order = 0
+        for model, precision, mode in s.combos:
+            if mode != "logprob":
+                continue
+            allocators = ["expandable"]
+            if precision == "int8":
+                allocators = ["expandable", "default"] if order % 2 == 0 else ["default", "expandable"]
+                order += 1
+            for allocator in allocators:
+                step(f"speed:{judge_name(model, precision, mode)}-{allocator}", judge_limit + 60, check.speed_judge,
+                     model, precision, allocator)
     check.results["plan_held"] = plan_held(check.results["judges"])
     check.results["finished_iso"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     check.save()
@@ -123,6 +143,8 @@ def parse(argv: list[str] | None) -> Settings:
     p.add_argument("--reply-tokens", type=int, default=8, help="reply tokens of the judges in generate mode")
     p.add_argument("--machine-transformers", action="store_true",
                    help="use the GPU machine's own transformers instead of the kit's pinned one")
+    p.add_argument("--speed", type=int, default=0, metavar="N",
+                   help="also the speed pass: every logprob judge on the stored run's answers N times over (e.g. 4)")
     p.add_argument("--keep", action="store_true", help="keep the scratch folder of a --dry check")
     a = p.parse_args(argv)
     if not a.out:
@@ -136,7 +158,7 @@ def parse(argv: list[str] | None) -> Settings:
                     new_tokens=a.new_tokens or (4 if dry else 32), one_at_a_time=8 if dry else 32,
                     generate_limit=32 if dry else None, combos=DRY_JUDGES if dry else GPU_JUDGES,
                     machine_transformers=a.machine_transformers, models=DRY_MODELS if dry else list(MODELS),
-                    answers=DRY_ANSWERS if dry else None, keep=a.keep)
+                    answers=DRY_ANSWERS if dry else None, keep=a.keep, speed=max(0, a.speed))
 
 
 def main(argv: list[str] | None = None) -> int:

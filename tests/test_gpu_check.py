@@ -103,6 +103,27 @@ def test_stages_use_expandable_segments_unless_the_user_chose_an_allocator(user,
     assert got == expected
 
 
+@pytest.mark.parametrize("alloc, cuda_alloc, setting, expandable", [
+    (None, None, "default", False),
+    ("expandable_segments:True", None, "expandable_segments:True", True),
+    (None, "max_split_size_mb:128, expandable_segments: true", "max_split_size_mb:128, expandable_segments: true", True),
+    ("expandable_segments:False", "expandable_segments:True", "expandable_segments:False", False),  # torch reads the first
+    ("backend:cudaMallocAsync", None, "backend:cudaMallocAsync", False),
+])
+def test_the_allocator_setting_the_judge_warns_about(monkeypatch, alloc, cuda_alloc, setting, expandable):
+    """A judge on a GPU warns when CUDA memory is not in expandable segments: the second GPU check measured the int8
+    judges past their plans without them (18.9 GiB reserved for 9.9 allocated) and within them with."""
+    from pipeline import hardware
+
+    for name, value in (("PYTORCH_ALLOC_CONF", alloc), ("PYTORCH_CUDA_ALLOC_CONF", cuda_alloc)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert hardware.allocator_setting() == setting
+    assert hardware.expandable_segments() is expandable
+
+
 # ---------------------------------------------------------------------------- figures from a GPU judge stage
 
 def gpu_stage(max_allocated: int, max_reserved: int):

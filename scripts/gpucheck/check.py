@@ -212,6 +212,48 @@ class Check(Runner):
         entry["ok"] = True
         return entry
 
+    def speed_run(self, limit: float) -> dict:
+        """The stored run's answers `speed` times over (ids suffixed ~1, ~2, ...), imported as run `speed`: enough
+        judging per process for answers/s to be a speed rather than warm-up (252 answers are 1-5 s on an H200)."""
+        src = self.runs / self.results["run"]["run_id"] / "generate" / "generations.jsonl"
+        rows = [json.loads(x) for x in src.read_text().splitlines() if x.strip()]
+        answers = self.s.scratch / "speed-answers.jsonl"
+        answers.write_text("".join(
+            json.dumps({"id": f"{r['id']}~{k}", "question": r["question"], "references": r["references"],
+                        "prediction": r["prediction"]}) + "\n" for k in range(1, self.s.speed + 1) for r in rows))
+        shutil.rmtree(self.runs / "speed", ignore_errors=True)
+        p = self.pipeline("speed-import", ["stage=import", "run_id=speed", f"predictions={answers}"], limit)
+        if p.rc != 0:
+            raise StepFailed(failure(p, "stage=import"), p.tail())
+        info = {"run_id": "speed", "answers": len(rows) * self.s.speed, "copies": self.s.speed}
+        self.results["speed_run"] = info
+        return info
+
+    def speed_judge(self, model: str, precision: str, allocator: str, limit: float) -> dict:
+        """One logprob judge on the speed run, under the stage's allocator ("expandable", its default) or the CUDA
+        caching allocator's own ("default": the user's PYTORCH_ALLOC_CONF=expandable_segments:False wins)."""
+        if not (self.results.get("speed_run") or {}).get("answers"):
+            raise StepFailed("no speed run (the speed-run step failed)")
+        base, o = self.judge_overrides(model, precision, "logprob")
+        name = f"{base}-{allocator}"
+        o = [f"judge.name={name}" if x.startswith("judge.name=") else x for x in o]
+        entry = {"judge": name, "model": model, "precision": precision, "mode": "logprob", "run": "speed",
+                 "allocator": allocator, "preset": JUDGE_PRESETS[model][precision], "seq_len": None, "ok": False}
+        self.results["judges"].append(entry)
+        env = dict(self.env)
+        if allocator == "default":
+            env["PYTORCH_ALLOC_CONF"] = "expandable_segments:False"
+        p = self.pipeline(f"speed-{name}", ["stage=judge", "run_id=speed", "report.plots=false", *o], limit, env=env)
+        stage = self.runs / "speed" / "judge" / name
+        manifest = read_json(stage / "manifest.json")
+        entry.update(judge_figures(manifest, read_json(stage / "plan.json"), None))
+        entry["allocator_recorded"] = ((manifest or {}).get("gpu_memory") or [{}])[0].get("allocator")
+        entry["stage_seconds"] = p.seconds
+        if p.rc != 0 or manifest is None:
+            raise StepFailed(failure(p, "stage=judge"), p.tail())
+        entry["ok"] = True
+        return entry
+
     def generate(self, limit: float) -> dict:
         """stage=generate with the 1B, then the baselines (worker) on the same questions; tokens/s of each."""
         folder = self.results["models"].get("llama32-1b", {}).get("folder")

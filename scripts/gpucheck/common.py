@@ -47,6 +47,7 @@ class Settings:
     models: list[tuple[str, str, int | None]] = field(default_factory=lambda: list(MODELS))  # those built
     answers: int | None = None  # without a kit run: import only the first N shipped answers (None: all)
     keep: bool = False  # keep the scratch folder of a --dry check
+    speed: int = 0  # > 0: the speed pass, on the stored run's answers this many times over
 
     @property
     def device(self) -> str:

@@ -130,10 +130,10 @@ class Runner:
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
 
-    def spawn(self, name: str, args: list[str]) -> tuple[subprocess.Popen, Path, Path, float]:
+    def spawn(self, name: str, args: list[str], env: dict | None = None) -> tuple[subprocess.Popen, Path, Path, float]:
         out_file, err_file = self.logs / f"{safe(name)}.out", self.logs / f"{safe(name)}.err"
         with open(out_file, "w") as out, open(err_file, "w") as err:
-            proc = subprocess.Popen(args, cwd=REPO, env=self.env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(args, cwd=REPO, env=env or self.env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
         self.active.add(proc)
         return proc, out_file, err_file, time.monotonic()
@@ -145,10 +145,10 @@ class Runner:
             stop_group(proc)
             return None, True
 
-    def run(self, name: str, args: list[str], limit: float) -> Proc:
+    def run(self, name: str, args: list[str], limit: float, env: dict | None = None) -> Proc:
         """One subprocess under `limit` seconds (and the check's own deadline)."""
         limit = min(limit, max(1.0, self.remaining() - 5))
-        proc, out_file, err_file, t0 = self.spawn(name, args)
+        proc, out_file, err_file, t0 = self.spawn(name, args, env)
         rc, timed_out = self.wait(proc, t0, limit)
         self.active.discard(proc)
         p = Proc(rc, round(time.monotonic() - t0, 2), timed_out, out_file, err_file)
@@ -206,8 +206,8 @@ class Runner:
         return [self.s.python, "-m", "pipeline", f"runs_dir={self.runs}", f"cache_dir={self.s.scratch / 'cache'}",
                 "progress=false", *overrides]
 
-    def pipeline(self, name: str, overrides: list[str], limit: float) -> Proc:
-        return self.run(name, self.pipeline_args(overrides), limit)
+    def pipeline(self, name: str, overrides: list[str], limit: float, env: dict | None = None) -> Proc:
+        return self.run(name, self.pipeline_args(overrides), limit, env)
 
     def worker_args(self, what: str, params: dict, result: Path) -> list[str]:
         return [self.s.python, str(ENTRY), "_worker", what, "--params", json.dumps(params), "--result", str(result)]

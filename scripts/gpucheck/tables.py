@@ -99,7 +99,8 @@ def judge_row(j: dict, d: dict, first: bool) -> str:
     """One device of one judge; the judge's own columns on its first device only."""
     within = ("–" if "max_memory_reserved" not in d else
               "yes" if d.get("reserved_within_plan") and d.get("allocated_within_plan") else "**NO**")
-    return (f"| {j['judge'] if first else ''} | {j['precision'] if first else ''} | "
+    label = j["judge"] + (f" ({j.get('answers')} answers, {j['allocator']} allocator)" if j.get("allocator") else "")
+    return (f"| {label if first else ''} | {j['precision'] if first else ''} | "
             f"{j['mode'] if first else ''} | "
             f"{(str(j.get('batch_size')) + ' x ' + str(j.get('seq_len'))) if first and j.get('seq_len') else ''} | "
             f"{d.get('device', '–')} | {gib(d.get('total_bytes'))} | {gib(d.get('planned_without_margin'))} | "

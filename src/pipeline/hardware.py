@@ -75,6 +75,16 @@ def available_ram_bytes() -> int:
         return 0
 
 
+def allocator_setting() -> str:
+    """The CUDA caching allocator's settings this process runs with ("default" when none are set)."""
+    return os.environ.get("PYTORCH_ALLOC_CONF") or os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or "default"
+
+
+def expandable_segments() -> bool:
+    """Whether CUDA memory comes in expandable segments, which the plan's reserves assume (see __main__)."""
+    return "expandable_segments:true" in allocator_setting().replace(" ", "").lower()
+
+
 def slurm_gpu_allocation() -> dict[str, str]:
     keys = ("SLURM_JOB_ID", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE", "SLURM_GPUS",
             "SLURM_GPUS_PER_TASK")

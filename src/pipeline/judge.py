@@ -32,7 +32,7 @@ from .config import Config, check_name
 from .decoding import PrefixCache, context_length, length_batches
 from .errors import PipelineError, plural, preview
 from .files import peek_jsonl, write_json
-from .hardware import GiB, detect
+from .hardware import GiB, allocator_setting, detect, expandable_segments
 from .engines.hf import HfEngine
 from .engines.served import check_served, served_engine, served_fingerprint
 from .judges import make_judge
@@ -144,6 +144,11 @@ def scratch_folder(cfg: Config, run_dir: Path) -> Iterator[Path]:
 def load_judge(plan: Plan, offload_folder: Path) -> tuple[object, dict]:
     """The judge loaded exactly as planned and verified against the plan; and what the manifest records of it."""
     before = memory_snapshot()
+    if before and not expandable_segments():
+        log.warning("the CUDA allocator runs with %r: the plan's reserves assume expandable segments; without them "
+                    "an int8 judge's reserved memory reached 1.9x its allocations on the GPU check (18.9 GiB for a "
+                    "plan of 18.4). Unset PYTORCH_ALLOC_CONF, or add expandable_segments:True to it",
+                    allocator_setting())
     for dev, mem in before.items():
         log.info("%s before loading: %.2f GiB allocated, %.2f GiB reserved", dev, mem["allocated_bytes"] / GiB,
                  mem["reserved_bytes"] / GiB)

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from .hardware import allocator_setting
+
 PACKAGES = ("pipeline", "torch", "transformers", "accelerate", "bitsandbytes", "datasets", "pandas",
             "hydra-core", "omegaconf", "tqdm", "safetensors", "gguf", "tokenizers", "numpy")
 
@@ -106,8 +108,7 @@ def gpu_memory() -> list[dict] | None:
             devices.append({"device": f"cuda:{i}", "name": p.name, "total_bytes": int(p.total_memory),
                             "max_memory_allocated": int(torch.cuda.max_memory_allocated(i)),
                             "max_memory_reserved": int(torch.cuda.max_memory_reserved(i)),
-                            "allocator": os.environ.get("PYTORCH_ALLOC_CONF")
-                            or os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or "default"})
+                            "allocator": allocator_setting()})
         return devices
     except Exception:  # a broken driver or runtime must not cost the stage its manifest
         return None
