@@ -108,6 +108,31 @@ def test_openai_engine_in_generate_mode_writes_the_hf_engines_replies(run48, vll
     assert same_reply >= 0.95 and same_finish >= 0.95, (same_reply, same_finish)
 
 
+def test_chat_style_with_prefill_sends_the_same_prompts_and_gives_the_same_verdicts(api_run, vllm_server):
+    """api.style=chat sends messages, the server applies its chat template and continues the prefilled "Verdict:":
+    the same prompt tokens as token-id prompts, the same verdicts, P(correct) from the top 20 within 0.02. In
+    generate mode, the same replies as the hf engine."""
+    from pipeline import judge
+
+    run48 = api_run
+    chat = served(vllm_server, "judge.api.style=chat", "judge.api.prefill=true")
+    judge.run(make_cfg(run48, "run_id=r", "judge.name=chat", *chat))
+    api, msgs = verdicts(run48, "api"), verdicts(run48, "chat")
+    same, worst = agreement(api, msgs)
+    assert api.keys() == msgs.keys() and same >= 0.97 and worst <= 0.02, (same, worst)
+    assert all(v["reply"].startswith("Verdict: ") for v in msgs.values())
+    engine = json.loads((run48 / "r/judge/chat/manifest.json").read_text())["engine"]
+    used = json.loads((run48 / "r/judge/api/manifest.json").read_text())["engine"]["usage"]
+    assert (engine["style"], engine["prefill"], engine["verdict_logprobs"]) == ("chat", True, "top 20")
+    assert engine["usage"]["prompt_tokens"] == used["prompt_tokens"]  # the server rendered the very same prompts
+    assert engine["usage"]["requests"] == N + 1  # one per answer, and /v1/models
+
+    judge.run(make_cfg(run48, "run_id=r", "judge.name=hf-gen", "judge.mode=generate"))  # done already in a full run
+    judge.run(make_cfg(run48, "run_id=r", "judge.name=chat-gen", "judge.mode=generate", *chat))
+    hf, gen = verdicts(run48, "hf-gen"), verdicts(run48, "chat-gen")
+    assert sum(gen[k]["reply"] == hf[k]["reply"] for k in hf) / len(hf) >= 0.95
+
+
 # ------------------------------------------------------------------------------------------------ faults
 
 def test_every_verdict_arrives_once_through_30_percent_faults_and_the_key_is_never_written(api_run, run48, vllm_server):

@@ -92,6 +92,8 @@ SUBSTITUTIONS: dict[str, list[str]] = {
     "judge.engine=vllm": ["judge.engine=vllm", "judge.name=smollm2-135m-vllm", "judge.vllm.start_timeout_s=1500",
                           "judge.vllm.extra_args=[--enforce-eager]"],  # no compiling: the server is up in 30 s, not 100
     "judge.api.base_url=http://gpu-node-3:8000/v1": ["judge.api.base_url={vllm_url}", "judge.name=smollm2-135m-api"],
+    "judge.api.base_url=https://api.openai.com/v1": ["judge.api.base_url={vllm_url}"],  # no API: the tests' server
+    "judge.api.model=gpt-4o": ["judge.api.model=smollm2-135m"],
 }
 
 # Commands that run exactly as written (a cwd or environment of the test's choosing, nothing added).
@@ -183,6 +185,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "python -m pipeline stage=judge run_id=nq-8b judge=llama8b judge.engine=openai "
     "judge.api.base_url=http://gpu-node-3:8000/v1":
         ("the tests' vLLM server (the embedded model), as smollm2-135m-api", "test_judge_on_vllm_and_on_a_served_judge"),
+    "python -m pipeline stage=judge run_id=nq-8b judge.name=gpt-4o judge.engine=openai judge.api.style=chat "
+    "judge.api.base_url=https://api.openai.com/v1 judge.api.model=gpt-4o judge.api.key_env=OPENAI_API_KEY":
+        ("the tests' vLLM server in place of the API (api.model smollm2-135m), a made-up key in OPENAI_API_KEY",
+         "test_judge_on_a_hosted_api_in_chat_style"),
     "make gpu-kit": ("into the test's folder, without making the stored run (the kit's wheels, trim, size, call)",
                      "test_make_gpu_kit"),
     "make gpu-check DRY=1 OUT=/tmp/gpu-check-dry": ("into the test's folder", "test_make_gpu_check_dry"),
@@ -953,6 +959,32 @@ def test_judge_on_vllm_and_on_a_served_judge(nq_run, vllm_server):
     port = engine["base_url"].split(":")[-1].split("/")[0]
     left = subprocess.run(["pgrep", "-f", f"--port {port}"], capture_output=True, text=True)
     assert left.stdout.strip() == "", "the stage left its vLLM server running"
+
+
+@pytest.mark.slow
+def test_judge_on_a_hosted_api_in_chat_style(nq_run, vllm_server, monkeypatch):
+    """The hosted-API command against the tests' vLLM server: messages, no prefill, a key from the environment.
+    The embedded 135M judge seldom writes "Verdict:" unprompted, so many verdicts are invalid: each is there, with
+    its reason, and the report flags the judge; the key is in no file."""
+    key = "sk-hosted-0123456789-never-written"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    work = nq_run.parents[1]
+    pipeline(work, "python -m pipeline stage=judge run_id=nq-8b judge.name=gpt-4o judge.engine=openai "
+                   "judge.api.style=chat judge.api.base_url=https://api.openai.com/v1 judge.api.model=gpt-4o "
+                   "judge.api.key_env=OPENAI_API_KEY", vllm_url=vllm_server)
+    check_judged(nq_run, "gpt-4o", len(NQ_ROWS), figures=("accuracy.png",))  # nll.png needs valid verdicts
+    summary = pd.read_csv(nq_run / "judge/gpt-4o/summary.csv")
+    rows = [json.loads(x) for x in (nq_run / "judge/gpt-4o/verdicts.jsonl").read_text().splitlines()]
+    invalid = sum(r["verdict"] == "invalid" for r in rows)
+    assert bool(summary["judge_invalid_flagged"].iloc[0]) == (invalid > 0.05 * len(rows))
+    manifest = json.loads((nq_run / "judge/gpt-4o/manifest.json").read_text())
+    engine = manifest["engine"]
+    assert (engine["style"], engine["prefill"], engine["verdict_logprobs"]) == ("chat", False, "top 20")
+    assert engine["usage"]["requests"] == len(NQ_ROWS) + 1  # one per answer, and /v1/models
+    assert manifest["judge"]["chat_template"] == "server" and manifest["judge"]["spec"] is None
+    assert all(r["invalid_reason"] for r in rows if r["verdict"] == "invalid")
+    leaked = [p for p in (work / "runs").rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
+    assert not leaked
 
 
 def test_bench_engines_without_vllm(tmp_path):

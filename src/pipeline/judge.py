@@ -33,16 +33,17 @@ from .decoding import PrefixCache, context_length, length_batches
 from .errors import PipelineError, plural, preview
 from .files import peek_jsonl, write_json
 from .hardware import GiB, allocator_setting, detect, expandable_segments
+from .engines.chat import markup_in
 from .engines.hf import HfEngine
 from .engines.served import check_served, served_engine, served_fingerprint
-from .judges import make_judge
+from .judges import make_chat_judge, make_judge
 from .models import cache_root, load_planned, load_tokenizer, model_config, model_folder, source_info, \
     use_chat_template
 from .placement import Plan, plan_for, recommendation_text, verify_loaded
 from .rows import GenerationRow, VerdictRow, parse_rows
 from .runner import Attempt, StageJob
 from .runs import StageDir, find_run
-from .verdict import PromptBuilder, VerdictTokens
+from .verdict import PromptBuilder, VerdictTokens, judge_messages
 
 log = logging.getLogger(__name__)
 
@@ -223,9 +224,10 @@ def details(cfg: Config, attempt: Attempt, plan: Plan | None, prompts: Prompts, 
         **({"replica": replica} if replica else {}),
         "answers_sha256": answers_sha256,  # binding.answers_digest of every answer of the run when it was judged
         "judge": {"name": j.name, "precision": plan.precision_label if plan else str(j.precision), "mode": j.mode,
-                  "chat_template": prompts.chat, "threshold": j.threshold if tokens else None,
+                  "chat_template": prompts.chat, "threshold": j.threshold if j.mode == "logprob" else None,
                   "verdict_tokens": {str(k): v for k, v in tokens.spellings.items()} if tokens else None,
-                  "engine": str(j.engine), **source_info(j.model, plan.source if plan else source)},
+                  "engine": str(j.engine),
+                  **(source_info(j.model, plan.source if plan else source) if plan or source else {"spec": None})},
         "engine": engine,
         "prompt": {"name": prompt.name, "version": prompt.version, "system": prompt.system,
                    "template": prompt.template, "reply_prefix": prompt.reply_prefix},
@@ -333,6 +335,8 @@ def run_served(cfg: Config, job: StageJob, answers: list[GenerationRow], digest:
     """stage=judge with engine=openai or vllm: no placement plan (the server places the model); the same prompts,
     records, resume, shards and reports as engine=hf."""
     check_served(cfg.judge, f"judge {cfg.judge.name}")
+    if cfg.judge.engine == "openai" and cfg.judge.api.style == "chat":
+        return run_chat(cfg, job, answers, digest)
     source = model_folder(cfg.judge.model, cache_root(cfg.cache_dir))  # its tokenizer (and for vllm its weights)
     prompts = Prompts.build(cfg, source, answers)
     with job.attempt() as attempt:
@@ -345,6 +349,54 @@ def run_served(cfg: Config, job: StageJob, answers: list[GenerationRow], digest:
         if job.sharded:
             log.info("run %s: shard %s of judge %s done; stage=report merges the shards and writes the CSVs",
                      job.run_dir.name, job.shard.name, cfg.judge.name)
+    if not job.sharded:
+        write_results(cfg, job.run_dir)
+    return job.stage.path
+
+
+@dataclass
+class ChatPrompts:
+    """api.style=chat: every answer's judge conversation as messages; the server applies its own template."""
+
+    messages: dict[str, list[dict]]
+    chat = "server"  # whose chat template made the prompt (the manifest's judge.chat_template)
+    tokens = None  # no verdict token ids: the words are read from the reply's tokens as text
+
+    @classmethod
+    def build(cls, cfg: Config, answers: list[GenerationRow]) -> "ChatPrompts":
+        p = cfg.judge_prompt
+        return cls({a.id: judge_messages(p, a.question, a.references, a.prediction,
+                                         markup_in(a.question, *a.references, a.prediction)) for a in answers})
+
+
+def run_chat(cfg: Config, job: StageJob, answers: list[GenerationRow], digest: str) -> Path:
+    """stage=judge with engine=openai api.style=chat: conversations instead of token ids, no tokenizer; the same
+    batches of records, resume, shards and reports."""
+    j, prompts, hashes = cfg.judge, ChatPrompts.build(cfg, answers), answer_hashes(answers)
+    with job.attempt() as attempt:
+        if attempt is None:
+            return job.stage.path
+        log.info("run %s: judging %d answers with %s (engine=openai, chat)%s", job.run_dir.name, len(attempt.todo),
+                 j.name, job.label)
+        loaded: dict = {}
+        if attempt.todo:
+            t0 = time.perf_counter()
+            with served_engine(j, "", None, None, cfg.judge_prompt.stop_at_newline, 0, cache_root(cfg.cache_dir),
+                               f"{job.run_dir.name}--{j.name}", f"judge {j.name}") as engine:
+                loaded["load_s"] = round(time.perf_counter() - t0, 3)
+                try:
+                    judge_batch = make_chat_judge(j, cfg.judge_prompt, engine)
+                    todo = list(attempt.todo)
+                    batches = (todo[i:i + j.batch_size] for i in range(0, len(todo), j.batch_size))
+                    attempt.write(batches, lambda ids: bind(judge_batch(ids, [prompts.messages[r] for r in ids]),
+                                                            hashes), desc=f"judge {j.name}", unit="answer")
+                finally:
+                    loaded["engine"] = engine.describe()
+                    log.info("judge %s: %s", j.name, usage_line(loaded["engine"].get("usage") or {}))
+        attempt.finish("judge", VerdictRow.SCHEMA, details(cfg, attempt, None, prompts, loaded, digest))
+        if job.sharded:
+            log.info("run %s: shard %s of judge %s done; stage=report merges the shards and writes the CSVs",
+                     job.run_dir.name, job.shard.name, j.name)
     if not job.sharded:
         write_results(cfg, job.run_dir)
     return job.stage.path

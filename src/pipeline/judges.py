@@ -23,7 +23,7 @@ from .config import JudgeConfig, JudgePromptConfig
 from .decoding import generated_text
 from .engines.base import Engine
 from .rows import VerdictRow
-from .verdict import CORRECT, INCORRECT, VerdictTokens, parse_verdict, verdict_from_logprobs
+from .verdict import CORRECT, INCORRECT, INVALID, VerdictTokens, parse_verdict, verdict_from_logprobs
 
 JudgeBatch = Callable[[list[str], list[list[int]]], list[VerdictRow]]
 
@@ -69,5 +69,61 @@ def make_judge(judge: JudgeConfig, prompt: JudgePromptConfig, tokenizer, engine:
             verdict = parse_verdict(reply, prompt)
             rows.append(VerdictRow(id=rid, **base, verdict=verdict.label, invalid_reason=verdict.reason,
                                    p_correct=None, verdict_mass=None, reply=reply, finish_reason=gen.finish_reason))
+        return rows
+    return judge_by_reply
+
+
+ChatJudgeBatch = Callable[[list[str], list[list[dict]]], list[VerdictRow]]
+
+
+def make_chat_judge(judge: JudgeConfig, prompt: JudgePromptConfig, engine) -> ChatJudgeBatch:
+    """The same two modes on a chat engine (engines/chat.py), called on a batch of answers' conversations. Logprob
+    mode reads P(correct) where the verdict stands in the reply (after the prefilled prefix: its first token); the
+    verdict words' spellings are those of the top log-probabilities there."""
+    from .engines.chat import plain, verdict_position
+
+    base = {"judge": judge.name, "mode": judge.mode, "prompt_name": prompt.name, "prompt_version": prompt.version}
+    prefix = prompt.reply_prefix or ""
+    prefilled = prefix if engine.prefill else ""
+    # Without the prefix in its mouth the judge also writes it: room for it ("**Verdict:**" is up to 8 tokens).
+    extra = 8 if prefix and not prefilled else 0
+    correct = {w.lower() for w in prompt.correct_words}
+    incorrect = {w.lower() for w in prompt.incorrect_words}
+
+    if judge.mode == "logprob":
+        def judge_by_logprobs(ids: list[str], conversations: list[list[dict]]) -> list[VerdictRow]:
+            rows = []
+            for rid, r in zip(ids, engine.replies(conversations, prefix, 1 + extra, prompt.stop_at_newline, True)):
+                at = 0 if prefilled else verdict_position(r.tokens, prompt.marker, correct | incorrect)
+                if at is None or at >= len(r.top):
+                    rows.append(VerdictRow(
+                        id=rid, **base, verdict=INVALID, p_correct=None, verdict_mass=None, finish_reason=None,
+                        invalid_reason=f"no verdict in the reply: it neither opens with a verdict word nor has "
+                                       f"'{prompt.marker.strip()}' before one", reply=prefilled + r.text))
+                    continue
+                top = r.top[at]
+                logps = [lp for t, lp in top.items() if plain(t) in correct] + \
+                        [lp for t, lp in top.items() if plain(t) in incorrect]
+                n_correct = sum(1 for t in top if plain(t) in correct)
+                verdict, p_correct, mass = verdict_from_logprobs(logps, n_correct, judge.threshold,
+                                                                 judge.min_verdict_mass)
+                said = (prefilled + "".join(r.tokens[:at])).rstrip() or prefix
+                rows.append(VerdictRow(id=rid, **base, verdict=verdict.label, invalid_reason=verdict.reason,
+                                       p_correct=None if math.isnan(p_correct) else round(p_correct, 6),
+                                       verdict_mass=round(mass, 6),
+                                       reply=logprob_reply(said, prompt, verdict.label, p_correct, mass,
+                                                           r.tokens[at]),
+                                       finish_reason=None))
+            return rows
+        return judge_by_logprobs
+
+    def judge_by_reply(ids: list[str], conversations: list[list[dict]]) -> list[VerdictRow]:
+        rows = []
+        replies = engine.replies(conversations, prefix, prompt.reply_tokens + extra, prompt.stop_at_newline, False)
+        for rid, r in zip(ids, replies):
+            reply = prefilled + r.text
+            verdict = parse_verdict(reply, prompt)
+            rows.append(VerdictRow(id=rid, **base, verdict=verdict.label, invalid_reason=verdict.reason,
+                                   p_correct=None, verdict_mass=None, reply=reply, finish_reason=r.finish_reason))
         return rows
     return judge_by_reply

@@ -7,6 +7,9 @@
 Prompts are lists of token ids made by the stage with the model's own tokenizer, so every engine sees exactly the
 same input; each engine computes the same quantities (the full-vocabulary log-softmax at the first reply position;
 greedy tokens cut by the same stop rule), which is what makes their verdicts and answers comparable.
+
+A hosted API takes messages, not token ids: engines/chat.py (api.style=chat) offers `replies(conversations, ...)`
+instead, and judges.make_chat_judge reads the same verdicts from them.
 """
 
 from __future__ import annotations

@@ -155,6 +155,24 @@ def token_id(key: str) -> int | None:
     return int(key.split(":", 1)[1]) if isinstance(key, str) and key.startswith("token_id:") else None
 
 
+def served_model_entry(client: Client, model_name: str | None) -> tuple[str, dict]:
+    """The model's name and its entry in the server's /v1/models; a server that does not serve `model_name` is
+    refused. Without a name, the server's only model (a server with several is asked which)."""
+    reply = client.request("models")
+    served = [m for m in reply.get("data") or [] if isinstance(m, dict)]
+    ids = [m.get("id") for m in served]
+    if model_name is None and len(ids) == 1:
+        model_name = ids[0]
+    elif model_name is None:
+        raise PipelineError(f"{client.what}: the server at {client.base_url} serves {ids or 'no model'}: say which "
+                            "with api.model.")
+    if model_name not in ids:
+        raise PipelineError(f"{client.what}: the server at {client.base_url} serves {ids or 'no model'}, not "
+                            f"{model_name!r}: set api.model to one of them.")
+    return model_name, {k: v for k, v in served[ids.index(model_name)].items()
+                        if k in ("id", "root", "owned_by", "max_model_len", "created")}
+
+
 class OpenAIEngine:
     """The model behind `api.base_url`, asked with token-id prompts; `describe()` for the manifest."""
 
@@ -173,21 +191,7 @@ class OpenAIEngine:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def check_model(self) -> dict:
-        """The served model's entry in /v1/models; a server that does not serve `model_name` is refused. Without a
-        name, the server's only model (a server with several is asked which)."""
-        reply = self.client.request("models")
-        served = [m for m in reply.get("data") or [] if isinstance(m, dict)]
-        ids = [m.get("id") for m in served]
-        if self.model_name is None and len(ids) == 1:
-            self.model_name = ids[0]
-        elif self.model_name is None:
-            raise PipelineError(f"{self.client.what}: the server at {self.client.base_url} serves {ids or 'no model'}: "
-                                "say which with api.model.")
-        if self.model_name not in ids:
-            raise PipelineError(f"{self.client.what}: the server at {self.client.base_url} serves {ids or 'no model'}, "
-                                f"not {self.model_name!r}: set api.model to one of them.")
-        self.server_model = {k: v for k, v in served[ids.index(self.model_name)].items()
-                             if k in ("id", "root", "owned_by", "max_model_len", "created")}
+        self.model_name, self.server_model = served_model_entry(self.client, self.model_name)
         return self.server_model
 
     def _complete(self, prompts: list[list[int]], body: dict) -> list[dict]:

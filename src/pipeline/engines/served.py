@@ -20,11 +20,12 @@ from omegaconf import OmegaConf
 
 from ..decoding import StopRule, context_length, eos_ids
 from ..errors import PipelineError
+from .chat import ChatEngine
 from .openai import OpenAIEngine
 from .settings import ApiConfig
+from .vllm import VllmServer, server_dtype, vllm_python
 
 log = logging.getLogger(__name__)
-from .vllm import VllmServer, server_dtype, vllm_python
 
 
 def api_key(api, what: str) -> str | None:
@@ -47,6 +48,13 @@ def check_served(model_cfg, what: str) -> None:
         api_key(model_cfg.api, what)
     if model_cfg.engine == "vllm":
         server_dtype(str(model_cfg.precision), 0, what)
+        if str(model_cfg.api.style) == "chat":
+            raise PipelineError(f"{what}: engine=vllm sends the prompts as token ids (the hf engine's own); "
+                                "api.style=chat is for engine=openai: drop api.style, or serve the model yourself "
+                                "and use engine=openai.")
+    if str(model_cfg.api.style) == "chat" and not hasattr(model_cfg, "placement"):
+        raise PipelineError(f"{what}: api.style=chat is for a judge; a generator on a served engine sends token-id "
+                            "prompts (api.style=completions), so that its answers are the hf engine's.")
 
 
 def served_fingerprint(model_cfg) -> dict:
@@ -55,7 +63,8 @@ def served_fingerprint(model_cfg) -> dict:
     if model_cfg.engine == "hf":
         return {}
     served = model_cfg.name if model_cfg.engine == "vllm" else model_cfg.api.model
-    return {"engine": {"name": str(model_cfg.engine), "served_model": served}}
+    chat = {"style": "chat", "prefill": bool(model_cfg.api.prefill)} if str(model_cfg.api.style) == "chat" else {}
+    return {"engine": {"name": str(model_cfg.engine), "served_model": served, **chat}}
 
 
 def stop_rule(source: str, tokenizer, config, stop_at_newline: bool) -> StopRule:
@@ -102,17 +111,28 @@ def server_layout(model_cfg) -> tuple[dict, int]:
 
 
 @contextmanager
+def checked(engine: OpenAIEngine | ChatEngine) -> Iterator[OpenAIEngine | ChatEngine]:
+    """The engine once its server has been asked for the model (refused when it does not serve it); closed after."""
+    try:
+        engine.check_model()
+        yield engine
+    finally:
+        engine.close()
+
+
+@contextmanager
 def served_engine(model_cfg, source: str, tokenizer, config, stop_at_newline: bool, longest: int, cache: Path,
-                  log_name: str, what: str) -> Iterator[OpenAIEngine]:
+                  log_name: str, what: str) -> Iterator[OpenAIEngine | ChatEngine]:
+    if model_cfg.engine == "openai" and str(model_cfg.api.style) == "chat":  # messages: no tokenizer, no stop rule
+        with checked(ChatEngine(plain_api(model_cfg.api), model_cfg.api.model, api_key(model_cfg.api, what),
+                                what)) as engine:
+            yield engine
+        return
     stop = stop_rule(source, tokenizer, config, stop_at_newline)
     if model_cfg.engine == "openai":
-        engine = OpenAIEngine(plain_api(model_cfg.api), model_cfg.api.model,
-                              api_key(model_cfg.api, what), tokenizer, stop, what)
-        try:
-            engine.check_model()
+        with checked(OpenAIEngine(plain_api(model_cfg.api), model_cfg.api.model, api_key(model_cfg.api, what),
+                                  tokenizer, stop, what)) as engine:
             yield engine
-        finally:
-            engine.close()
         return
     python = vllm_python(model_cfg.vllm, cache)
     log_path = cache / "engines" / "logs" / f"{log_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
@@ -123,8 +143,5 @@ def served_engine(model_cfg, source: str, tokenizer, config, stop_at_newline: bo
         engine = OpenAIEngine(plain_api(model_cfg.api, base_url=base_url, concurrency=max(1, model_cfg.api.concurrency)),
                               model_cfg.name, None, tokenizer, stop, what)
         engine.server = {**server.describe(), "log": str(log_path)}
-        try:
-            engine.check_model()
+        with checked(engine):
             yield engine
-        finally:
-            engine.close()

@@ -11,12 +11,21 @@ from typing import List, Optional
 from ..choice import Choice
 
 EngineName = Choice("EngineName", [(e, e) for e in ("hf", "vllm", "openai")])
+ApiStyle = Choice("ApiStyle", [(e, e) for e in ("completions", "chat")])
 
 
 @dataclass
 class ApiConfig:
-    """engine=openai: an OpenAI-compatible server (vllm serve, SGLang, ...). The prompts are sent as token ids of
-    the model's own tokenizer (`model` above names it: a hub id or folder), so they are exactly the hf engine's."""
+    """engine=openai: an OpenAI-compatible server or API. style=completions sends the prompts as token ids of the
+    model's own tokenizer (`model` above names it: a hub id or folder), exactly the hf engine's; style=chat sends
+    messages, for hosted APIs and any chat server (no tokenizer needed; see engines/chat.py)."""
+
+    # completions: /v1/completions with token-id prompts (vllm serve, SGLang: the hf engine's exact prompts).
+    # chat: /v1/chat/completions with messages (OpenAI and other hosted APIs; any chat server).
+    style: ApiStyle = ApiStyle.completions
+    # style=chat: send the judge prompt's reply prefix ("Verdict:") as the start of the reply for the server to
+    # continue (vLLM and SGLang can; most hosted APIs cannot). false: the judge writes the whole reply.
+    prefill: bool = False
 
     # The server's API root, e.g. http://gpu-node-3:8000/v1 (required with engine=openai).
     base_url: Optional[str] = None
