@@ -388,14 +388,27 @@ def test_plan_stage_for_vllm_shows_its_tensor_parallel_layout(tmp_path, capsys):
     heads), per-GPU weights against what vLLM may use; a precision vLLM cannot run is refused before planning (its
     one line from the command line is checked in test_engines)."""
     out = plan_stage(tmp_path, capsys, "judge=llama70b", "hardware=8xH100-80GB", "judge.engine=vllm")
-    assert "vLLM layout: tensor parallel 2 over GPUs [0, 1]" in out and "64 attention heads" in out
+    assert ("vLLM layout: tensor parallel 2 x 4 copies (data parallel) over GPUs [0, 1, 2, 3, 4, 5, 6, 7]" in out
+            and "64 attention heads" in out and "(gpu_memory_utilization 0.9)" in out)
     saved = json.loads((tmp_path / "plans/llama70b--8xH100-80GB--vllm.json").read_text())
     lay = saved["vllm"]
-    assert lay["tensor_parallel_size"] == 2 and lay["fits"] and lay["devices"] == [0, 1]
+    assert (lay["tensor_parallel_size"], lay["data_parallel_size"], lay["fits"]) == (2, 4, True)
     assert lay["weights_per_gpu_bytes"] == int(saved["total_weight_bytes"] / 2)
     h100 = next(r for r in saved["rows"] if r["device"] == "cuda:0")["capacity_bytes"]
-    assert lay["usable_per_gpu_bytes"] == int(h100 * 0.9)
+    assert lay["gpu_memory_utilization"] == 0.9 and lay["usable_per_gpu_bytes"] == int(h100 * 0.9)
     assert lay["left_per_gpu_bytes"] == lay["usable_per_gpu_bytes"] - lay["weights_per_gpu_bytes"]
+
+    # one copy of 4 GPUs on request; a share of each GPU from the plan's max_memory (50 of 80 GiB, less the margin)
+    fifty = "{" + ",".join(f"{i}:50GiB" for i in range(8)) + "}"
+    plan_stage(tmp_path, capsys, "judge=llama70b", "hardware=8xH100-80GB", "judge.engine=vllm",
+               "judge.vllm.tensor_parallel_size=4", "judge.vllm.data_parallel_size=1",
+               f"judge.placement.max_memory={fifty}")
+    lay = json.loads((tmp_path / "plans/llama70b--8xH100-80GB--vllm.json").read_text())["vllm"]
+    assert (lay["tensor_parallel_size"], lay["data_parallel_size"], lay["devices"]) == (4, 1, [0, 1, 2, 3])
+    assert lay["gpu_memory_utilization"] == round(50 * 0.95 / (h100 / 2 ** 30), 4)
+    with pytest.raises(PipelineError, match="data_parallel_size=5 copies over 2 GPUs each need 10 GPUs; 8 are visible"):
+        plan_stage(tmp_path, capsys, "judge=llama70b", "hardware=8xH100-80GB", "judge.engine=vllm",
+                   "judge.vllm.data_parallel_size=5")
     with pytest.raises(PipelineError, match="divide the model's 64 attention heads"):
         plan_stage(tmp_path, capsys, "judge=llama70b", "hardware=8xH100-80GB", "judge.engine=vllm",
                    "judge.vllm.tensor_parallel_size=3")
@@ -403,3 +416,26 @@ def test_plan_stage_for_vllm_shows_its_tensor_parallel_layout(tmp_path, capsys):
     with pytest.raises(PipelineError, match="engine=vllm cannot run precision=int8"):
         plan_stage(tmp_path, capsys, "judge=llama70b-8bit", "hardware=8xH100-80GB", "judge.engine=vllm")
     assert "placement plan" not in capsys.readouterr().out
+
+
+def test_the_vllm_server_is_started_with_the_layouts_parallelism_and_memory_share(tmp_path):
+    """The layout reaches vLLM's command line: tensor and data parallel sizes, the memory share; one copy passes
+    no --data-parallel-size (vLLM's older releases do not know it)."""
+    from pipeline.engines.settings import VllmConfig
+    from pipeline.engines.vllm import VllmServer
+
+    def command(layout):
+        server = VllmServer(tmp_path / "python", "/models/llama70b", "llama70b", "bf16", 512, VllmConfig(),
+                            tmp_path / "log", "judge t", layout, gpus=8)
+        argv = server.command()
+        return {flag: argv[argv.index(flag) + 1] for flag in ("--tensor-parallel-size", "--data-parallel-size",
+                                                              "--gpu-memory-utilization") if flag in argv}, server
+
+    args, server = command({"tensor_parallel_size": 2, "data_parallel_size": 4, "gpu_memory_utilization": 0.5964})
+    assert args == {"--tensor-parallel-size": "2", "--data-parallel-size": "4", "--gpu-memory-utilization": "0.5964"}
+    assert {k: server.describe()[k] for k in ("tensor_parallel_size", "data_parallel_size",
+                                               "gpu_memory_utilization")} == {"tensor_parallel_size": 2,
+                                                                              "data_parallel_size": 4,
+                                                                              "gpu_memory_utilization": 0.5964}
+    args, _ = command(None)
+    assert args == {"--tensor-parallel-size": "1", "--gpu-memory-utilization": "0.9"}

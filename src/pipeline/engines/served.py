@@ -104,7 +104,8 @@ def server_layout(model_cfg) -> tuple[dict, int]:
 
     hardware = detect()
     if not hardware.gpus or not hasattr(model_cfg, "placement"):
-        return {"tensor_parallel_size": model_cfg.vllm.tensor_parallel_size or 1}, len(hardware.gpus)
+        return {"tensor_parallel_size": model_cfg.vllm.tensor_parallel_size or 1,
+                "data_parallel_size": model_cfg.vllm.data_parallel_size or 1}, len(hardware.gpus)
     lay = layout(model_cfg, hardware, plan_for(model_cfg, hardware))
     log.info("%s", layout_text(lay))
     return lay, len(hardware.gpus)
@@ -138,7 +139,7 @@ def served_engine(model_cfg, source: str, tokenizer, config, stop_at_newline: bo
     log_path = cache / "engines" / "logs" / f"{log_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     lay, gpus = server_layout(model_cfg)
     server = VllmServer(python, source, model_cfg.name, str(model_cfg.precision), model_length(longest, config,
-                        model_cfg.vllm), model_cfg.vllm, log_path, what, lay["tensor_parallel_size"], gpus)
+                        model_cfg.vllm), model_cfg.vllm, log_path, what, lay, gpus)
     with server as base_url:
         engine = OpenAIEngine(plain_api(model_cfg.api, base_url=base_url, concurrency=max(1, model_cfg.api.concurrency)),
                               model_cfg.name, None, tokenizer, stop, what)

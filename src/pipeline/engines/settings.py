@@ -11,6 +11,7 @@ from typing import List, Optional
 from ..choice import Choice
 
 EngineName = Choice("EngineName", [(e, e) for e in ("hf", "vllm", "openai")])
+DEFAULT_GPU_SHARE = 0.9  # vLLM's own default gpu_memory_utilization, where the plan leaves a GPU more
 ApiStyle = Choice("ApiStyle", [(e, e) for e in ("completions", "chat")])
 
 
@@ -53,10 +54,15 @@ class VllmConfig:
     # The Python of the environment vLLM is installed in. null: $PIPELINE_VLLM_PYTHON, else
     # <cache_dir>/engines/vllm/bin/python (what `make vllm` installs).
     python: Optional[str] = None
-    # GPUs one copy of the model spans (tensor parallelism). 0: every visible GPU (1 on a CPU).
+    # GPUs one copy of the model spans (tensor parallelism). 0: the fewest visible GPUs that hold a copy with its
+    # reserves and divide its attention heads (`stage=plan judge.engine=vllm` shows it; 1 on a CPU).
     tensor_parallel_size: int = 0
-    # Share of each GPU's memory vLLM may take (weights, KV cache, activations).
-    gpu_memory_utilization: float = 0.9
+    # Copies of the model side by side, each over tensor_parallel_size GPUs, sharing the requests (vLLM's data
+    # parallelism). 0: as many as the visible GPUs hold, so none is idle (1 on a CPU).
+    data_parallel_size: int = 0
+    # Share of each GPU's memory vLLM may take (weights, KV cache, activations). null: 0.9, or less where the
+    # judge's plan gives a GPU less (judge.placement.max_memory, less judge.placement.margin).
+    gpu_memory_utilization: Optional[float] = None
     # On a CPU: GiB of memory for the KV cache (VLLM_CPU_KVCACHE_SPACE).
     cpu_kv_cache_gib: int = 1
     # Positions per sequence. null: the stage's longest prompt plus its reply, rounded up to a multiple of 256.

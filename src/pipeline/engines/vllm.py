@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import PipelineError
+from .settings import DEFAULT_GPU_SHARE
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +64,16 @@ class VllmServer:
     """`with VllmServer(...) as base_url:` a vLLM server answering at base_url, stopped on leaving."""
 
     def __init__(self, python: Path, folder: str, served_name: str, precision: str, max_model_len: int, vllm_cfg,
-                 log_path: Path, what: str, tensor_parallel_size: int | None = None, gpus: int = 0):
+                 log_path: Path, what: str, layout: dict | None = None, gpus: int = 0):
+        """`layout`: placement/vllm.py's for a judge (tensor and data parallel sizes, the memory share); without
+        one, the settings' own (a generator; the tests' and the benchmark's server)."""
         self.python, self.folder, self.served_name = python, folder, served_name
         self.dtype, self.quant = server_dtype(precision, gpus, what)
         self.max_model_len, self.cfg, self.log_path, self.what = max_model_len, vllm_cfg, log_path, what
-        self.tp = tensor_parallel_size or vllm_cfg.tensor_parallel_size or 1
+        layout = layout or {}
+        self.tp = layout.get("tensor_parallel_size") or vllm_cfg.tensor_parallel_size or 1
+        self.dp = layout.get("data_parallel_size") or vllm_cfg.data_parallel_size or 1
+        self.share = layout.get("gpu_memory_utilization") or vllm_cfg.gpu_memory_utilization or DEFAULT_GPU_SHARE
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.start_s = 0.0
@@ -77,7 +83,8 @@ class VllmServer:
                "--served-model-name", self.served_name, "--host", "127.0.0.1", "--port", str(self.port),
                "--dtype", self.dtype, "--max-model-len", str(self.max_model_len), "--seed", "0",
                "--enable-prefix-caching", "--tensor-parallel-size", str(self.tp),
-               "--gpu-memory-utilization", str(self.cfg.gpu_memory_utilization), *self.quant,
+               *(["--data-parallel-size", str(self.dp)] if self.dp > 1 else []),
+               "--gpu-memory-utilization", str(self.share), *self.quant,
                *[str(a) for a in self.cfg.extra_args]]
         return cmd
 
@@ -87,8 +94,8 @@ class VllmServer:
         for key in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):  # this environment's packages are not vLLM's
             env.pop(key, None)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log.info("engine=vllm: starting vLLM's server (tensor parallel %d, dtype %s, max_model_len %d); its log: %s",
-                 self.tp, self.dtype, self.max_model_len, self.log_path)
+        log.info("engine=vllm: starting vLLM's server (tensor parallel %d%s, dtype %s, max_model_len %d); its log: %s",
+                 self.tp, f" x {self.dp} copies" if self.dp > 1 else "", self.dtype, self.max_model_len, self.log_path)
         t0 = time.perf_counter()
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -138,6 +145,7 @@ class VllmServer:
         self.stop()
 
     def describe(self) -> dict:
-        return {"server": "vllm", "tensor_parallel_size": self.tp, "dtype": self.dtype, "max_model_len":
+        return {"server": "vllm", "tensor_parallel_size": self.tp, "data_parallel_size": self.dp,
+                "gpu_memory_utilization": self.share, "dtype": self.dtype, "max_model_len":
                 self.max_model_len, "prefix_caching": True, "seed": 0, "start_s": round(self.start_s, 1),
                 "log": self.log_path.name}
