@@ -258,3 +258,84 @@ def test_formula_like_text_never_reaches_a_spreadsheet_as_a_formula(tmp_path):
     assert board.loc[0, "dataset"] == "=cmd|' /C calc'!A0" and board.loc[0, "generator"] == "+generator"
     html = (runs / "leaderboard.html").read_text()
     assert 'href="fx/judge/k/report.html"' in html  # the row read back still names its run
+
+
+# ------------------------------------------------------------------------------------------- paired comparisons
+
+def test_two_runs_over_the_same_questions_are_one_group_with_a_paired_difference(judged_run, tmp_path):
+    """A run made here and one imported from another system (named after the file: `answers`), over the same 16
+    questions, judged by the same judge: one leaderboard group named by both, and for each criterion the paired
+    difference with its interval, McNemar's p (statsmodels' on the same table), wins and losses, in comparisons.csv,
+    in both runs' metrics.csv (against run:<other>), in the digest and on the leaderboard page."""
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    runs = copy_run(judged_run, tmp_path, "here").parent
+    answers = read_jsonl(runs / "here/generate/generations.jsonl")
+    other = [{"id": a["id"], "question": a["question"], "references": a["references"],
+              "prediction": a["references"][0] if i % 3 else "no idea"} for i, a in enumerate(answers)]
+    (tmp_path / "answers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in other))
+    for args in (["stage=import", "predictions=answers.jsonl", "run_id=there"], ["stage=judge", "run_id=there"]):
+        out = run_cli(*args, f"runs_dir={runs}", "progress=false", "report.plots=false", cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-2000:]
+    out = run_cli("stage=report", "report.runs=[here,there]", f"runs_dir={runs}", "progress=false",
+                  "report.plots=false", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "different data sets" not in out.stdout
+    board = pd.read_csv(runs / "leaderboard.csv")
+    assert set(board["dataset"]) == {"answers = factoids"} and board["dataset_sha256"].nunique() == 1
+
+    compared = pd.read_csv(runs / "comparisons.csv")
+    assert set(compared["run_id"]) == {"here"} and set(compared["against"]) == {"run:there"}
+    em = {r["statistic"]: r for r in compared[compared.criterion == "exact_match"].to_dict("records")}
+    mine = [exact_match(a["prediction"], a["references"]) for a in answers]
+    theirs = [exact_match(o["prediction"], o["references"]) for o in other]
+    wins = sum(x and not y for x, y in zip(mine, theirs))
+    losses = sum(y and not x for x, y in zip(mine, theirs))
+    assert (em["wins"]["value"], em["losses"]["value"], em["difference"]["n"]) == (wins, losses, 16)
+    assert em["difference"]["value"] == pytest.approx((wins - losses) / 16)
+    assert em["difference"]["lo"] < em["difference"]["value"] < em["difference"]["hi"]
+    both = sum(x and y for x, y in zip(mine, theirs))
+    table = [[both, wins], [losses, 16 - both - wins - losses]]
+    assert em["mcnemar_p"]["value"] == pytest.approx(mcnemar(table, exact=True).pvalue, rel=1e-5)
+
+    there = pd.read_csv(runs / "there/judge/smollm2-135m/metrics.csv")
+    back = there[(there.against == "run:here") & (there.criterion == "exact_match")].set_index("statistic")
+    assert back.loc["wins", "value"] == losses and back.loc["difference", "value"] == pytest.approx(-(wins - losses) / 16)
+    assert "paired (smollm2-135m, " in out.stdout and "here - there = " in out.stdout and "McNemar p = " in out.stdout
+    page = (runs / "leaderboard.html").read_text()
+    assert "Paired comparisons (the same questions)" in page and 'data-other="there"' in page
+
+    # the data set's name is the file's unless the command gives one
+    out = run_cli("stage=import", "predictions=answers.jsonl", "run_id=named", "dataset.name=factoids",
+                  f"runs_dir={runs}", "progress=false", cwd=tmp_path)
+    assert json.loads((runs / "named/generate/manifest.json").read_text())["dataset"]["name"] == "factoids"
+    assert json.loads((runs / "there/generate/manifest.json").read_text())["dataset"]["name"] == "answers"
+
+    # reported again: the rows are replaced, not added twice
+    out = run_cli("stage=report", "report.runs=[here,there]", f"runs_dir={runs}", "progress=false",
+                  "report.plots=false", cwd=tmp_path)
+    again = pd.read_csv(runs / "there/judge/smollm2-135m/metrics.csv")
+    assert len(again[again.against == "run:here"]) == len(there[there.against == "run:here"])
+
+
+def test_two_judges_on_the_same_answers_are_compared_paired(judged_run, tmp_path):
+    """Each judge's metrics.csv compares it with every other judge of the run on the same answers: difference of
+    their accuracies over the answers both judged validly, its interval, McNemar's p, wins and losses."""
+    from pipeline import judge
+
+    runs = copy_run(judged_run, tmp_path, "two").parent
+    judge.run(make_cfg(runs, "run_id=two", "judge.name=gen", "judge.mode=generate", "report.plots=false"))
+    report.write(runs / "two", "smollm2-135m")
+    a = {v["id"]: v["verdict"] for v in read_jsonl(runs / "two/judge/smollm2-135m/verdicts.jsonl")}
+    b = {v["id"]: v["verdict"] for v in read_jsonl(runs / "two/judge/gen/verdicts.jsonl")}
+    valid = [k for k in a if a[k] != "invalid" and b[k] != "invalid"]
+    wins = sum(a[k] == "correct" and b[k] == "incorrect" for k in valid)
+    losses = sum(a[k] == "incorrect" and b[k] == "correct" for k in valid)
+    for name, (w, l) in (("smollm2-135m", (wins, losses)), ("gen", (losses, wins))):
+        m = pd.read_csv(runs / f"two/judge/{name}/metrics.csv")
+        other = "gen" if name == "smollm2-135m" else "smollm2-135m"
+        got = m[m.against == f"judge:{other}"].set_index("statistic")
+        assert (got.loc["wins", "value"], got.loc["losses", "value"]) == (w, l)
+        assert got.loc["difference", "n"] == len(valid)
+        assert got.loc["difference", "value"] == pytest.approx((w - l) / len(valid))
+        assert got.loc["difference", "lo"] <= got.loc["difference", "value"] <= got.loc["difference", "hi"]

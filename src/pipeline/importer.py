@@ -38,7 +38,7 @@ from omegaconf import OmegaConf
 
 from . import report
 from .binding import answer_hashes, bind
-from .config import DatasetConfig, check_name
+from .config import DatasetConfig, check_name, given_on_command_line
 from .data import (FieldMap, QAItem, as_text, content_hash, delimited_reference, get_field, load_rows, read_item,
                    refuse_bad_rows, require_fields, warn_if_delimited)
 from .errors import PipelineError, plural, preview
@@ -398,7 +398,10 @@ def run(cfg) -> Path:
     if verdicts is not None:
         verdicts = bind(verdicts, answer_hashes(answers))
     items = [QAItem(a.id, a.question, tuple(a.references)) for a in answers]
-    data_info = {"name": path.stem, "source": where, "rows_in_source": len(ds), "rows_used": len(answers),
+    # the data set's name: the file's, unless the command says (dataset=nq_open, dataset.name=...): runs over the same
+    # questions are grouped by their fingerprint anyway, and named by every name they were given
+    name = str(cfg.dataset.name) if given_on_command_line("dataset", "dataset.name") else path.stem
+    data_info = {"name": name, "source": where, "rows_in_source": len(ds), "rows_used": len(answers),
                  "content_sha256": content_hash(items)}
     run_dir, new_run = make_run(Path(cfg.runs_dir), cfg.run_id or new_run_id("import", path.stem))
     job = StageJob(cfg, run_dir, StageDir(run_dir / "generate", "generations.jsonl"), Shard(0, 1),

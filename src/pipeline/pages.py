@@ -201,19 +201,37 @@ def judge_page(*, run_id: str, judge: str, samples: pd.DataFrame, crit: pd.DataF
         style=(TEMPLATES / "report.css").read_text(), script=(TEMPLATES / "report.js").read_text())
 
 
-def leaderboard_page(board: pd.DataFrame, out: Path, runs_dir: Path) -> str:
-    """runs/leaderboard.html: one row per run x judge, grouped by data set, each linking to its report.html."""
+def leaderboard_page(board: pd.DataFrame, out: Path, runs_dir: Path, compared: pd.DataFrame | None = None) -> str:
+    """runs/leaderboard.html: one row per run x judge, grouped by data set, each linking to its report.html; under
+    each group, the paired comparisons of its runs (report.compare_runs)."""
     shares = [c for c in board.columns if c.startswith(("acc_", "ppi_acc", "kappa_", "auroc_", "judge_invalid_share"))]
     board = board.astype({c: float for c in shares})  # read back from summary.csv, a 1 is an int: shown as 1.000
     groups = []
     for (name, sha), part in board.groupby(["dataset", "dataset_sha256"], dropna=False, sort=False):
-        rows = []
+        rows, hrefs = [], {}
         for r in part.to_dict("records"):
             page = runs_dir / str(r["run_id"]) / "judge" / str(r["judge"]) / "report.html"
-            rows.append({**r, "href": relative(page, out.parent) if page.is_file() else None})
-        groups.append({"name": name, "sha": sha, "rows": rows})
+            hrefs[(str(r["run_id"]), str(r["judge"]))] = relative(page, out.parent) if page.is_file() else None
+            rows.append({**r, "href": hrefs[(str(r["run_id"]), str(r["judge"]))]})
+        groups.append({"name": name, "sha": sha, "rows": rows, "pairs": paired_table(compared, part, hrefs)})
     return environment().get_template("leaderboard.html.j2").render(
         groups=groups, style=(TEMPLATES / "report.css").read_text(), total=len(board))
+
+
+def paired_table(compared: pd.DataFrame | None, part: pd.DataFrame, hrefs: dict) -> list[dict]:
+    """One entry per (run, other run, judge) of a group: per criterion its difference, interval, McNemar p, wins."""
+    if compared is None or not len(compared):
+        return []
+    mine = compared[compared["run_id"].astype(str).isin(set(part["run_id"].astype(str)))]
+    out = []
+    for (run, judge, against), rows in mine.groupby(["run_id", "judge", "against"], sort=False):
+        other = str(against).removeprefix("run:")
+        crits = {}
+        for r in rows.to_dict("records"):
+            crits.setdefault(r["criterion"], {})[r["statistic"]] = r
+        out.append({"run": run, "other": other, "judge": judge, "href": hrefs.get((str(run), str(judge))),
+                    "other_href": hrefs.get((other, str(judge))), "criteria": crits})
+    return out
 
 
 def relative(path: Path, start: Path) -> str:

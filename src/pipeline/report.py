@@ -47,6 +47,7 @@ import pandas as pd
 
 from .binding import answer_hashes, check_bound
 from .config import ReportConfig
+from .data import QAItem, content_hash
 from .engines.cost import cost_line, with_engine
 from .errors import PipelineError
 from . import cells, pages
@@ -57,7 +58,7 @@ from .rows import SAMPLE_COLUMNS, GenerationRow, SampleRow, VerdictRow, parse_ro
 from .runs import StageDir, list_runs, find_run
 from .estimates import label_shortage
 from .stats import agreement, auroc, cohen_kappa, proportion_interval
-from .tidy import metrics_table, pick
+from .tidy import metrics_table, paired_rows, pick
 from .verdict import CORRECT, INCORRECT, INVALID
 
 log = logging.getLogger(__name__)
@@ -280,6 +281,8 @@ def write(run_dir: Path, judge: str, s: ReportConfig | None = None) -> tuple[Pat
         summary = summarize(samples, run_dir.name, judge, s)
         metrics = metrics_table(samples, criteria(samples, s), summary.iloc[0].to_dict(), s, labels.drawn_uniformly,
                                 stage.manifest().get("panel"))
+        others = pages.other_judges(run_dir, judge, lambda name: read_verdicts(run_dir, name, hashes))
+        metrics = with_judges_compared(metrics, samples, summary.iloc[0].to_dict(), others)
         summary = with_engine(with_estimates(summary, metrics, labels), stage.manifest())
         samples_path, summary_path = stage.path / "samples.csv", stage.path / "summary.csv"
         write_atomic(samples_path, cells.to_csv(samples))  # (text that would run as a formula gets a ')
@@ -287,12 +290,22 @@ def write(run_dir: Path, judge: str, s: ReportConfig | None = None) -> tuple[Pat
         write_atomic(stage.path / "metrics.csv", cells.to_csv(metrics, float_format="%.6g"))
         if s.plots:
             plot(samples, summary, stage.path, f"{run_dir.name} / {judge}")
-        others = pages.other_judges(run_dir, judge, lambda name: read_verdicts(run_dir, name, hashes))
         write_atomic(stage.path / "report.html", pages.judge_page(
             run_id=run_dir.name, judge=judge, samples=samples, crit=criteria(samples, s),
             summary=summary.iloc[0].to_dict(), metrics=metrics, labels=labels, manifest=stage.manifest(),
             generation=gen.manifest(), others=others, folder=stage.path, s=s))
     return samples_path, summary_path
+
+
+def with_judges_compared(metrics: pd.DataFrame, samples: pd.DataFrame, summary: dict,
+                         others: dict[str, dict[str, float | None]]) -> pd.DataFrame:
+    """metrics.csv plus this judge's paired comparison with every other judge of the run, on the same answers."""
+    mine = samples["judge_verdict"].map({CORRECT: 1.0, INCORRECT: 0.0}).astype(float).to_numpy()
+    rows = []
+    for name, verdicts in sorted(others.items()):
+        theirs = np.array([np.nan if verdicts.get(i) is None else float(verdicts[i]) for i in samples["id"]])
+        rows += paired_rows(summary["run_id"], summary["judge"], "judge", f"judge:{name}", mine, theirs)
+    return pd.concat([metrics, pd.DataFrame(rows, columns=metrics.columns)], ignore_index=True) if rows else metrics
 
 
 def write_and_print(run_dir: Path, judge: str, s: ReportConfig | None = None) -> tuple[Path, Path]:
@@ -332,6 +345,16 @@ def finished_judges(run_dir: Path) -> list[str]:
     return sorted(p.name for p in (run_dir / "judge").glob("*") if StageDir(p, "verdicts.jsonl").is_complete())
 
 
+def questions_key(run_dir: Path) -> str:
+    """The leaderboard's data set fingerprint of a run: sha256 (first 12 hex digits) of its ids, questions and
+    references, in id order, so that two runs over the same questions share it whatever order or file they came in
+    (the manifest's content_sha256 follows the data set's order)."""
+    gen = StageDir(run_dir / "generate", "generations.jsonl")
+    answers = parse_rows(GenerationRow, gen.read_records(), gen.records_path)
+    return content_hash(sorted((QAItem(a.id, a.question, tuple(a.references)) for a in answers),
+                               key=lambda item: item.id))[:12]
+
+
 def report_run(run_dir: Path, s: ReportConfig) -> list[dict]:
     """Merge the run's shards, rewrite every finished judge's results; one leaderboard row per judge."""
     from .merge import merge_run
@@ -350,7 +373,7 @@ def report_run(run_dir: Path, s: ReportConfig) -> list[dict]:
         print(f"{digest(summary, s.target_halfwidth)}\nresults: {samples_path.parent}/{{samples,summary,metrics}}.csv, "
               f"figures; to read: {samples_path.parent / 'report.html'}\n")
         judge_manifest = read_json(run_dir / "judge" / judge / "manifest.json")
-        rows.append({"dataset": dataset.get("name"), "dataset_sha256": (dataset.get("content_sha256") or "")[:12],
+        rows.append({"dataset": dataset.get("name"), "dataset_sha256": questions_key(run_dir),
                      "generator": gen_manifest.get("generator", {}).get("name"),
                      "judge_mode": judge_manifest.get("judge", {}).get("mode"), **summary})
     return rows
@@ -377,7 +400,8 @@ def run(cfg) -> list[Path]:
         report_run(run_dir, s)
         return [run_dir / "judge"]
     rows, skipped = [], []
-    for run_dir in [find_run(runs_dir, n) for n in names]:
+    run_dirs = [find_run(runs_dir, n) for n in names]
+    for run_dir in run_dirs:
         try:
             rows += report_run(run_dir, s)
         except PipelineError as e:  # one unfinished run does not hold up the others' results
@@ -386,17 +410,76 @@ def run(cfg) -> list[Path]:
         print(f"skipped {line}")
     if not rows:
         raise PipelineError(f"none of the runs has a finished judge to report ({len(skipped)} skipped, above).")
-    # Within a data set, by accuracy; a judge flagged for its invalid verdicts below the others, whatever its accuracy
-    # over the few valid ones.
-    board = pd.DataFrame(rows)[LEADERBOARD_COLUMNS].sort_values(
-        ["dataset", "dataset_sha256", "judge_invalid_flagged", "acc_judge"], ascending=[True, True, True, False])
+    # Grouped by the questions themselves (the data set's fingerprint: ids, questions, references), named by every
+    # name its runs gave it; within a group by accuracy, a judge flagged for its invalid verdicts below the others,
+    # whatever its accuracy over the few valid ones.
+    board = pd.DataFrame(rows)[LEADERBOARD_COLUMNS]
+    names = board.groupby("dataset_sha256")["dataset"].agg(lambda x: " = ".join(sorted({str(v) for v in x})))
+    board["dataset"] = board["dataset_sha256"].map(names)
+    board = board.sort_values(["dataset", "dataset_sha256", "judge_invalid_flagged", "acc_judge"],
+                              ascending=[True, True, True, False])
     out = Path(cfg.report.leaderboard) if cfg.report.leaderboard else runs_dir / "leaderboard.csv"
+    compared = compare_runs(board, {r.name: r for r in run_dirs}, s)
+    write_atomic(out.with_name("comparisons.csv"), cells.to_csv(compared, float_format="%.6g"))
     write_atomic(out, cells.to_csv(board, float_format="%.4g"))
-    write_atomic(out.with_suffix(".html"), pages.leaderboard_page(board, out, runs_dir))
+    write_atomic(out.with_suffix(".html"), pages.leaderboard_page(board, out, runs_dir, compared))
     groups = board.groupby(["dataset", "dataset_sha256"], dropna=False).size()
     print(f"leaderboard: {out} and {out.with_suffix('.html')} ({len(board)} rows)")
+    for line in paired_lines(compared):
+        print(line)
+    if len(compared):
+        print(f"paired comparisons: {out.with_name('comparisons.csv')} (and each run's metrics.csv, against run:<id>)")
     if len(groups) > 1:
         listing = "; ".join(f"{name} [{sha}]: {k} row(s)" for (name, sha), k in groups.items())
         print(f"note: these runs cover {len(groups)} different data sets ({listing}). The leaderboard keeps them in "
-              "separate groups (dataset, dataset_sha256); compare rows within a group only.")
+              "separate groups (by the data set's fingerprint, dataset_sha256); compare rows within a group only.")
     return [out]
+
+
+PAIRED_CRITERIA = ("judge", "exact_match", "token_f1", "contains", "rouge_l")
+
+
+def compare_runs(board: pd.DataFrame, run_dirs: dict[str, Path], s: ReportConfig) -> pd.DataFrame:
+    """Every two runs over the same questions (one dataset_sha256), for each judge both have: each criterion's paired
+    difference, McNemar p, wins and losses (tidy.paired_rows), from samples.csv. Added to both runs' metrics.csv
+    (against run:<the other>, replacing such rows of an earlier report); returned once per pair for comparisons.csv."""
+    from .tidy import COLUMNS
+
+    found: list[list] = []
+    added: dict[Path, list[list]] = {}
+    for _, group in board.groupby("dataset_sha256"):
+        judged = {run: set(part["judge"]) for run, part in group.groupby("run_id")}
+        for a, b in combinations(sorted(judged), 2):
+            for judge in sorted(judged[a] & judged[b]):
+                fa, fb = run_dirs[a] / "judge" / judge, run_dirs[b] / "judge" / judge
+                sa, sb = cells.read_csv(fa / "samples.csv"), cells.read_csv(fb / "samples.csv")
+                ca = criteria(sa, s).set_index(sa["id"].astype(str))
+                cb = criteria(sb, s).set_index(sb["id"].astype(str)).reindex(ca.index)
+                for c in PAIRED_CRITERIA:
+                    forward = paired_rows(a, judge, c, f"run:{b}", ca[c].to_numpy(), cb[c].to_numpy())
+                    found += forward
+                    added.setdefault(fa, []).extend(forward)
+                    added.setdefault(fb, []).extend(paired_rows(b, judge, c, f"run:{a}", cb[c].to_numpy(),
+                                                                ca[c].to_numpy()))
+    for folder in {run_dirs[r] / "judge" / j for r, j in zip(board["run_id"], board["judge"])}:
+        metrics = cells.read_csv(folder / "metrics.csv")
+        metrics = metrics[~metrics["against"].fillna("").astype(str).str.startswith("run:")]
+        if folder in added:
+            metrics = pd.concat([metrics, pd.DataFrame(added[folder], columns=COLUMNS)], ignore_index=True)
+        write_atomic(folder / "metrics.csv", cells.to_csv(metrics, float_format="%.6g"))
+    return pd.DataFrame(found, columns=COLUMNS)
+
+
+def paired_lines(compared: pd.DataFrame) -> list[str]:
+    """The digest's lines: for each pair of runs and judge, the judge's accuracy difference, its interval, McNemar p
+    and who wins where."""
+    lines = []
+    rows = compared[compared["criterion"] == "judge"]
+    for (run, judge, against), part in rows.groupby(["run_id", "judge", "against"], sort=False):
+        got = {r["statistic"]: r for r in part.to_dict("records")}
+        d, other = got["difference"], against.removeprefix("run:")
+        lines.append(f"paired ({judge}, {d['n']} answers with a valid verdict in both): {run} - {other} = {d['value']:+.3f} "
+                     f"[{d['lo']:+.3f}, {d['hi']:+.3f}], McNemar p = {got['mcnemar_p']['value']:.3g}; {run} right "
+                     f"where {other} is wrong on {int(got['wins']['value'])}, the reverse on "
+                     f"{int(got['losses']['value'])}")
+    return lines

@@ -25,6 +25,11 @@ value is empty and `note` says "too few labels (n): ..." (estimates.label_shorta
     labels_uniform           1 when the labels were drawn by stage=label (and labelled in draw order), else 0
     invalid_share            the share of the judge's verdicts that are invalid
     fleiss_kappa             (jury judges) the panel's agreement; members' pairwise kappa/agreement as well
+    difference               paired, against another judge of the run (`judge:<name>`, criterion judge) or another
+                             run over the same questions (`run:<run_id>`, every criterion): this accuracy minus the
+                             other's over the ids where both are defined, with Newcombe's paired interval (paired.py)
+    mcnemar_p                McNemar's exact two-sided p-value of the same pairs
+    wins, losses             ids this one gets right and the other wrong, and the reverse
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import pandas as pd
 from . import estimates
 from .config import ReportConfig
 from .metrics import CRITERIA
+from .paired import compare
 from .stats import agreement, auroc, cohen_kappa, proportion_interval
 
 COLUMNS = ["run_id", "judge", "criterion", "statistic", "against", "value", "lo", "hi", "n", "note"]
@@ -202,6 +208,20 @@ def metrics_table(samples: pd.DataFrame, crit: pd.DataFrame, summary: dict, s: R
     if panel:
         panel_rows(table, panel)
     return table.frame()
+
+
+def paired_rows(run_id: str, judge: str, criterion: str, against: str, this, other) -> list[list]:
+    """metrics.csv's rows comparing `this` with `other` (1, 0 or NaN per id, in the same order) under `criterion`:
+    difference with its paired interval, mcnemar_p, wins, losses; none when no id has both."""
+    p = compare(this, other)
+    if p is None:
+        return []
+    table = Table(run_id, judge)
+    table.add(criterion, "difference", against, p.difference, p.lo, p.hi, p.n)
+    table.add(criterion, "mcnemar_p", against, p.mcnemar_p, n=p.n)
+    table.add(criterion, "wins", against, p.only_a, n=p.n)
+    table.add(criterion, "losses", against, p.only_b, n=p.n)
+    return table.rows
 
 
 def pick(metrics: pd.DataFrame, criterion: str, statistic: str, against: str = "") -> dict:
