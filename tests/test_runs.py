@@ -21,7 +21,7 @@ def test_run_ids_that_could_escape_runs_are_refused(bad):
         check_run_id(bad)
 
 
-def test_unknown_run_lists_existing_runs_and_latest_points_at_newest(tmp_path):
+def test_unknown_run_lists_existing_runs_and_latest_points_at_newest(tmp_path, caplog):
     runs = tmp_path / "runs"
     with pytest.raises(PipelineError, match="no runs"):
         find_run(runs, None)
@@ -30,7 +30,10 @@ def test_unknown_run_lists_existing_runs_and_latest_points_at_newest(tmp_path):
     assert list_runs(runs) == ["first", "second"]
     assert os.readlink(runs / "latest") == "second"
     assert find_run(runs, "latest").name == "second"
-    assert find_run(runs, None).name == "second"
+    caplog.clear()
+    with caplog.at_level("INFO", logger="pipeline"):
+        assert find_run(runs, None).name == "second"
+    assert "no run_id given: run second (" in caplog.text and "pass run_id=<id> for another" in caplog.text
     with pytest.raises(PipelineError, match=r"unknown run_id='third'.*second, first"):
         find_run(runs, "third")
 

@@ -188,17 +188,29 @@ def judge_page(*, run_id: str, judge: str, samples: pd.DataFrame, crit: pd.DataF
                metrics: pd.DataFrame, labels, manifest: dict, generation: dict, others: dict, folder: Path,
                s: ReportConfig) -> str:
     """The whole report.html of one (run, judge)."""
-    from .report import PPI_ASSUMPTION, invalid_warning
+    from .report import PPI_ASSUMPTION, cite_line, invalid_warning
 
     env = environment()
     return env.get_template("report.html.j2").render(
         run_id=run_id, judge=judge, row=summary, criteria=[c for c in CRITERIA if summary.get(f"n_{c}")],
         invalid_warning=invalid_warning(summary), min_labels=s.min_labels,
+        cite=cite_line(summary).removeprefix("to cite: "), siblings=sibling_differences(metrics),
         tables=summary_tables(metrics, s), labels=labels, assumption=PPI_ASSUMPTION, target=s.target_halfwidth,
         mode=(manifest.get("judge") or {}).get("mode"), prompt=manifest.get("prompt") or {},
         dataset=(generation.get("dataset") or {}), generator=(generation.get("generator") or {}).get("name"),
         figures=figures_inline(folder), data=script_json(browser_data(samples, crit, others)),
         style=(TEMPLATES / "report.css").read_text(), script=(TEMPLATES / "report.js").read_text())
+
+
+def sibling_differences(metrics: pd.DataFrame) -> list[dict]:
+    """This judge against each other judge of the run (metrics.csv's paired rows, criterion judge)."""
+    rows = metrics[(metrics["criterion"] == "judge") & metrics["against"].fillna("").astype(str).str.startswith("judge:")]
+    out = []
+    for against, part in rows.groupby("against", sort=True):
+        got = {r["statistic"]: r for r in part.to_dict("records")}
+        if "difference" in got:
+            out.append({"other": str(against).removeprefix("judge:"), **{k: got[k] for k in got}})
+    return out
 
 
 def leaderboard_page(board: pd.DataFrame, out: Path, runs_dir: Path, compared: pd.DataFrame | None = None) -> str:

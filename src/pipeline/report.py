@@ -237,6 +237,21 @@ def invalid_warning(row: dict) -> str:
             f"{row['acc_judge_invalid_as_right']:.3f} (counted right). See judge_invalid_reason in samples.csv")
 
 
+def cite_line(row: dict) -> str:
+    """The one number to cite first, with its interval and what it rests on: the PPI++ estimate when there are enough
+    human labels, else the judge's accuracy over its valid verdicts."""
+    invalid = f"{int(row['judge_invalid'])} of {int(row['n'])} verdicts invalid ({row['judge_invalid_share']:.1%})" \
+        if row.get("n") else "no verdicts"
+    if not pd.isna(row.get("ppi_acc_judge", float("nan"))):
+        return (f"to cite: accuracy {row['ppi_acc_judge']:.3f} [{row['ppi_acc_judge_lo']:.3f}, "
+                f"{row['ppi_acc_judge_hi']:.3f}] (95%, PPI++: the judge on {int(row['n'])} answers corrected by "
+                f"{int(row['n_human'])} human labels); {invalid}")
+    if not row.get("n_judge"):
+        return f"to cite: nothing yet: the judge gave no valid verdict; {invalid}"
+    return (f"to cite: accuracy {row['acc_judge']:.3f} [{row['acc_judge_lo']:.3f}, {row['acc_judge_hi']:.3f}] (95% "
+            f"Wilson, the judge's {int(row['n_judge'])} valid verdicts; no human labels to correct its bias); {invalid}")
+
+
 def digest(row: dict, target: float | None = None) -> str:
     """A few lines a person reads at the end of a run: accuracy by criterion with intervals, agreement."""
     def acc(c: str) -> str:
@@ -246,6 +261,7 @@ def digest(row: dict, target: float | None = None) -> str:
 
     lines = [f"{row['run_id']} / {row['judge']}: n={row['n']}, verdicts {row['judge_correct']} correct, "
              f"{row['judge_incorrect']} incorrect, {row['judge_invalid']} invalid (left out, never counted as wrong)",
+             cite_line(row),
              "accuracy (95% Wilson interval): " + "; ".join(x for x in (acc(c) for c in CRITERIA) if x)]
     if warning := invalid_warning(row):
         lines.append(f"warning: {warning}")

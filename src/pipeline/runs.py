@@ -90,8 +90,11 @@ def find_run(runs_dir: Path, run_id: str | None) -> Path:
             )
         link = runs_dir / LATEST
         if link.is_symlink() and (link / "run.json").is_file():
-            return runs_dir / os.readlink(link)
-        return runs_dir / existing[-1]
+            chosen, why = runs_dir / os.readlink(link), f"{runs_dir / LATEST} points at it"
+        else:
+            chosen, why = runs_dir / existing[-1], "the newest run"
+        log.info("no run_id given: run %s (%s); pass run_id=<id> for another", chosen.name, why)
+        return chosen
     run_id = check_run_id(run_id)
     path = runs_dir / run_id
     if not (path / "run.json").is_file():

@@ -153,6 +153,8 @@
   $("next").addEventListener("click", function () { page += 1; render(); });
   window.addEventListener("hashchange", function () { page = readHash(); render(); });
   render();
+  // a link that carries a view of the answers (#verdict=invalid&...) opens at the answers, not at the top
+  if (/(^#|&)(verdict|a|b|q|sort|dir|size|page)=/.test(location.hash)) $("samples").scrollIntoView();
   document.body.dataset.readyMs = (performance.now() - started).toFixed(1);  // the script's own work
   document.body.dataset.interactiveMs = performance.now().toFixed(1);  // since the page was opened
 })();
