@@ -10,6 +10,19 @@ Stages (each a module with `run(cfg)`), all driven by Hydra from `python -m pipe
     submit    generate array -> judge array -> report, chained on SLURM
     plan      the judge's placement plan on declared or detected hardware (placement/; no weights read)
     doctor    what this node can run
+
+From Python (pipeline/api.py): `pipeline.run(stage, *overrides)`, `pipeline.load_samples(run_id)`,
+`pipeline.load_metrics(run_id)`, `pipeline.load_leaderboard()`, `pipeline.load_comparisons()`, `pipeline.settings(...)`.
 """
 
 __version__ = "0.1.0"
+API = ("run", "settings", "load_samples", "load_metrics", "load_leaderboard", "load_comparisons")
+
+
+def __getattr__(name: str):
+    """The Python API (api.py), imported on first use: `import pipeline` itself stays light."""
+    if name in API:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
