@@ -351,6 +351,9 @@ class LocalSlurm:
         env = {k: v for k, v in os.environ.items() if not k.startswith(CLIENT_ENV_PREFIXES)}
         env["SLURM_CONF"] = str(self.conf_path)
         env["PATH"] = SEARCH_PATH
+        # The cluster's GPUs are device files of our own and torch here is the CPU build: jobs given those GPUs run
+        # on the CPU, which the pipeline refuses elsewhere (hardware.check_job_torch, submit.check_jobs_torch).
+        env["PIPELINE_ALLOW_CPU_TORCH"] = "1"
         return env
 
     def run(self, *args: str, check: bool = True, timeout: float = 60,

@@ -105,11 +105,14 @@ LITERAL = {
     "python -m pipeline stage=doctor doctor.smoke=true",
     "slurm/submit.sh --dry-run judge=llama70b-8bit hardware=4xA100-40GB slurm.partition=gpu",
     "python -m pipeline --cfg job",
+    "python -m pipeline stage=submit judge=llama70b-8bit hardware=4xA100-40GB slurm.partition=gpu "
+    "slurm.report.partition=cpu 'slurm.setup=[\"module load cuda/12.4\"]' slurm.dry_run=true",
 }
 
 # What is added to keep a run small and out of the checkout (appended after the README's own arguments).
 SMALL = ["threads=1", "progress=false"]
-SLURM_SMALL = ["threads=1", "slurm.cpus_per_task=1", "slurm.mem=2G", "slurm.report_cpus=1", "slurm.report_mem=1G"]
+SLURM_SMALL = ["threads=1", "slurm.cpus_per_task=1", "slurm.mem=2G", "slurm.report_cpus=1", "slurm.report_mem=1G",
+               "slurm.allow_cpu_torch=true"]  # the test cluster's GPUs are fake; torch here is the CPU build
 LAUNCHER_SMALL = ["threads=1", "progress=false", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2"]
 
 # Every command the README shows -> (how it is run here, the test that runs it).
@@ -189,6 +192,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "judge.api.base_url=https://api.openai.com/v1 judge.api.model=gpt-4o judge.api.key_env=OPENAI_API_KEY":
         ("the tests' vLLM server in place of the API (api.model smollm2-135m), a made-up key in OPENAI_API_KEY",
          "test_judge_on_a_hosted_api_in_chat_style"),
+    "python -m pipeline stage=fetch generator=llama31-8b judge=llama70b-8bit":
+        ("the embedded generator and judge (converted once into the cache)", "test_fetch_the_chains_models"),
+    "TORCH=cuda make setup": ("with SETUP_PLAN=1: what it would install (no CUDA wheels downloaded here)",
+                              "test_setup_for_gpu_nodes_from_a_machine_without_one"),
+    "python -m pipeline stage=submit judge=llama70b-8bit hardware=4xA100-40GB slurm.partition=gpu "
+    "slurm.report.partition=cpu 'slurm.setup=[\"module load cuda/12.4\"]' slurm.dry_run=true":
+        ("literally (a dry run: nothing submitted)", "test_submit_dry_run_with_the_sites_set_up_lines"),
     "make gpu-kit": ("into the test's folder, without making the stored run (the kit's wheels, trim, size, call)",
                      "test_make_gpu_kit"),
     "make gpu-check DRY=1 OUT=/tmp/gpu-check-dry": ("into the test's folder", "test_make_gpu_check_dry"),
@@ -985,6 +995,32 @@ def test_judge_on_a_hosted_api_in_chat_style(nq_run, vllm_server, monkeypatch):
     assert all(r["invalid_reason"] for r in rows if r["verdict"] == "invalid")
     leaked = [p for p in (work / "runs").rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
     assert not leaked
+
+
+def test_setup_for_gpu_nodes_from_a_machine_without_one():
+    """TORCH=cuda chooses the CUDA build on this machine without a GPU; SETUP_PLAN=1 says what would be installed
+    and installs nothing (no gigabytes of CUDA wheels in CI); a build that does not exist is one line, status 2."""
+    assert "TORCH=cuda make setup" in readme_commands()
+    out = sh(["make", "setup"], cwd=REPO, env=venv_env(TORCH="cuda", SETUP_PLAN="1"))
+    assert "setup plan (TORCH=cuda): into .venv: torch==2.13.0 from PyPI (the CUDA build)" in out.stdout
+    out = sh(["make", "setup"], cwd=REPO, env=venv_env(TORCH="auto", SETUP_PLAN="1"))
+    assert "+cpu" in out.stdout and "(the CPU build)" in out.stdout  # auto: this machine has no GPU
+    out = sh(["bash", "scripts/setup.sh"], cwd=REPO, env=venv_env(TORCH="gpu"), ok=(2,))
+    assert out.stderr.strip().startswith("setup: TORCH=gpu is not a build: use TORCH=cuda")
+
+
+def test_fetch_the_chains_models(tmp_path):
+    out = pipeline(tmp_path, "python -m pipeline stage=fetch generator=llama31-8b judge=llama70b-8bit")
+    assert "generator gguf:" in out.stdout and "judge gguf:" in out.stdout and "fetched 2 models" in out.stdout
+
+
+def test_submit_dry_run_with_the_sites_set_up_lines(tmp_path):
+    command = ("python -m pipeline stage=submit judge=llama70b-8bit hardware=4xA100-40GB slurm.partition=gpu "
+               "slurm.report.partition=cpu 'slurm.setup=[\"module load cuda/12.4\"]' slurm.dry_run=true")
+    out = sh([*readme_command(command), f"runs_dir={tmp_path / 'runs'}"], cwd=tmp_path)
+    gen, jud, rep = [x for x in out.stdout.splitlines() if x.startswith("sbatch")]
+    assert "#   module load cuda/12.4" in out.stdout and all("PIPELINE_SETUP=" in x for x in (gen, jud, rep))
+    assert "--partition=gpu" in gen and "--partition=gpu" in jud and "--partition=cpu" in rep
 
 
 def test_bench_engines_without_vllm(tmp_path):

@@ -25,7 +25,8 @@ SLURM_GPUS = 4  # fake GPUs of the module's cluster (conftest.py)
 REPO = Path(__file__).resolve().parents[1]
 # What every submitted job shares here: a small slice of the embedded data set, one CPU and little memory per task.
 SMALL = ["dataset.limit=16", "threads=1", "slurm.partition=debug", "slurm.cpus_per_task=1", "slurm.mem=2G",
-         "slurm.report_cpus=1", "slurm.report_mem=1G", "slurm.judge_gpus=1", "slurm.generate_gpus=1"]
+         "slurm.report_cpus=1", "slurm.report_mem=1G", "slurm.judge_gpus=1", "slurm.generate_gpus=1",
+         "slurm.allow_cpu_torch=true"]  # the cluster's GPUs are fake files; torch here is the CPU build
 
 
 def submit(cluster, tmp_path, run_id, *overrides, check=True):
@@ -47,7 +48,9 @@ def by_job(states, job):
 
 def test_the_whole_chain_runs_and_writes_the_csvs(cluster, tmp_path, model_dir):
     started = time.monotonic()
-    jobs, out = submit(cluster, tmp_path, "chain", "slurm.generate_shards=4", "slurm.judge_shards=2")
+    jobs, out = submit(cluster, tmp_path, "chain", "slurm.generate_shards=4", "slurm.judge_shards=2",
+                       'slurm.setup=["echo set-up lines ran", "export SITE_READY=yes"]',
+                       'slurm.report.extra_args=["--comment=report-job"]')
     assert "squeue -j" in out.stdout and jobs["generate"] in out.stdout
     states = states_of(cluster, jobs)
     elapsed = time.monotonic() - started
@@ -64,8 +67,14 @@ def test_the_whole_chain_runs_and_writes_the_csvs(cluster, tmp_path, model_dir):
     for shard in (run / "judge/smollm2-135m/shards").iterdir():  # each judge task planned for its own allocation
         assert (shard / "plan.json").is_file()
         assert json.loads((shard / "manifest.json").read_text())["slurm"]["SLURM_ARRAY_JOB_ID"] == jobs["judge"]
-    logs = sorted(p.name for p in (run / "slurm").glob("*.out"))
+    logs = sorted((run / "slurm").glob("*.out"))
     assert len(logs) == 4 + 2 + 1, logs
+    for log in logs:  # slurm.setup's lines ran at the top of every job, before Python
+        text = log.read_text()
+        assert "pipeline: sourcing the set-up lines of" in text, log
+        assert "set-up lines ran" in text, log
+    commands = json.loads((run / "slurm/submit.json").read_text())["commands"]
+    assert "--comment=report-job" in commands["report"] and "--comment=report-job" not in commands["judge"]
     print(f"\n4-shard chain (generate x4 -> judge x2 -> report) on 16 questions: {elapsed:.0f} s wall")
 
 
@@ -197,6 +206,47 @@ def test_dry_run_prints_the_chain_and_submits_nothing(tmp_path):
     assert "--dependency=afterok:{generate}" in lines[1] and "--kill-on-invalid-dep=yes" in lines[1]
     assert "judge=llama70b-8bit" in lines[1] and "--signal=B:USR1@120" in lines[0]
     assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_shows_the_sites_set_up_lines_and_each_jobs_own_partition(tmp_path):
+    """slurm.setup and per-job settings as a site admin reads them: the set-up file every job sources, the report on
+    a CPU partition without the GPU partition's constraint, the judge with its own account and extra arguments."""
+    out = run_cli("stage=submit", "slurm.dry_run=true", "run_id=site", "judge=llama70b-8bit", "hardware=4xA100-40GB",
+                  "slurm.partition=gpu", "slurm.constraint=a100", 'slurm.extra_args=["--mail-type=FAIL"]',
+                  "slurm.report.partition=cpu", "slurm.report.constraint=''", "slurm.report.extra_args=[]",
+                  "slurm.judge.account=bigproj", "slurm.judge.qos=long",
+                  'slurm.setup=["module load cuda/12.4","source ~/miniconda3/bin/activate judge"]',
+                  f"runs_dir={tmp_path}/runs", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    gen, jud, rep = [x for x in out.stdout.splitlines() if x.startswith("sbatch")]
+    setup = tmp_path / "runs/site/slurm/setup.sh"
+    assert f"# every job first sources {setup} (slurm.setup):\n#   module load cuda/12.4\n" \
+           f"#   source ~/miniconda3/bin/activate judge\n" in out.stdout
+    assert all(f"PIPELINE_SETUP={setup}" in x for x in (gen, jud, rep))
+    assert "--partition=gpu" in gen and "--constraint=a100" in gen and "--mail-type=FAIL" in gen
+    assert "--account=bigproj" in jud and "--qos=long" in jud and "--partition=gpu" in jud and "--gres=gpu:3" in jud
+    assert "--account" not in gen and "--qos" not in gen
+    assert "--partition=cpu" in rep and "--constraint" not in rep and "--mail-type" not in rep and "--gres" not in rep
+    assert not (tmp_path / "runs").exists()
+
+
+def test_gpu_jobs_with_a_cpu_build_of_torch_are_refused_before_queueing_and_in_the_job(tmp_path):
+    """This machine's torch is the CPU build (what `make setup` installs on a login node): a chain that asks for GPUs
+    is refused before anything is queued, and a job given GPUs stops in one line before reading anything."""
+    env = {k: v for k, v in os.environ.items() if k != "PIPELINE_ALLOW_CPU_TORCH" and not k.startswith("SLURM")}
+    out = run_cli("stage=submit", "run_id=cpu", "slurm.judge_gpus=2", f"runs_dir={tmp_path}/runs", cwd=tmp_path,
+                  env=env)
+    line = one_error_line(out)
+    assert out.returncode == 2 and "is a CPU build, but they ask for GPUs (generate 1, judge 2 per task)" in line
+    assert "TORCH=cuda make setup" in line and not (tmp_path / "runs").exists()
+    out = run_cli("stage=generate", "run_id=job", f"runs_dir={tmp_path}/runs", cwd=tmp_path,
+                  env={**env, "SLURM_JOB_ID": "7", "SLURM_JOB_GPUS": "0,1"})
+    line = one_error_line(out)
+    assert out.returncode == 2 and "this SLURM job was given GPUs (SLURM_JOB_GPUS=0,1) but its torch" in line
+    assert not (tmp_path / "runs").exists()
+    out = run_cli("stage=submit", "run_id=cpu", "slurm.generate_gpus=0", "judge.placement.devices=cpu",
+                  "slurm.dry_run=true", f"runs_dir={tmp_path}/runs", cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr  # a CPU chain asks for no GPU: nothing to refuse
 
 
 def test_dry_run_gives_judge_tasks_with_more_gpus_than_a_copy_needs_one_replica_per_copy(tmp_path):

@@ -57,6 +57,10 @@ def run_stage(cfg):
     """Check every value, then run the stage module named by cfg.stage. It is one of config.Stage: Hydra refuses
     any other value while composing the config (and precheck says so in one line)."""
     check(cfg)
+    if (cfg.stage == "generate" and cfg.generator.engine == "hf") or (cfg.stage == "judge" and cfg.judge.engine == "hf"):
+        from .hardware import check_job_torch
+
+        check_job_torch()  # a GPU job with a CPU build of torch: one line, before any work
     module = importlib.import_module(f"pipeline.{STAGE_MODULES.get(cfg.stage, cfg.stage)}")
     return module.run(cfg)
 

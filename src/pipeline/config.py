@@ -33,7 +33,7 @@ def conf_dir() -> Path:
 
 
 Stage = Choice("Stage", [(s, s) for s in ("generate", "import", "judge", "label", "jury", "report", "merge", "plan",
-                                          "doctor", "submit")])
+                                          "doctor", "submit", "fetch")])
 PrecisionName = Choice("PrecisionName", [(p, p) for p in ("auto", "fp32", "bf16", "fp16", "int8", "nf4", "fp4")])
 ComputeDtype = Choice("ComputeDtype", [(p, p) for p in ("auto", "fp32", "bf16", "fp16")])
 JudgeMode = Choice("JudgeMode", [(m, m) for m in ("logprob", "generate")])
@@ -149,12 +149,34 @@ class ShardConfig:
 
 
 @dataclass
+class SlurmJob:
+    """One job's own sbatch settings (slurm.generate, slurm.judge, slurm.report); null: the shared slurm.* value."""
+
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    # Replaces slurm.extra_args for this job when given (an empty list: none).
+    extra_args: Optional[List[str]] = None
+
+
+@dataclass
 class SlurmConfig:
     """What `stage=submit` asks SLURM for: generate array -> judge array -> report, chained with afterok."""
 
     partition: Optional[str] = None
     account: Optional[str] = None
     qos: Optional[str] = None
+    # sbatch --constraint for every job (node features, e.g. "a100"); null: none.
+    constraint: Optional[str] = None
+    # Shell lines every job runs before Python starts ("module load cuda/12.4", "source ~/miniconda3/bin/activate
+    # judge"): written to runs/<run_id>/slurm/setup.sh, sourced by the job scripts, shown by the dry run. A failing
+    # line fails the job.
+    setup: List[str] = field(default_factory=list)
+    # Per-job settings over the shared ones above, e.g. slurm.report.partition=cpu (the report needs no GPU).
+    generate: SlurmJob = field(default_factory=SlurmJob)
+    judge: SlurmJob = field(default_factory=SlurmJob)
+    report: SlurmJob = field(default_factory=SlurmJob)
     # Array sizes: data-set shards for the generate and judge stages.
     generate_shards: int = 4
     judge_shards: int = 4
@@ -182,6 +204,14 @@ class SlurmConfig:
     python: Optional[str] = None
     # Print the sbatch commands instead of submitting them.
     dry_run: bool = False
+    # Submit GPU jobs even when the jobs' torch is a CPU build (a test cluster with fake GPUs); otherwise refused.
+    allow_cpu_torch: bool = False
+
+
+@dataclass
+class FetchConfig:
+    # stage=fetch: these models (Hub ids, GGUF specs, folders) instead of the generator's and the judge's.
+    models: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -370,6 +400,7 @@ class Config:
     shard: ShardConfig = field(default_factory=ShardConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     doctor: DoctorConfig = field(default_factory=DoctorConfig)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     label: LabelConfig = field(default_factory=LabelConfig)
     jury: JuryConfig = field(default_factory=JuryConfig)

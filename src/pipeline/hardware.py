@@ -91,6 +91,35 @@ def slurm_gpu_allocation() -> dict[str, str]:
     return {k: os.environ[k] for k in keys if k in os.environ}
 
 
+ALLOW_CPU_TORCH = "PIPELINE_ALLOW_CPU_TORCH"  # set (to 1) where GPU jobs may run a CPU torch: a test cluster's fake GPUs
+
+
+def job_gpus() -> str | None:
+    """The GPUs SLURM gave this job ("SLURM_JOB_GPUS=0,1"), or None outside a job or without GPUs."""
+    if not os.environ.get("SLURM_JOB_ID"):
+        return None
+    for key in ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "CUDA_VISIBLE_DEVICES"):
+        value = os.environ.get(key, "")
+        if value and value != "NoDevFiles":
+            return f"{key}={value}"
+    return None
+
+
+def check_job_torch() -> None:
+    """A SLURM job given GPUs must not run on the CPU because its environment holds the CPU build of torch (`make
+    setup` on a login node without a GPU installs that one): one line, before anything is read or loaded."""
+    given = job_gpus()
+    if not given or os.environ.get(ALLOW_CPU_TORCH):
+        return
+    import torch
+
+    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+        raise PipelineError(
+            f"this SLURM job was given GPUs ({given}) but its torch {torch.__version__} is a CPU build and would run "
+            "on the CPU: install the CUDA build into the jobs' environment (`TORCH=cuda make setup`), or point "
+            f"slurm.python at one that has it, and submit again ({ALLOW_CPU_TORCH}=1 runs it on the CPU anyway).")
+
+
 def detect() -> Hardware:
     """This machine's accelerators as torch sees them, and its available RAM."""
     import torch

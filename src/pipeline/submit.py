@@ -40,8 +40,8 @@ from omegaconf import OmegaConf
 
 from .config import conf_dir
 from .errors import PipelineError
-from .files import write_json
-from .hardware import for_profile
+from .files import write_atomic, write_json
+from .hardware import ALLOW_CPU_TORCH, for_profile
 from .runs import create_run, move_aside, new_run_id
 
 log = logging.getLogger(__name__)
@@ -172,16 +172,85 @@ def sizing(cfg, gpus: int, replicas: int = 1) -> dict:
     }
 
 
-def common_args(s, job: str, time_limit: str, cpus: int, mem: str, gpus: int, output: Path) -> list[str]:
+def job_setting(s, kind: str, key: str):
+    """slurm.<kind>.<key> (generate, judge or report) when set, else the shared slurm.<key>."""
+    own = getattr(getattr(s, kind), key)
+    return own if own is not None else getattr(s, key)
+
+
+def common_args(s, kind: str, job: str, time_limit: str, cpus: int, mem: str, gpus: int, output: Path,
+                setup: Path | None) -> list[str]:
+    exports = f"ALL,PIPELINE_PYTHON={s.python or sys.executable},HF_HUB_OFFLINE=1" \
+        + (f",PIPELINE_SETUP={setup}" if setup else "") + (f",{ALLOW_CPU_TORCH}=1" if s.allow_cpu_torch else "")
     args = [f"--job-name={job}", f"--time={time_limit}", f"--cpus-per-task={cpus}", f"--mem={mem}",
-            f"--output={output}", f"--chdir={os.getcwd()}",
-            f"--export=ALL,PIPELINE_PYTHON={s.python or sys.executable}"]
+            f"--output={output}", f"--chdir={os.getcwd()}", f"--export={exports}"]
     if gpus:
         args.append(f"--gres=gpu:{s.gpu_type + ':' if s.gpu_type else ''}{gpus}")
-    for flag, value in (("partition", s.partition), ("account", s.account), ("qos", s.qos)):
-        if value:
+    for flag in ("partition", "account", "qos", "constraint"):
+        if value := job_setting(s, kind, flag):
             args.append(f"--{flag}={value}")
-    return args + list(s.extra_args)
+    return args + [str(a) for a in job_setting(s, kind, "extra_args")]
+
+
+def jobs_torch(cfg) -> tuple[str, str] | None:
+    """(torch version, CUDA or ROCm version or "") of the Python the jobs will run, or None when it cannot be told
+    from here (a bare name that slurm.setup's lines may change, or a Python that does not start)."""
+    python = cfg.slurm.python or sys.executable
+    if not os.path.isabs(python) and cfg.slurm.setup:
+        return None
+    exe = python if os.path.isabs(python) else shutil.which(python)
+    if not exe:
+        return None
+    code = "import torch; print(torch.__version__); print(torch.version.cuda or getattr(torch.version, 'hip', None) or '')"
+    try:
+        out = subprocess.run([exe, "-c", code], capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = out.stdout.splitlines()
+    return (lines[0], lines[1] if len(lines) > 1 else "") if out.returncode == 0 and lines else None
+
+
+def check_jobs_torch(cfg, judge_gpus_per_task: int) -> str | None:
+    """Refuse to queue GPU jobs whose Python has a CPU build of torch (`make setup` on a login node installs that
+    one): they would all run on the CPU. A note (returned) when it cannot be checked from here."""
+    s = cfg.slurm
+    asked = [f"generate {s.generate_gpus}" if s.generate_gpus and cfg.generator.engine == "hf" else "",
+             f"judge {judge_gpus_per_task} per task" if judge_gpus_per_task and cfg.judge.engine == "hf" else ""]
+    asked = [a for a in asked if a]
+    if not asked or s.allow_cpu_torch or os.environ.get(ALLOW_CPU_TORCH):
+        return None
+    found = jobs_torch(cfg)
+    python = s.python or sys.executable
+    if found is None:
+        return f"could not check the torch of the jobs' Python ({python}) from here; each GPU job checks it itself"
+    version, accelerator = found
+    if not accelerator:
+        raise PipelineError(
+            f"the jobs would run {python}, whose torch {version} is a CPU build, but they ask for GPUs "
+            f"({', '.join(asked)}): install the CUDA build for the GPU nodes (`TORCH=cuda make setup`, from this "
+            "machine too) or set slurm.python to a Python that has it; slurm.allow_cpu_torch=true submits anyway. "
+            "Nothing was submitted.")
+    return None
+
+
+def models_missing(cfg) -> list[str]:
+    """The chain's models that are not on this machine (fetch.missing; nothing is downloaded)."""
+    from .fetch import missing
+    from .models import cache_root
+
+    return missing(cfg, cache_root(cfg.cache_dir))
+
+
+def fetch_overrides() -> list[str]:
+    """This submit's overrides that choose the models, for the stage=fetch command it suggests."""
+    return [o for o in forwarded_overrides() if override_root(o) in ("generator", "judge", "cache_dir")]
+
+
+def setup_script(cfg, run_id: str) -> str:
+    """runs/<run_id>/slurm/setup.sh: slurm.setup's lines, which every job sources before Python starts."""
+    lines = [str(x) for x in cfg.slurm.setup]
+    return ("# slurm.setup of run " + run_id + ": sourced by every job of the chain before Python starts (a failing "
+            "line fails the job)\nset -e\n" + "\n".join(lines) + "\nset +e\n")
 
 
 def array(n: int, max_parallel: int | None) -> str:
@@ -200,6 +269,7 @@ def chain(cfg, run_id: str, run_dir: Path, gpus: int | None = None,
     if replicas is None:
         replicas = replicas_per_task(cfg, gpus)[0]
     logs = run_dir.resolve() / "slurm"
+    setup = logs / "setup.sh" if cfg.slurm.setup else None
     tail = [*forwarded_overrides(), f"run_id={run_id}", f"runs_dir={Path(cfg.runs_dir).resolve()}"]
     # more than one copy per task: the count itself (auto in an array task is one copy; see replicas.py)
     judge_tail = [o for o in tail if override_key(o) != "judge.placement.replicas"] + \
@@ -207,16 +277,17 @@ def chain(cfg, run_id: str, run_dir: Path, gpus: int | None = None,
     signal = [f"--signal=B:USR1@{s.signal_seconds}", "--requeue"]
     scripts = slurm_dir()
     gen = ["sbatch", "--parsable", array(s.generate_shards, s.max_parallel), *signal,
-           *common_args(s, f"gen-{run_id}", s.generate_time, s.cpus_per_task, s.mem, s.generate_gpus,
-                        logs / "generate-%A_%a.out"),
+           *common_args(s, "generate", f"gen-{run_id}", s.generate_time, s.cpus_per_task, s.mem, s.generate_gpus,
+                        logs / "generate-%A_%a.out", setup),
            str(scripts / "generate.sbatch"), *tail]
     jud = ["sbatch", "--parsable", array(s.judge_shards, s.max_parallel), *signal,
            "--dependency=afterok:{generate}", "--kill-on-invalid-dep=yes",
-           *common_args(s, f"judge-{run_id}", s.judge_time, s.cpus_per_task, s.mem, gpus,
-                        logs / "judge-%A_%a.out"),
+           *common_args(s, "judge", f"judge-{run_id}", s.judge_time, s.cpus_per_task, s.mem, gpus,
+                        logs / "judge-%A_%a.out", setup),
            str(scripts / "judge.sbatch"), *judge_tail]
     rep = ["sbatch", "--parsable", "--dependency=afterok:{judge}", "--kill-on-invalid-dep=yes",
-           *common_args(s, f"report-{run_id}", s.report_time, s.report_cpus, s.report_mem, 0, logs / "report-%j.out"),
+           *common_args(s, "report", f"report-{run_id}", s.report_time, s.report_cpus, s.report_mem, 0,
+                        logs / "report-%j.out", setup),
            str(scripts / "report.sbatch"), *tail]
     return [("generate", gen), ("judge", jud), ("report", rep)]
 
@@ -233,13 +304,26 @@ def run(cfg) -> dict[str, str]:
     replicas, why = replicas_per_task(cfg, gpus)
     commands = chain(cfg, run_id, run_dir, gpus, replicas)
     sized = sizing(cfg, gpus, replicas)
+    if not cfg.slurm.dry_run and (note := check_jobs_torch(cfg, gpus)):
+        log.info("%s", note)
+    absent = models_missing(cfg)
+    if absent and not cfg.slurm.dry_run:
+        raise PipelineError(f"{', '.join(absent)}: not in the cache, and the jobs run offline (HF_HUB_OFFLINE=1): run "
+                            f"`python -m pipeline stage=fetch {shlex.join(fetch_overrides())}` here first (it "
+                            "downloads each model once), then submit again. Nothing was submitted.")
     if cfg.slurm.dry_run:
+        if absent:
+            print(f"# not in the cache yet (the jobs run offline): {', '.join(absent)}: "
+                  f"python -m pipeline stage=fetch {shlex.join(fetch_overrides())}")
         print(f"# dry run: the chain for run {run_id} (nothing submitted)")
         print(f"# {gpus} GPU(s) per judge task, from the {sized['judge_gpus_from']}; hardware={cfg.hardware.name} "
               "sizes the chain only and is not passed to the jobs")
         if replicas > 1:
             print(f"# {replicas} replicas per task ({why}): each judge task runs {replicas} copies of the judge on "
                   "disjoint groups of its GPUs (judge.placement.replicas)")
+        if cfg.slurm.setup:
+            print(f"# every job first sources {run_dir.resolve() / 'slurm' / 'setup.sh'} (slurm.setup):")
+            print("\n".join(f"#   {line}" for line in cfg.slurm.setup))
         for name, cmd in commands:
             print(f"# {name}\n{shlex.join(cmd)}")
         return {}
@@ -252,6 +336,8 @@ def run(cfg) -> dict[str, str]:
         judge_dir = run_dir / "judge" / cfg.judge.name
         move_aside(run_dir, [p for p in (run_dir / "generate", judge_dir) if p.exists()])
     (run_dir / "slurm").mkdir(exist_ok=True)
+    if cfg.slurm.setup:
+        write_atomic(run_dir / "slurm" / "setup.sh", setup_script(cfg, run_id))
     jobs: dict[str, str] = {}
     for name, cmd in commands:
         cmd = [part.format(**jobs) if "{" in part and part.startswith("--dependency") else part for part in cmd]

@@ -1,0 +1,131 @@
+"""stage=fetch: every model a chain needs, into the shared cache, once, from a machine that can reach the Hub (a
+cluster's login node), so that the jobs never download: compute nodes are often offline, and four array tasks would
+each fetch the 140 GB of a 70B judge.
+
+    python -m pipeline stage=fetch generator=llama31-8b judge=llama70b-8bit     # then stage=submit with the same
+
+For each model (the generator's and the judge's, or fetch.models): a Hub id is downloaded with huggingface_hub into
+its cache (HF_HOME; the weights, config, tokenizer and generation config, at generator/judge.revision), a GGUF file
+is converted once into cache_dir, a local folder is checked. Each is then verified (config.json; every safetensors
+file its index lists; no weights at all is refused) and reported with its size and location. stage=submit checks the
+same (`missing`, offline, nothing downloaded) and refuses with this command when a model is not there; the jobs run
+with HF_HUB_OFFLINE=1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import PipelineError, plural
+
+log = logging.getLogger(__name__)
+
+# What a model's folder needs: weights and how to build the model and its tokenizer; not other formats' copies.
+WANTED = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "*.txt", "*.jinja", "*.py"]
+
+
+@dataclass
+class Fetched:
+    spec: str
+    folder: Path
+    files: int
+    bytes: int
+    how: str  # "downloaded", "in the cache", "converted from GGUF", "local folder"
+
+    def line(self) -> str:
+        return (f"{self.spec}: {self.how}, {self.files} files, {self.bytes / 2 ** 30:.2f} GiB in {self.folder}")
+
+
+def wanted_models(cfg) -> list[tuple[str, str | None, str]]:
+    """(spec, revision, who) of each model the chain loads itself: the generator and the judge, unless an engine
+    serves them elsewhere (engine=openai); fetch.models instead when given."""
+    listed = list(cfg.fetch.models) if "fetch" in cfg and cfg.fetch.models else None
+    if listed:
+        return [(str(m), None, "fetch.models") for m in listed]
+    out = []
+    for who, m in (("generator", cfg.generator), ("judge", cfg.judge)):
+        if str(m.engine) != "openai":
+            out.append((str(m.model), getattr(m, "revision", None), who))
+    return out
+
+
+def check_folder(spec: str, folder: Path) -> tuple[int, int]:
+    """(files, bytes) of a model folder, refused when it cannot be loaded: no config.json, no weights, or a sharded
+    checkpoint with a shard missing."""
+    if not (folder / "config.json").is_file():
+        raise PipelineError(f"model {spec}: {folder} has no config.json; fetch it again (stage=fetch).")
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+        missing = [s for s in shards if not (folder / s).is_file()]
+        if missing:
+            raise PipelineError(f"model {spec}: {plural(len(missing), 'weight file')} of {len(shards)} missing in "
+                                f"{folder} ({', '.join(missing[:3])}...); fetch it again (stage=fetch).")
+    elif not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        raise PipelineError(f"model {spec}: no weights (*.safetensors) in {folder}; fetch it again (stage=fetch).")
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def locate(spec: str, revision: str | None, cache_dir: Path, download: bool) -> tuple[Path, str] | None:
+    """Where the model is (and how it got there), downloading or converting it when `download`; None when it is
+    not here and `download` is false."""
+    from .models import locate_gguf
+
+    if spec.startswith("gguf:"):
+        _, key = locate_gguf(spec)
+        folder = cache_dir / "models" / key
+        from .models import COMPLETE_MARKER, materialize_gguf
+
+        if (folder / COMPLETE_MARKER).is_file():
+            return folder, "in the cache (converted from GGUF)"
+        return (materialize_gguf(spec, cache_dir), "converted from GGUF") if download else None
+    path = Path(spec).expanduser()
+    if path.exists() or spec.startswith((".", "/", "~")):
+        if not path.exists():
+            raise PipelineError(f"model {spec!r}: no such folder {path.resolve()}.")
+        return path, "local folder"
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(spec, revision=revision, allow_patterns=WANTED, local_files_only=True)), \
+            "in the cache"
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
+        if not download:
+            return None
+    try:
+        return Path(snapshot_download(spec, revision=revision, allow_patterns=WANTED)), "downloaded"
+    except Exception as e:  # the Hub unreachable, a gated or unknown repo: one line with the Hub's words
+        raise PipelineError(f"model {spec}: could not download it from the Hub: {str(e).splitlines()[0][:300]}. "
+                            "Run stage=fetch where the Hub is reachable (a login node), log in for a gated model "
+                            "(hf auth login), or give a local folder.") from None
+
+
+def missing(cfg, cache_dir: Path) -> list[str]:
+    """The models of the chain that are not on this machine yet (nothing downloaded): for stage=submit."""
+    gone = []
+    for spec, revision, who in wanted_models(cfg):
+        found = locate(spec, revision, cache_dir, download=False)
+        if found is None:
+            gone.append(f"{who} {spec}")
+        else:
+            check_folder(spec, found[0])
+    return gone
+
+
+def run(cfg) -> list[Fetched]:
+    from .models import cache_root
+
+    cache_dir = cache_root(cfg.cache_dir)
+    done = []
+    for spec, revision, who in wanted_models(cfg):
+        folder, how = locate(spec, revision, cache_dir, download=True)
+        files, size = check_folder(spec, folder)
+        done.append(Fetched(spec, folder, files, size, how))
+        print(f"{who} {done[-1].line()}", flush=True)
+    print(f"fetched {plural(len(done), 'model')}: the jobs can run offline (HF_HUB_OFFLINE=1).")
+    return done
