@@ -107,6 +107,8 @@ LITERAL = {
     "python -m pipeline --cfg job",
     "python -m pipeline stage=submit judge=llama70b-8bit hardware=4xA100-40GB slurm.partition=gpu "
     "slurm.report.partition=cpu 'slurm.setup=[\"module load cuda/12.4\"]' slurm.dry_run=true",
+    "python -m pipeline stage=submit judge=llama70b-8bit hardware=4xA100-40GB slurm.partition=gpu "
+    "slurm.python=containers/apptainer-python slurm.dry_run=true",
 }
 
 # What is added to keep a run small and out of the checkout (appended after the README's own arguments).
@@ -194,6 +196,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
          "test_judge_on_a_hosted_api_in_chat_style"),
     "python -m pipeline stage=fetch generator=llama31-8b judge=llama70b-8bit":
         ("the embedded generator and judge (converted once into the cache)", "test_fetch_the_chains_models"),
+    "apptainer build pipeline.sif containers/pipeline.def":
+        ("not run: apptainer is not installable here; the definition is checked as its parser reads it",
+         "test_apptainer_build_is_checked_not_run"),
+    "python -m pipeline stage=submit judge=llama70b-8bit hardware=4xA100-40GB slurm.partition=gpu "
+    "slurm.python=containers/apptainer-python slurm.dry_run=true":
+        ("literally (a dry run)", "test_submit_dry_run_with_the_sites_set_up_lines"),
     "TORCH=cuda make setup": ("with SETUP_PLAN=1: what it would install (no CUDA wheels downloaded here)",
                               "test_setup_for_gpu_nodes_from_a_machine_without_one"),
     "python -m pipeline stage=submit judge=llama70b-8bit hardware=4xA100-40GB slurm.partition=gpu "
@@ -1009,6 +1017,16 @@ def test_setup_for_gpu_nodes_from_a_machine_without_one():
     assert out.stderr.strip().startswith("setup: TORCH=gpu is not a build: use TORCH=cuda")
 
 
+def test_apptainer_build_is_checked_not_run():
+    """`apptainer build` cannot run here (no apptainer to install): the definition it builds is checked as its
+    parser reads it (tests/test_containers.py, called here too)."""
+    from test_containers import test_the_definition_is_well_formed_and_installs_the_projects_torch as definition_ok
+
+    assert "apptainer build pipeline.sif containers/pipeline.def" in readme_commands()
+    assert (REPO / "containers/pipeline.def").is_file()
+    definition_ok()
+
+
 def test_fetch_the_chains_models(tmp_path):
     out = pipeline(tmp_path, "python -m pipeline stage=fetch generator=llama31-8b judge=llama70b-8bit")
     assert "generator gguf:" in out.stdout and "judge gguf:" in out.stdout and "fetched 2 models" in out.stdout
@@ -1021,6 +1039,11 @@ def test_submit_dry_run_with_the_sites_set_up_lines(tmp_path):
     gen, jud, rep = [x for x in out.stdout.splitlines() if x.startswith("sbatch")]
     assert "#   module load cuda/12.4" in out.stdout and all("PIPELINE_SETUP=" in x for x in (gen, jud, rep))
     assert "--partition=gpu" in gen and "--partition=gpu" in jud and "--partition=cpu" in rep
+    command = ("python -m pipeline stage=submit judge=llama70b-8bit hardware=4xA100-40GB slurm.partition=gpu "
+               "slurm.python=containers/apptainer-python slurm.dry_run=true")
+    out = sh([*readme_command(command), f"runs_dir={tmp_path / 'runs'}"], cwd=REPO)
+    jobs = [x for x in out.stdout.splitlines() if x.startswith("sbatch")]
+    assert len(jobs) == 3 and all("PIPELINE_PYTHON=containers/apptainer-python," in x for x in jobs)
 
 
 def test_bench_engines_without_vllm(tmp_path):

@@ -141,11 +141,11 @@ def test_a_config_the_command_line_does_not_give_is_one_copy_under_auto_and_refu
     hardware = from_profile(cfg.hardware)
     plan = plan_for(cfg.judge, hardware)
     assert replicas.decide(cfg, stage_job(tmp_path), hardware, plan).count == 8
-    assert replicas.choose(cfg, stage_job(tmp_path), hardware, plan) is None
+    assert replica_runs.choose(cfg, stage_job(tmp_path), hardware, plan) is None
     cfg = make_cfg(tmp_path, "judge=llama70b-8bit", "hardware=8xH100-80GB", "judge.placement.replicas=2")
     with pytest.raises(PipelineError, match=r"would not run with this config: their command line gives other "
                                             r"values .*judge.batch_size: 16 -> 32"):
-        replicas.choose(cfg, stage_job(tmp_path), hardware, plan)
+        replica_runs.choose(cfg, stage_job(tmp_path), hardware, plan)
 
 
 def test_replicas_split_only_the_gpus_judge_placement_gpus_allows(tmp_path):

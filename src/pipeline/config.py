@@ -434,16 +434,3 @@ def check_name(key: str, value: str) -> str:
         raise PipelineError(f"{key}={value!r} is not allowed: it names one folder, made of letters, digits, '.', '_' "
                             "and '-' (starting with a letter or digit), with no path separators and no '..'.")
     return value
-
-
-def given_on_command_line(*keys: str) -> bool:
-    """Whether the command line set one of `keys` (a group such as `dataset`, or a key such as `dataset.name`), for a
-    default that should yield to the user's word only (stage=import names the data set after the file unless told).
-    False outside a command (a config composed in Python)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        task = list(HydraConfig.get().overrides.task)
-    except (ImportError, ValueError):
-        return False
-    return any(o.split("=", 1)[0].lstrip("+~") in keys for o in task)

@@ -38,11 +38,12 @@ from omegaconf import OmegaConf
 
 from . import report
 from .binding import answer_hashes, bind
-from .config import DatasetConfig, check_name, given_on_command_line
+from .config import DatasetConfig, check_name
 from .data import (FieldMap, QAItem, as_text, content_hash, delimited_reference, get_field, load_rows, read_item,
                    refuse_bad_rows, require_fields, warn_if_delimited)
 from .errors import PipelineError, plural, preview
 from .files import sha256_file
+from .overrides import given_on_command_line
 from .rows import GenerationRow, VerdictRow, parse_rows
 from .runner import StageJob
 from .runs import StageDir, check_run_id, diff_fingerprints, make_run, new_run_id

@@ -26,7 +26,7 @@ from typing import Iterator
 import torch
 from omegaconf import OmegaConf
 
-from . import replica_runs, replicas, report, shards
+from . import replica_runs, report, shards
 from .binding import answer_hashes, answers_digest, bind, check_bound
 from .config import Config, check_name
 from .decoding import PrefixCache, context_length, length_batches
@@ -302,7 +302,7 @@ def run(cfg: Config) -> Path:
         seq_len = prompts.longest
         plan = plan_or_refuse(cfg, hardware, source, seq_len)
     plan = plan.with_source(source)
-    grouping = replicas.choose(cfg, job, hardware, plan, source, seq_len)
+    grouping = replica_runs.choose(cfg, job, hardware, plan, source, seq_len)
     if grouping is not None:  # several copies, one process each, on disjoint shares; merged when all are done
         return replica_runs.run_replicas(cfg, job, grouping)
     print(plan.table(), flush=True)

@@ -31,6 +31,8 @@ from pathlib import Path
 
 from .errors import PipelineError, plural, preview
 from .files import read_json, write_json
+from . import replicas
+from .overrides import command_line_overrides, override_key, override_root
 from .replicas import ENV, Grouping, replica_shards
 from .runs import StageDir, diff_fingerprints
 from .shards import Shard
@@ -73,7 +75,6 @@ def hydra_value(text: str) -> str:
 def child_overrides(parent: list[str], run_dir: Path, runs_dir: str, shard: Shard, threads: int) -> list[str]:
     """A replica's command line: this process's own overrides (submit.command_line_overrides) less those it sets
     per replica, then the concrete run, its shard, one copy and its threads."""
-    from .submit import override_key, override_root
 
     kept = [o for o in parent if override_root(o) not in OWN_ROOTS and override_key(o) not in OWN_KEYS]
     return ["stage=judge", *kept, f"run_id={run_dir.name}",
@@ -297,7 +298,6 @@ def run_replicas(cfg, job, grouping: Grouping) -> Path:
 
     from .interrupts import StageStopped
     from .runs import move_aside
-    from .submit import command_line_overrides
 
     root, count = job.root, grouping.count
     overrides = grouping.overrides
@@ -368,3 +368,21 @@ def merge_and_report(cfg, job, grouping: Grouping) -> Path:
              cfg.judge.name)
     report.write_and_print(job.run_dir, cfg.judge.name, report.settings(cfg))
     return root.path
+
+
+def choose(cfg, job, hardware, plan, source: str | None = None, seq_len: int | None = None) -> Grouping | None:
+    """`decide`, and the check that the replicas' command line gives them this process's config; where it would
+    not (a stage run from Python with values the command line does not say), auto is one copy, N is refused."""
+    grouping = replicas.decide(cfg, job, hardware, plan, source, seq_len)
+    if grouping is None:
+        return None
+    overrides = command_line_overrides()
+    try:
+        check_reproduces(cfg, job.run_dir, child_overrides(overrides, job.run_dir, cfg.runs_dir, Shard(0, 2), 1))
+    except PipelineError as e:
+        if replicas.parse_requested(cfg.judge.placement.replicas) != replicas.AUTO:
+            raise
+        log.info("judge.placement.replicas=auto: one copy of the judge, because %s", e)
+        return None
+    grouping.overrides = overrides
+    return grouping

@@ -245,27 +245,6 @@ def decide(cfg, job, hardware, plan, source: str | None = None, seq_len: int | N
     return grouping if cfg.overwrite else check_leftovers(job, grouping, one_copy_or_refuse)
 
 
-def choose(cfg, job, hardware, plan, source: str | None = None, seq_len: int | None = None) -> Grouping | None:
-    """`decide`, and the check that the replicas' command line gives them this process's config; where it would
-    not (a stage run from Python with values the command line does not say), auto is one copy, N is refused."""
-    from .replica_runs import check_reproduces, child_overrides  # (it imports this module)
-    from .submit import command_line_overrides
-
-    grouping = decide(cfg, job, hardware, plan, source, seq_len)
-    if grouping is None:
-        return None
-    overrides = command_line_overrides()
-    try:
-        check_reproduces(cfg, job.run_dir, child_overrides(overrides, job.run_dir, cfg.runs_dir, Shard(0, 2), 1))
-    except PipelineError as e:
-        if parse_requested(cfg.judge.placement.replicas) != AUTO:
-            raise
-        log.info("judge.placement.replicas=auto: one copy of the judge, because %s", e)
-        return None
-    grouping.overrides = overrides
-    return grouping
-
-
 def check_leftovers(job, grouping: Grouping, one_copy_or_refuse) -> Grouping | None:
     """Refuse (or, for auto, fall back to one copy) where earlier work does not match these replicas: shards of
     another count, or an unfinished one-copy attempt in the stage folder itself (overwrite=true moves both aside)."""

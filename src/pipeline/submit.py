@@ -42,6 +42,7 @@ from .config import conf_dir
 from .errors import PipelineError
 from .files import write_atomic, write_json
 from .hardware import ALLOW_CPU_TORCH, for_profile
+from .overrides import command_line_overrides, override_key, override_root
 from .runs import create_run, move_aside, new_run_id
 
 log = logging.getLogger(__name__)
@@ -55,27 +56,6 @@ NOT_FORWARDED = frozenset({"stage", "slurm", "shard", "overwrite", "run_id", "ru
 
 def slurm_dir() -> Path:
     return conf_dir().parent / "slurm"
-
-
-def override_root(override: str) -> str:
-    """The first part of an override's key: '+hardware.gpus.0.count=2' -> 'hardware', 'slurm.qos=x' -> 'slurm'."""
-    key = override.lstrip("+~").split("=", 1)[0]
-    return re.split(r"[./@]", key, maxsplit=1)[0].strip()
-
-
-def override_key(override: str) -> str:
-    """An override's whole key: '+judge.placement.replicas=2' -> 'judge.placement.replicas'."""
-    return override.lstrip("+~").split("=", 1)[0].strip()
-
-
-def command_line_overrides() -> list[str]:
-    """The overrides this submit was started with (empty when not started through the Hydra entry point)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        return list(HydraConfig.get().overrides.task)
-    except ValueError:
-        return []
 
 
 def forwarded_overrides(overrides: list[str] | None = None) -> list[str]:
