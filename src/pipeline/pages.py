@@ -28,7 +28,9 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from .config import ReportConfig
 from .errors import PipelineError
 from .metrics import CRITERIA
+from .runs import finished_judges
 from .verdict import CORRECT, INCORRECT
+from .wording import PPI_ASSUMPTION, cite_line, invalid_warning
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +130,6 @@ def browser_data(samples: pd.DataFrame, crit: pd.DataFrame, others: dict) -> dic
 
 def other_judges(run_dir: Path, judge: str, read) -> dict[str, dict[str, float | None]]:
     """Every other finished judge of the run as {name: {id: 1, 0 or None}}, via `read(name) -> [VerdictRow]`."""
-    from .report import finished_judges
-
     out = {}
     for name in finished_judges(run_dir):
         if name == judge:
@@ -188,8 +188,6 @@ def judge_page(*, run_id: str, judge: str, samples: pd.DataFrame, crit: pd.DataF
                metrics: pd.DataFrame, labels, manifest: dict, generation: dict, others: dict, folder: Path,
                s: ReportConfig) -> str:
     """The whole report.html of one (run, judge)."""
-    from .report import PPI_ASSUMPTION, cite_line, invalid_warning
-
     env = environment()
     return env.get_template("report.html.j2").render(
         run_id=run_id, judge=judge, row=summary, criteria=[c for c in CRITERIA if summary.get(f"n_{c}")],

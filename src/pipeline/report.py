@@ -55,10 +55,12 @@ from .figures import plot
 from .files import read_json, write_atomic
 from .metrics import CRITERIA, contains_reference, exact_match, rouge_l, token_f1
 from .rows import SAMPLE_COLUMNS, GenerationRow, SampleRow, VerdictRow, parse_rows
-from .runs import StageDir, list_runs, find_run
+from .runs import StageDir, finished_judges, list_runs, find_run  # noqa: F401 (also report.finished_judges)
 from .estimates import label_shortage
+from .labelset import load_labels, with_labels
 from .stats import agreement, auroc, cohen_kappa, proportion_interval
 from .tidy import metrics_table, paired_rows, pick
+from .wording import PPI_ASSUMPTION, cite_line, invalid_warning, text  # noqa: F401 (also report.<name>)
 from .verdict import CORRECT, INCORRECT, INVALID
 
 log = logging.getLogger(__name__)
@@ -183,10 +185,6 @@ def with_estimates(summary: pd.DataFrame, metrics: pd.DataFrame, labels) -> pd.D
     return pd.DataFrame([row])
 
 
-PPI_ASSUMPTION = ("assumes the labelled answers are a uniform random sample of the run (stage=label draws one) and "
-                  "that the judge was not tuned on them")
-
-
 def label_lines(row: dict, target: float | None = None) -> list[str]:
     """What the digest says about the human labels: PPI beside the judge-only and human-only estimates."""
     if not row.get("n_human"):
@@ -217,39 +215,6 @@ def label_lines(row: dict, target: float | None = None) -> list[str]:
 
 def fmt_count(value, answers: int) -> str:
     return f"more than the run's {answers} answers" if value is None or pd.isna(value) else str(int(value))
-
-
-def text(value) -> str:
-    """A text cell of the summary row: "" for an empty one (NaN once read back)."""
-    return value if isinstance(value, str) else ""
-
-
-def invalid_warning(row: dict) -> str:
-    """Why a judge is flagged for its invalid verdicts, and what its accuracy could be; "" when it is not."""
-    if not row.get("judge_invalid_flagged"):
-        return ""
-    n, invalid, valid = int(row["n"]), int(row["judge_invalid"]), int(row["n_judge"])
-    accuracy = f"{row['acc_judge']:.3f}" if valid else "undefined"
-    return (f"{invalid} of {n} verdicts are invalid ({row['judge_invalid_share']:.1%}, more than "
-            f"report.max_invalid_share={100 * row['judge_invalid_share_max']:g}%): the judge's accuracy "
-            f"({accuracy}) rests on {valid} valid verdicts; over all {n} answers it is "
-            f"{row['acc_judge_invalid_as_wrong']:.3f} (every invalid verdict counted wrong) to "
-            f"{row['acc_judge_invalid_as_right']:.3f} (counted right). See judge_invalid_reason in samples.csv")
-
-
-def cite_line(row: dict) -> str:
-    """The one number to cite first, with its interval and what it rests on: the PPI++ estimate when there are enough
-    human labels, else the judge's accuracy over its valid verdicts."""
-    invalid = f"{int(row['judge_invalid'])} of {int(row['n'])} verdicts invalid ({row['judge_invalid_share']:.1%})" \
-        if row.get("n") else "no verdicts"
-    if not pd.isna(row.get("ppi_acc_judge", float("nan"))):
-        return (f"to cite: accuracy {row['ppi_acc_judge']:.3f} [{row['ppi_acc_judge_lo']:.3f}, "
-                f"{row['ppi_acc_judge_hi']:.3f}] (95%, PPI++: the judge on {int(row['n'])} answers corrected by "
-                f"{int(row['n_human'])} human labels); {invalid}")
-    if not row.get("n_judge"):
-        return f"to cite: nothing yet: the judge gave no valid verdict; {invalid}"
-    return (f"to cite: accuracy {row['acc_judge']:.3f} [{row['acc_judge_lo']:.3f}, {row['acc_judge_hi']:.3f}] (95% "
-            f"Wilson, the judge's {int(row['n_judge'])} valid verdicts; no human labels to correct its bias); {invalid}")
 
 
 def digest(row: dict, target: float | None = None) -> str:
@@ -287,7 +252,6 @@ def write(run_dir: Path, judge: str, s: ReportConfig | None = None) -> tuple[Pat
     if not stage.is_complete():
         raise PipelineError(f"run {run_dir.name}: judge {judge!r} has not finished ({stage.manifest_path} missing); "
                             f"run python -m pipeline stage=judge run_id={run_dir.name} judge={judge}.")
-    from .labels import load_labels, with_labels  # (labels -> importer -> report: imported when used)
 
     with stage.lock():  # not while a judge of the same name is still writing
         answers = parse_rows(GenerationRow, gen.read_records(), gen.records_path)
@@ -355,10 +319,6 @@ def results_present(folder: Path) -> bool:
     out of disk, while reporting has them missing or stale: it writes them again when run again)."""
     made = (folder / "manifest.json").stat().st_mtime_ns
     return all((folder / f).is_file() and (folder / f).stat().st_mtime_ns >= made for f in RESULT_FILES)
-
-
-def finished_judges(run_dir: Path) -> list[str]:
-    return sorted(p.name for p in (run_dir / "judge").glob("*") if StageDir(p, "verdicts.jsonl").is_complete())
 
 
 def questions_key(run_dir: Path) -> str:

@@ -447,3 +447,7 @@ class StageDir:
                                 f"{expected.get('records')}; redo the stage with overwrite=true.")
         check_records(records, self.records_path, self.records_name)
         return records
+
+
+def finished_judges(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in (run_dir / "judge").glob("*") if StageDir(p, "verdicts.jsonl").is_complete())
