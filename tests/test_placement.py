@@ -357,9 +357,9 @@ def test_plan_stage_prints_table_saves_json_and_exits_by_verdict(tmp_path):
 
 def plan_stage(tmp_path, capsys, *overrides):
     """stage=plan in this process (the command line's own run is tested above): its printed output."""
-    from pipeline import placement
+    from pipeline import planstage
 
-    placement.run(make_cfg(tmp_path, "stage=plan", *overrides))
+    planstage.run(make_cfg(tmp_path, "stage=plan", *overrides))
     return capsys.readouterr().out
 
 

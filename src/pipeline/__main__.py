@@ -50,7 +50,7 @@ def setup_logging() -> None:
     logger.propagate = False
 
 
-STAGE_MODULES = {"import": "importer", "plan": "placement", "label": "labels"}  # "import" cannot be a module name
+STAGE_MODULES = {"import": "importer", "plan": "planstage", "label": "labels"}  # "import" cannot be a module name
 
 
 def run_stage(cfg):

@@ -25,7 +25,6 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
@@ -33,9 +32,6 @@ from safetensors import SafetensorError
 from .config import ComputeDtype, ModelConfig, PrecisionName
 from .errors import PipelineError
 from .files import sha256_file
-
-if TYPE_CHECKING:
-    from .placement import Plan
 
 log = logging.getLogger(__name__)
 # On CPUs with AVX512-BF16, bitsandbytes tries to fetch an optional 4-bit kernel from the Hugging Face Hub at import
@@ -331,7 +327,7 @@ def load_tokenizer(source: str, cfg: ModelConfig):
     return tok
 
 
-def load_planned(plan: "Plan", offload_folder: Path | None = None):
+def load_planned(plan, offload_folder: Path | None = None):
     """The model a plan describes: its source, revision and precision, on the plan's explicit device map.
 
     Modules mapped to "disk" need `offload_folder`; int8 with modules on "cpu" next to other devices leaves those

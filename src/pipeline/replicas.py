@@ -21,11 +21,11 @@ merges. auto inside an array task is one copy, as without replicas: its tasks mu
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass, field, replace
 
 from .errors import PipelineError, plural
+from .placement.copies import gpus_per_copy, usable_gpus  # noqa: F401 (also replicas.<name>)
 from .shards import Shard, parse_name, shard_dirs
 
 log = logging.getLogger(__name__)
@@ -154,27 +154,6 @@ class Grouping:
 
 
 # --------------------------------------------------------------------------------------------- the decision
-
-def usable_gpus(judge_cfg, hardware) -> list[int]:
-    """The GPUs the judge may use: the first judge.placement.gpus of them, else all."""
-    return list(range(judge_cfg.placement.gpus or len(hardware.gpus)))
-
-
-def gpus_per_copy(judge_cfg, hardware, plan, source: str | None, seq_len: int | None):
-    """(GPUs of one whole copy, its plan): the fewest of the usable GPUs (the first ones) that hold the judge
-    without offloading. A plan that offloads, or one placed by hand (max_memory), keeps them all (one copy)."""
-    from .placement import plan_for, with_values
-
-    usable = len(usable_gpus(judge_cfg, hardware))
-    if judge_cfg.placement.max_memory or plan.offloaded:
-        return usable, plan
-    largest = max(g.total_bytes for g in hardware.gpus)
-    for n in range(max(1, math.ceil(plan.total_weight_bytes / largest)), usable):
-        candidate = plan_for(with_values(judge_cfg, placement={"gpus": n}), hardware, source, seq_len)
-        if candidate.fits and not candidate.offloaded:
-            return n, candidate.with_source(source) if source else candidate
-    return usable, plan
-
 
 def group_plans_fit(judge_cfg, hardware, grouped: list[list[int]], source, seq_len) -> str | None:
     """None when every group holds a whole copy (checked for GPUs unlike the first group's); else why not."""

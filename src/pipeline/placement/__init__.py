@@ -10,7 +10,8 @@ applies the plan they return. What lives where:
     budget     capacities, the library's placement under shrinking budgets, accounting, the verdict
     recommend  what would fit: the precision ladder and the fewest GPUs of a kind
     verify     verify_loaded: devices, dtypes and quantisation of the loaded model against its plan
-    stage      plan_for (the judge's plan), single_device (the generator's), and stage=plan (`run`)
+    stage      plan_for (the judge's plan), single_device (the generator's); stage=plan itself is planstage.py
+    copies     gpus_per_copy: the fewest usable GPUs that hold one whole copy (replicas, the vLLM layout)
 """
 
 from .budget import STRATEGIES, capacities, plan_placement, uses_gpus
@@ -18,7 +19,7 @@ from .configs import _META_CACHE, load_model_config, meta_model, quiet_library_l
 from .facts import ModelFacts, Workload, decoder_layer_names
 from .plan import DeviceRow, ModelIdentity, Plan, recommendation_text, summarize_modules
 from .recommend import PRECISION_LADDER, fewest_gpus, recommend, replace_precision
-from .stage import plan_for, run, single_device
+from .stage import plan_for, single_device
 from .verify import check_loaded, verify_loaded
 
 __all__ = [

@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..engines.settings import DEFAULT_GPU_SHARE
 from ..errors import PipelineError
 from .configs import load_model_config
+from .copies import gpus_per_copy
 
 
 def layout(judge_cfg, hardware, plan) -> dict:
@@ -14,8 +15,6 @@ def layout(judge_cfg, hardware, plan) -> dict:
     the weights' share and what vLLM may use (gpu_memory_utilization); and as many such copies as the GPUs hold
     (data parallelism). judge.vllm.tensor_parallel_size / data_parallel_size > 0 are taken as given. On a CPU: one
     process."""
-    from ..replicas import gpus_per_copy  # (it imports placement)
-
     gpus = hardware.gpus
     if not gpus:
         return {"tensor_parallel_size": 1, "devices": "cpu", "why": "no GPU: one process on the CPU"}
