@@ -73,13 +73,11 @@ def check_folder(spec: str, folder: Path) -> tuple[int, int]:
 def locate(spec: str, revision: str | None, cache_dir: Path, download: bool) -> tuple[Path, str] | None:
     """Where the model is (and how it got there), downloading or converting it when `download`; None when it is
     not here and `download` is false."""
-    from .models import locate_gguf
+    from .models import COMPLETE_MARKER, locate_gguf, materialize_gguf
 
     if spec.startswith("gguf:"):
         _, key = locate_gguf(spec)
         folder = cache_dir / "models" / key
-        from .models import COMPLETE_MARKER, materialize_gguf
-
         if (folder / COMPLETE_MARKER).is_file():
             return folder, "in the cache (converted from GGUF)"
         return (materialize_gguf(spec, cache_dir), "converted from GGUF") if download else None

@@ -342,14 +342,14 @@ def report_run(run_dir: Path, s: ReportConfig) -> list[dict]:
                             f"run_id={run_dir.name} first.")
     gen_manifest = read_json(run_dir / "generate/manifest.json")
     dataset = gen_manifest.get("dataset", {})
-    rows = []
+    rows, key = [], questions_key(run_dir)  # one read of the answers per run, not per judge
     for judge in judges:
         samples_path, summary_path = write(run_dir, judge, s)
         summary = read_summary(summary_path)
         print(f"{digest(summary, s.target_halfwidth)}\nresults: {samples_path.parent}/{{samples,summary,metrics}}.csv, "
               f"figures; to read: {samples_path.parent / 'report.html'}\n")
         judge_manifest = read_json(run_dir / "judge" / judge / "manifest.json")
-        rows.append({"dataset": dataset.get("name"), "dataset_sha256": questions_key(run_dir),
+        rows.append({"dataset": dataset.get("name"), "dataset_sha256": key,
                      "generator": gen_manifest.get("generator", {}).get("name"),
                      "judge_mode": judge_manifest.get("judge", {}).get("mode"), **summary})
     return rows
@@ -423,14 +423,21 @@ def compare_runs(board: pd.DataFrame, run_dirs: dict[str, Path], s: ReportConfig
 
     found: list[list] = []
     added: dict[Path, list[list]] = {}
+    read: dict[Path, pd.DataFrame] = {}
+
+    def crit_of(folder: Path) -> pd.DataFrame:  # each samples.csv read once, however many pairs it is in
+        if folder not in read:
+            samples = cells.read_csv(folder / "samples.csv")
+            read[folder] = criteria(samples, s).set_index(samples["id"].astype(str))
+        return read[folder]
+
     for _, group in board.groupby("dataset_sha256"):
         judged = {run: set(part["judge"]) for run, part in group.groupby("run_id")}
         for a, b in combinations(sorted(judged), 2):
             for judge in sorted(judged[a] & judged[b]):
                 fa, fb = run_dirs[a] / "judge" / judge, run_dirs[b] / "judge" / judge
-                sa, sb = cells.read_csv(fa / "samples.csv"), cells.read_csv(fb / "samples.csv")
-                ca = criteria(sa, s).set_index(sa["id"].astype(str))
-                cb = criteria(sb, s).set_index(sb["id"].astype(str)).reindex(ca.index)
+                ca = crit_of(fa)
+                cb = crit_of(fb).reindex(ca.index)
                 for c in PAIRED_CRITERIA:
                     forward = paired_rows(a, judge, c, f"run:{b}", ca[c].to_numpy(), cb[c].to_numpy())
                     found += forward
