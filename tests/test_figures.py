@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.colors as mcolors  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pipeline.figures import NLL_STYLE, draw_nll, nll_figure, plot  # noqa: E402
+from pipeline.figures import NLL_STYLE, P_STYLE, draw_nll, draw_p_correct, nll_figure, plot, save  # noqa: E402
 from pipeline.metrics import CRITERIA  # noqa: E402
 from pipeline.verdict import CORRECT, INCORRECT, INVALID  # noqa: E402
 
@@ -26,7 +26,8 @@ def tables(correct: int = 79, incorrect: int = 21, invalid: int = 3, no_nll: int
     nll = np.concatenate([rng.normal(10, 1, correct), rng.normal(10, 4, incorrect), rng.normal(10, 2, invalid)])
     verdict = [CORRECT] * correct + [INCORRECT] * incorrect + [INVALID] * invalid
     samples = pd.DataFrame({"sequence_nll": nll, "judge_verdict": verdict,
-                            "judge_p_correct": rng.uniform(size=len(nll)), "human_label": np.nan})
+                            "judge_p_correct": rng.uniform(size=len(nll)), "human_label": np.nan,
+                            "exact_match": (np.arange(len(nll)) % 3 == 0).astype(int)})
     if no_nll:
         samples.loc[: no_nll - 1, "sequence_nll"] = np.nan
     row = {"run_id": "r1", "judge": "j", "auroc_sequence_nll_judge": 0.64, "brier_p_correct_human": np.nan}
@@ -100,3 +101,83 @@ def test_no_nll_figure_without_judged_answers_that_have_an_nll(tmp_path):
     samples["sequence_nll"] = np.nan
     assert nll_figure(samples, summary.iloc[0], tmp_path, "t") == []
     assert not (tmp_path / "nll.png").exists()
+
+
+LONG = "2026-12-05_factoids_SmolLM2-135M-Instruct_with-a-long-suffix / llama70b-8bit-with-a-long-judge-name"
+
+
+def title_inside(fig, ax) -> bool:
+    fig.tight_layout()
+    fig.canvas.draw()
+    box, page = ax.title.get_window_extent(), fig.bbox
+    return page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1
+
+
+def test_a_long_title_stays_inside_the_figure(ax):
+    """nll.png's title (with its AUROC at the end) was cut at the right edge for a long run id and judge name:
+    set as one line the box runs past the figure; wrapped, every line lies inside it."""
+    samples, summary = tables()
+    assert draw_nll(ax, samples, summary.iloc[0], LONG)
+    assert "AUROC" in ax.get_title() and ax.get_title().count("\n") >= 1
+    assert title_inside(ax.figure, ax)
+    ax.set_title(ax.get_title().replace("\n", " "), fontsize=10)  # the old single line
+    assert not title_inside(ax.figure, ax)
+
+
+def test_a_short_title_stays_on_one_line(ax):
+    samples, summary = tables()
+    assert draw_nll(ax, samples, summary.iloc[0], "r1 / j")
+    assert "\n" not in ax.get_title()
+
+
+def test_every_figure_keeps_its_title_inside(tmp_path, monkeypatch):
+    import pipeline.figures as figures
+
+    inside = {}
+    real = figures.save
+
+    def checked(fig, path):
+        inside[path.name] = title_inside(fig, fig.axes[0])
+        return real(fig, path)
+
+    monkeypatch.setattr(figures, "save", checked)
+    samples, summary = tables()
+    samples["human_label"] = (samples["judge_p_correct"] > 0.3).astype(float)
+    summary["brier_p_correct_human"] = 0.2
+    plot(samples, summary, tmp_path, LONG, threshold=0.5)
+    assert inside == {"accuracy.png": True, "p_correct.png": True, "nll.png": True, "reliability.png": True}
+
+
+def test_p_correct_is_split_by_exact_match_with_the_thresholds_drawn(ax):
+    samples, summary = tables()
+    summary["threshold_max_kappa"] = 0.37
+    assert draw_p_correct(ax, samples, summary.iloc[0], "r1 / j", 0.5)
+    em = samples["exact_match"]
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert texts == [f"exact match: right (n={(em == 1).sum()})", f"exact match: wrong (n={(em == 0).sum()})",
+                     "judge threshold 0.5", "max-kappa threshold 0.37 (human labels)"]
+    assert [line.get_xdata()[0] for line in ax.get_lines()] == [0.5, 0.37]
+    outlines = [p for p in ax.patches if not p.get_fill()]
+    for value, patch in zip((1, 0), outlines):
+        assert mcolors.to_hex(patch.get_edgecolor()) == P_STYLE[value][0].lower()
+        xs = sorted({round(x, 9) for x in patch.get_xy()[:, 0]})
+        assert xs[0] == 0 and xs[-1] == 1 and len(xs) == 21, "bins of 0.05 over [0, 1]"
+
+
+def test_p_correct_counts_match_the_answers_in_each_bin(ax):
+    samples = pd.DataFrame({"judge_p_correct": [0.01, 0.02, 0.51, 0.97, np.nan], "exact_match": [1, 1, 1, 0, 0]})
+    row = pd.Series({"threshold_max_kappa": np.nan})
+    assert draw_p_correct(ax, samples, row, "t", None)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["exact match: right (n=3)",
+                                                                   "exact match: wrong (n=1)"]
+    assert "1 without one left out" in ax.get_title() and not ax.get_lines()
+    right = [p for p in ax.patches if not p.get_fill()][0].get_xy()
+    tops = {round(x, 2): y for x, y in right if y > 0}
+    assert tops[0.0] == 2 and tops[0.5] == 1
+
+
+def test_no_p_correct_figure_for_a_generate_mode_judge(tmp_path):
+    samples, summary = tables()
+    samples["judge_p_correct"] = np.nan
+    written = plot(samples, summary, tmp_path, "t", threshold=None)
+    assert tmp_path / "p_correct.png" not in written and not (tmp_path / "p_correct.png").exists()

@@ -1,8 +1,10 @@
-"""The figures of a judge's results (PNG, next to its CSVs): accuracy by criterion, NLL by verdict, reliability."""
+"""The figures of a judge's results (PNG, next to its CSVs): accuracy by criterion, P(correct) with the threshold,
+NLL by verdict, reliability. Every title is wrapped to its figure's width, so no title is cut at the edge."""
 
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +15,16 @@ from .metrics import CRITERIA
 from .verdict import CORRECT, INCORRECT
 
 
-def plot(samples: pd.DataFrame, summary: pd.DataFrame, folder: Path, title: str) -> list[Path]:
-    """accuracy.png, and nll.png / reliability.png when the data allow; returns the files written."""
+def plot(samples: pd.DataFrame, summary: pd.DataFrame, folder: Path, title: str,
+         threshold: float | None = None) -> list[Path]:
+    """accuracy.png, and p_correct.png / nll.png / reliability.png when the data allow; returns the files written.
+    `threshold`: the judge's P(correct) threshold, drawn on p_correct.png."""
     import matplotlib
 
     matplotlib.use("Agg")
     row = summary.iloc[0]
     written = [accuracy_figure(samples, row, folder, title)]
+    written += p_correct_figure(samples, row, folder, title, threshold)
     written += nll_figure(samples, row, folder, title)
     written += reliability_figure(samples, row, folder, title)
     return written
@@ -35,7 +40,7 @@ def accuracy_figure(samples: pd.DataFrame, row: pd.Series, folder: Path, title: 
     ax.bar(shown, acc, color="#4c72b0", yerr=[np.nan_to_num(acc - lo), np.nan_to_num(hi - acc)], capsize=4)
     ax.set_ylim(0, 1.12)
     ax.set_ylabel("accuracy (95% Wilson interval)")
-    ax.set_title(f"{title}: accuracy by criterion (n={len(samples)})", fontsize=10)
+    set_title(ax, title, f"accuracy by criterion (n={len(samples)})")
     for x, (a, top, c) in enumerate(zip(acc, hi, shown)):
         y = (top if not np.isnan(top) else a) + 0.02
         ax.text(x, y, f"{a:.2f} (n={row[f'n_{c}']})", ha="center", va="bottom", fontsize=8)
@@ -44,6 +49,69 @@ def accuracy_figure(samples: pd.DataFrame, row: pd.Series, folder: Path, title: 
 
 # Okabe-Ito blue and vermillion: apart for every common colour-vision deficiency, and apart in grey too.
 NLL_STYLE = {CORRECT: ("#0072B2", "-"), INCORRECT: ("#D55E00", "--")}
+
+
+def set_title(ax, title: str, what: str, fontsize: float = 10) -> None:
+    """`title` (the run and judge) and `what` the figure shows, as one line when it fits the axes' figure and
+    wrapped into as many lines as it needs when not (a long run id or judge name never runs off the edge)."""
+    width_pt = ax.figure.get_figwidth() * 72 * 0.92
+    per_line = max(20, int(width_pt / (fontsize * 0.6)))  # a generous average glyph width for DejaVu Sans
+    text = f"{title}: {what}"
+    lines = [text] if len(text) <= per_line else textwrap.wrap(title, per_line) + textwrap.wrap(what, per_line)
+    ax.set_title("\n".join(lines), fontsize=fontsize)
+
+
+# Okabe-Ito sky blue and orange for the answers exact match calls right and wrong; black and reddish purple for
+# the thresholds.
+P_STYLE = {1: ("#56B4E9", "-", "exact match: right"), 0: ("#E69F00", "--", "exact match: wrong")}
+
+
+def p_correct_figure(samples: pd.DataFrame, row: pd.Series, folder: Path, title: str,
+                     threshold: float | None) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if not draw_p_correct(ax, samples, row, title, threshold):
+        plt.close(fig)
+        return []
+    return [save(fig, folder / "p_correct.png")]
+
+
+def draw_p_correct(ax, samples: pd.DataFrame, row: pd.Series, title: str, threshold: float | None) -> bool:
+    """The histogram of the judge's P(correct) (bins of 0.05 over [0, 1]) on `ax`, split by what exact match says
+    of the same answers (so the answers the judge rescues or rejects show where they lie), with the judge's
+    threshold and, when human labels calibrated one, the threshold that maximises kappa with them. False (nothing
+    drawn) when no answer has a P(correct) (a generate-mode judge)."""
+    p = pd.to_numeric(samples["judge_p_correct"], errors="coerce").astype(float)
+    if not p.notna().any():
+        return False
+    bins = np.linspace(0, 1, 21)
+    em = pd.to_numeric(samples["exact_match"], errors="coerce")
+    tallest = 0
+    for value, (color, style, label) in P_STYLE.items():
+        part = p[p.notna() & (em == value)]
+        if not len(part):
+            continue
+        tallest = max(tallest, np.histogram(part, bins=bins)[0].max())
+        ax.hist(part, bins=bins, histtype="stepfilled", color=color, alpha=0.2, linewidth=0)
+        ax.hist(part, bins=bins, histtype="step", color=color, linestyle=style, linewidth=2.2,
+                label=f"{label} (n={len(part)})")
+    if threshold is not None:
+        ax.axvline(float(threshold), color="black", linewidth=1.5, label=f"judge threshold {float(threshold):g}")
+    calibrated = row.get("threshold_max_kappa", np.nan)
+    if not pd.isna(calibrated):
+        ax.axvline(float(calibrated), color="#CC79A7", linestyle=":", linewidth=2,
+                   label=f"max-kappa threshold {float(calibrated):.2f} (human labels)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, max(tallest, 1) * 1.7)  # room above the bars for the legend
+    ax.set_xlabel("judge P(correct)")
+    ax.set_ylabel("answers")
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    missing = int(p.isna().sum())
+    set_title(ax, title, f"P(correct) of {int(p.notna().sum())} answers"
+              + (f" ({missing} without one left out)" if missing else ""))
+    ax.legend(fontsize=8, loc="upper center")
+    return True
 
 
 def nll_figure(samples: pd.DataFrame, row: pd.Series, folder: Path, title: str) -> list[Path]:
@@ -85,7 +153,7 @@ def draw_nll(ax, samples: pd.DataFrame, row: pd.Series, title: str) -> bool:
     ax.set_xlabel("sequence NLL of the generated answer")
     ax.set_ylabel("answers")
     ax.yaxis.get_major_locator().set_params(integer=True)
-    ax.set_title(f"{title}: NLL by verdict (AUROC of -NLL for the judge's verdict: {auroc_text})", fontsize=10)
+    set_title(ax, title, f"NLL by verdict (AUROC of -NLL for the judge's verdict: {auroc_text})")
     ax.legend(title=f"left out: {', '.join(left_out)}" if left_out else None, title_fontsize=8)
     return True
 
@@ -110,7 +178,7 @@ def reliability_figure(samples: pd.DataFrame, row: pd.Series, folder: Path, titl
     ax.set_ylim(0, 1)
     ax.set_xlabel("judge P(correct), binned")
     ax.set_ylabel("fraction correct by human label")
-    ax.set_title(f"{title}: reliability (Brier {row['brier_p_correct_human']:.3f})", fontsize=10)
+    set_title(ax, title, f"reliability (Brier {row['brier_p_correct_human']:.3f})")
     ax.legend(loc="upper left")
     return [save(fig, folder / "reliability.png")]
 
