@@ -74,11 +74,12 @@ def tokenizer_and_model(model_dir):
 
 @pytest.fixture(scope="session")
 def judged_run(tmp_path_factory, model_dir):
-    """One real run over the first 16 embedded questions: generate, then judge. Shared, so treat it as read-only."""
+    """One real run over the first 16 embedded questions: generate (keeping the data set's own `category` column),
+    then judge. Shared, so treat it as read-only."""
     from pipeline import generate, judge
 
     runs = tmp_path_factory.mktemp("runs")
-    cfg = make_cfg(runs, "run_id=shared", "dataset.limit=16")
+    cfg = make_cfg(runs, "run_id=shared", "dataset.limit=16", "dataset.fields.keep=[category]")
     generate.run(cfg)
     judge.run(cfg)
     return runs / "shared"
@@ -236,6 +237,14 @@ def write_run(runs_dir: Path, run_id: str, answers: list, judges: dict | None = 
             {"stage": "judge", "run_id": run_id, "records": len(verdicts), "fingerprint": {"hand-made": name},
              "judge": {"name": name, "mode": verdicts[0].mode if verdicts else "logprob"}})
     return run_dir
+
+
+def run_metrics(run: Path, judge: str):
+    """Every statistic of a run's judge: the run's metrics.csv (what no judge enters) and the judge's, as
+    pipeline.load_metrics reads them."""
+    import pipeline
+
+    return pipeline.load_metrics(run.name, judge, runs_dir=run.parent)
 
 
 def verdict_row(id: str, judge: str, verdict: str, p_correct: float | None = None, mode: str = "logprob"):

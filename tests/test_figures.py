@@ -148,14 +148,16 @@ def test_every_figure_keeps_its_title_inside(tmp_path, monkeypatch):
     assert inside == {"accuracy.png": True, "p_correct.png": True, "nll.png": True, "reliability.png": True}
 
 
-def test_p_correct_is_split_by_exact_match_with_the_thresholds_drawn(ax):
+def test_p_correct_shows_every_answer_and_the_labelled_ones_by_label_with_the_thresholds(ax):
     samples, summary = tables()
+    samples.loc[:39, "human_label"] = (samples.loc[:39, "judge_p_correct"] > 0.4).astype(float)
     summary["threshold_max_kappa"] = 0.37
     assert draw_p_correct(ax, samples, summary.iloc[0], "r1 / j", 0.5)
-    em = samples["exact_match"]
+    right = int((samples.human_label == 1).sum())
     texts = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert texts == [f"exact match: right (n={(em == 1).sum()})", f"exact match: wrong (n={(em == 0).sum()})",
-                     "judge threshold 0.5", "max-kappa threshold 0.37 (human labels)"]
+    assert texts == ["every answer (n=103)", f"human label: correct (n={right})",
+                     f"human label: incorrect (n={40 - right})", "judge threshold 0.5",
+                     "max-kappa threshold 0.37 (human labels)"]
     assert [line.get_xdata()[0] for line in ax.get_lines()] == [0.5, 0.37]
     outlines = [p for p in ax.patches if not p.get_fill()]
     for value, patch in zip((1, 0), outlines):
@@ -165,15 +167,14 @@ def test_p_correct_is_split_by_exact_match_with_the_thresholds_drawn(ax):
 
 
 def test_p_correct_counts_match_the_answers_in_each_bin(ax):
-    samples = pd.DataFrame({"judge_p_correct": [0.01, 0.02, 0.51, 0.97, np.nan], "exact_match": [1, 1, 1, 0, 0]})
+    samples = pd.DataFrame({"judge_p_correct": [0.01, 0.02, 0.51, 0.97, np.nan], "human_label": np.nan})
     row = pd.Series({"threshold_max_kappa": np.nan})
     assert draw_p_correct(ax, samples, row, "t", None)
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["exact match: right (n=3)",
-                                                                   "exact match: wrong (n=1)"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["every answer (n=4)"]
     assert "1 without one left out" in ax.get_title() and not ax.get_lines()
-    right = [p for p in ax.patches if not p.get_fill()][0].get_xy()
-    tops = {round(x, 2): y for x, y in right if y > 0}
-    assert tops[0.0] == 2 and tops[0.5] == 1
+    fill = ax.patches[0].get_xy()
+    tops = {round(x, 2): y for x, y in fill if y > 0}
+    assert tops[0.0] == 2 and tops[0.5] == 1 and tops[0.95] == 1
 
 
 def test_no_p_correct_figure_for_a_generate_mode_judge(tmp_path):

@@ -367,7 +367,8 @@ def test_external_verdicts_join_a_generated_run_beside_our_judge(tmp_path, caplo
     after = snapshot(run_dir)
     assert any(k.startswith("generate/") for k in before) and any(k.startswith("judge/ours/") for k in before)
     assert {k: after.get(k) for k in before} == before  # the answers and our judge: not a byte, not a modification time
-    assert all(k.startswith(("judge/gpt4/", ".locks/judge--gpt4")) for k in set(after) - set(before))
+    new = set(after) - set(before)  # the judge's folder, and the run's statistics that no judge enters
+    assert all(k.startswith(("judge/gpt4/", ".locks/judge--gpt4")) or k == "metrics.csv" for k in new)
     stage = run_dir / "judge/gpt4"
     records = read_jsonl(stage / "verdicts.jsonl")
     assert [r["id"] for r in records] == [a.id for a in answers]  # the run's order, not the file's

@@ -147,6 +147,49 @@ def test_the_embedded_data_survive_the_round_trip(written):
     assert data["criteria"] == ["exact_match", "token_f1", "contains", "rouge_l", "judge", "human", "judge:k"]
 
 
+def test_the_confusion_tables_count_what_samples_csv_says(chromium, written):
+    folder, samples, _ = written
+    page = load(folder / "report.html", scripts=False)
+    judged = samples[samples.judge_verdict.isin(["correct", "incorrect"])]
+    verdict = (judged.judge_verdict == "correct").astype(int)
+    for other, values in (("exact_match", judged.exact_match.astype(int)),
+                          ("human", pd.to_numeric(judged.human_label, errors="coerce"))):
+        table = elements(page.dom, "table", data_confusion=f"judge-{other}")
+        assert len(table) == 1
+        known = values.notna()
+        inside = page.dom.split(f'data-confusion="judge-{other}"')[1].split("</table>")[0]
+        cells = {c["data-cell"]: int(c["text"]) for c in elements("<table " + inside, "td", data_cell=True)}
+        want = {f"{x}{y}": int(((verdict[known] == x) & (values[known] == y)).sum()) for x in (1, 0) for y in (1, 0)}
+        assert cells == want and sum(want.values()) == known.sum()
+        assert f"({known.sum()} answers where both are defined)" in table[0]["text"]
+
+
+def test_a_link_to_one_answer_opens_the_browser_at_it_alone(chromium, written):
+    """The leaderboard links each disagreeing answer as report.html#id=<id>: that answer alone (here the one made
+    of markup, whose id is plain), scrolled to; a filter changed from there shows the others again."""
+    folder, samples, _ = written
+    page = load(f"{(folder / 'report.html').as_uri()}#id=id-007")
+    assert page.errors == [] and shown_ids(page) == ["id-007"]
+    body = elements(page.dom, "body")[0]
+    assert body["data-opened"] == "samples"
+    assert "answer id-007 only" in elements(page.dom, "p", id="status")[0]["text"]
+    page = load(f"{(folder / 'report.html').as_uri()}#id=no-such-id")
+    assert shown_ids(page) == [] and "no answer no-such-id in this run" in elements(page.dom, "p", id="status")[0]["text"]
+    page = load(folder / "report.html")
+    assert "data-opened" not in elements(page.dom, "body")[0]  # opened plainly: at the top
+
+
+def test_every_figure_is_on_the_page_and_opens_full_size(chromium, written):
+    folder, _, _ = written
+    page = load(folder / "report.html")
+    figures = elements(page.dom, "figure")
+    links = [a["href"] for a in elements(page.dom, "a", target="_blank")]
+    names = ["accuracy.png", "p_correct.png", "nll.png", "reliability.png"]
+    present = [n for n in names if (folder / n).is_file()]
+    assert "p_correct.png" in present and len(figures) == len(present)
+    assert all(links.count(n) == 2 for n in present)  # the image and its caption link to the file itself
+
+
 def test_the_leaderboard_page_links_every_run(chromium, tmp_path):
     page_run(tmp_path, n=30, name="one")
     page_run(tmp_path, n=20, name="two")

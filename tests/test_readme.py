@@ -168,6 +168,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "python -m pipeline stage=generate dataset.name=mine dataset.path=/data/qa.jsonl dataset.fields.id=qid "
     "dataset.fields.question=text 'dataset.fields.answers=[gold,aliases]'":
         ("a small qa.jsonl with those fields", "test_own_data"),
+    "python -m pipeline stage=generate 'dataset.fields.keep=[category]' run_id=by-topic":
+        ("+ dataset.limit=40", "test_own_columns_and_a_breakdown_by_them"),
+    "python -m pipeline stage=judge run_id=by-topic 'report.by=[category]'":
+        ("the embedded judge", "test_own_columns_and_a_breakdown_by_them"),
     # Rescore answers made anywhere
     "python -m pipeline stage=import predictions=answers.jsonl run_id=vllm-nq import_fields.prediction=output "
     "import_fields.label=human": ("a small answers.jsonl with those columns", "test_import_then_judge"),
@@ -661,6 +665,22 @@ def test_own_data(work):
     assert set(records) == {"q1", "q2", "q3"}
     assert records["q1"]["references"] == ["Rome", "Roma"] and records["q2"]["references"] == ["blue"]
     assert records["q3"]["question"] == "How many days are in a week?"
+
+
+@pytest.mark.slow
+def test_own_columns_and_a_breakdown_by_them(work):
+    pipeline(work, "python -m pipeline stage=generate 'dataset.fields.keep=[category]' run_id=by-topic",
+             "dataset.limit=40")
+    out = pipeline(work, "python -m pipeline stage=judge run_id=by-topic 'report.by=[category]'")
+    run = work / "runs/by-topic"
+    assert all(set(r["meta"]) == {"category"} for r in read_jsonl(run / "generate/generations.jsonl"))
+    samples = pd.read_csv(run / "judge/smollm2-135m/samples.csv")
+    assert samples.columns[-1] == "category" and samples.category.nunique() > 1
+    metrics = pd.read_csv(run / "judge/smollm2-135m/metrics.csv")
+    shown = {s.removeprefix("accuracy[category=").rstrip("]") for s in metrics[metrics.criterion == "judge"].statistic
+             if s.startswith("accuracy[category=")}
+    assert shown == set(samples.category)
+    assert "judge accuracy by category (95% Wilson): " in out.stdout
 
 
 @pytest.fixture(scope="module")

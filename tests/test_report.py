@@ -9,6 +9,7 @@ import math
 import re
 import subprocess
 from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -18,14 +19,14 @@ from pipeline.metrics import exact_match, token_f1
 from pipeline.rows import SAMPLE_COLUMNS, GenerationRow, VerdictRow
 
 from conftest import (copy_run, make_cfg, mount_or_skip, no_temporary_files, one_error_line, read_jsonl, run_cli,
-                      verdict_row, write_run)
+                      run_metrics, verdict_row, write_run)
 
 
 @pytest.mark.slow
 def test_samples_csv_matches_the_records(judged_run):
     stage = judged_run / "judge/smollm2-135m"
     samples = pd.read_csv(stage / "samples.csv", keep_default_na=False)
-    assert list(samples.columns) == SAMPLE_COLUMNS and len(samples) == 16
+    assert list(samples.columns) == SAMPLE_COLUMNS + ["category"] and len(samples) == 16  # (kept)
     gens = {r["id"]: r for r in read_jsonl(judged_run / "generate/generations.jsonl")}
     assert list(samples["id"]) == sorted(gens, key=lambda i: gens[i]["index"])  # data set order
     verdicts = {v["id"]: v for v in read_jsonl(stage / "verdicts.jsonl")}
@@ -36,6 +37,27 @@ def test_samples_csv_matches_the_records(judged_run):
         assert row.token_f1 == pytest.approx(token_f1(g["prediction"], g["references"]), abs=1e-6)
         assert row.sequence_nll == pytest.approx(g["sequence_nll"])
         assert row.judge_verdict == verdicts[row.id]["verdict"] and row.judge_reply == verdicts[row.id]["reply"]
+        assert row.category == g["meta"]["category"] and row.run_id == judged_run.name
+
+
+@pytest.mark.slow
+def test_answers_cut_at_the_token_limit_are_counted_and_said_first(judged_run):
+    """The share of answers that stopped at generator.max_new_tokens (finish_reason length) is in summary.csv and
+    right under the number to cite, in the digest and on the page."""
+    stage = judged_run / "judge/smollm2-135m"
+    samples = pd.read_csv(stage / "samples.csv", keep_default_na=False)
+    summary = report.read_summary(stage / "summary.csv")
+    cut = int((samples.finish_reason == "length").sum())
+    limit = json.loads((judged_run / "generate/manifest.json").read_text())["fingerprint"]["generator"][
+        "max_new_tokens"]
+    assert cut > 0 and summary["answers_cut"] == cut and summary["max_new_tokens"] == limit
+    assert summary["answers_cut_share"] == pytest.approx(cut / 16)
+    lines = report.digest(summary).splitlines()
+    assert lines[2] == report.cut_line(summary)
+    assert lines[2].startswith(f"{cut} of 16 answers ({cut / 16:.1%}) stopped at generator.max_new_tokens={limit}")
+    page = (stage / "report.html").read_text()
+    assert page.index("To cite") < page.index(f"{cut} of 16 answers ({cut / 16:.1%}) stopped at") < page.index(
+        'id="accuracy"')
 
 
 @pytest.mark.slow
@@ -157,7 +179,7 @@ def test_accuracy_intervals_are_wilson_and_do_not_collapse_at_the_edges(tmp_path
         want = proportion_confint(k, n, alpha=0.05, method="wilson")
         assert (s[f"acc_{c}_lo"], s[f"acc_{c}_hi"]) == pytest.approx(want, rel=1e-5), c
     assert s.acc_exact_match_hi > 0.15 and s.acc_judge_lo < 0.5  # the bootstrap said [0, 0] and [1, 1]
-    metrics = pd.read_csv(run / "judge/j/metrics.csv")
+    metrics = run_metrics(run, "j")
     row = tidy.pick(metrics, "judge", "accuracy")
     assert (row["lo"], row["hi"]) == pytest.approx((s.acc_judge_lo, s.acc_judge_hi), rel=1e-5)
     short = tidy.pick(metrics, "exact_match", "accuracy[words<=5]")  # the length breakdown has the same interval
@@ -298,12 +320,28 @@ def test_two_runs_over_the_same_questions_are_one_group_with_a_paired_difference
     table = [[both, wins], [losses, 16 - both - wins - losses]]
     assert em["mcnemar_p"]["value"] == pytest.approx(mcnemar(table, exact=True).pvalue, rel=1e-5)
 
-    there = pd.read_csv(runs / "there/judge/smollm2-135m/metrics.csv")
+    assert compared[compared.criterion == "exact_match"].judge.isna().all()  # once per pair, whatever the judges
+    assert (compared[compared.criterion == "judge"].judge == "smollm2-135m").all()
+    assert set(compared.dataset) == {"factoids"} and set(compared.generator) == {"smollm2-135m"}
+    there = pd.read_csv(runs / "there/metrics.csv")  # the run's own file: the rows no judge enters
     back = there[(there.against == "run:here") & (there.criterion == "exact_match")].set_index("statistic")
     assert back.loc["wins", "value"] == losses and back.loc["difference", "value"] == pytest.approx(-(wins - losses) / 16)
+    assert set(there.dataset) == {"answers"} and set(there.generator) == {"import:answers"}
+    judged_there = pd.read_csv(runs / "there/judge/smollm2-135m/metrics.csv")
+    assert set(judged_there[judged_there.against == "run:here"].criterion) == {"judge"}
     assert "paired (smollm2-135m, " in out.stdout and "here - there = " in out.stdout and "McNemar p = " in out.stdout
     page = (runs / "leaderboard.html").read_text()
     assert "Paired comparisons (the same questions)" in page and 'data-other="there"' in page
+    # the answers the judge calls right in one run only, each linked to both runs' answer browsers
+    verdicts = {run: {v["id"]: v["verdict"] for v in read_jsonl(runs / f"{run}/judge/smollm2-135m/verdicts.jsonl")}
+                for run in ("here", "there")}
+    split = [i for i in verdicts["here"] if {verdicts["here"][i], verdicts["there"][i]} == {"correct", "incorrect"}]
+    assert split
+    listed = page.split('class="disagree" data-run="here" data-other="there"')[1].split("</details>")[0]
+    assert f"<summary>{len(split)} answers where the verdicts part" in listed
+    for i in split:
+        assert f'<li data-id="{i}">' in listed and f'href="here/judge/smollm2-135m/report.html#id={i}"' in listed
+        assert f'href="there/judge/smollm2-135m/report.html#id={i}"' in listed
 
     # the data set's name is the file's unless the command gives one
     out = run_cli("stage=import", "predictions=answers.jsonl", "run_id=named", "dataset.name=factoids",
@@ -314,8 +352,10 @@ def test_two_runs_over_the_same_questions_are_one_group_with_a_paired_difference
     # reported again: the rows are replaced, not added twice
     out = run_cli("stage=report", "report.runs=[here,there]", f"runs_dir={runs}", "progress=false",
                   "report.plots=false", cwd=tmp_path)
-    again = pd.read_csv(runs / "there/judge/smollm2-135m/metrics.csv")
+    again = pd.read_csv(runs / "there/metrics.csv")
     assert len(again[again.against == "run:here"]) == len(there[there.against == "run:here"])
+    again = pd.read_csv(runs / "there/judge/smollm2-135m/metrics.csv")
+    assert len(again[again.against == "run:here"]) == len(judged_there[judged_there.against == "run:here"])
 
 
 def test_two_judges_on_the_same_answers_are_compared_paired(judged_run, tmp_path):
@@ -339,3 +379,73 @@ def test_two_judges_on_the_same_answers_are_compared_paired(judged_run, tmp_path
         assert got.loc["difference", "n"] == len(valid)
         assert got.loc["difference", "value"] == pytest.approx((w - l) / len(valid))
         assert got.loc["difference", "lo"] <= got.loc["difference", "value"] <= got.loc["difference", "hi"]
+
+
+# ------------------------------------------------------------------------------------------- your own columns
+
+def test_kept_columns_reach_samples_csv_and_report_by_breaks_every_result_down(judged_run, tmp_path):
+    """The shared run keeps the embedded data set's `category` column (dataset.fields.keep): it is in every record and in
+    samples.csv beside run_id, dataset and generator; report.by=[category] adds each subset's accuracy (Wilson
+    interval, counted here from samples.csv), agreement and kappa to metrics.csv, a section to the page and lines to
+    the digest. A column the run does not have is one line naming what it does have."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    runs = copy_run(judged_run, tmp_path, "kept").parent
+    records = read_jsonl(runs / "kept/generate/generations.jsonl")
+    assert all(set(r["meta"]) == {"category"} and r["schema"] == "generation/3" for r in records)
+    out = run_cli("stage=report", "run_id=kept", "report.by=[category]", f"runs_dir={runs}", "progress=false",
+                  "report.plots=false", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    folder = runs / "kept/judge/smollm2-135m"
+    samples = pd.read_csv(folder / "samples.csv")
+    assert list(samples.columns[:4]) == ["run_id", "dataset", "generator", "id"] and samples.columns[-1] == "category"
+    assert set(samples.run_id) == {"kept"} and set(samples.dataset) == {"factoids"}
+    assert set(samples.generator) == {"smollm2-135m"}
+    want = {json.loads(line)["id"]: json.loads(line)["category"] for line in
+            (Path(__file__).parents[1] / "src/pipeline/data/factoids.jsonl").read_text().splitlines()}
+    assert samples.set_index("id").category.to_dict() == {i: want[i] for i in samples.id}
+
+    metrics = run_metrics(runs / "kept", "smollm2-135m")
+    for category, part in samples.groupby("category"):
+        right = int((part.judge_verdict == "correct").sum())
+        valid = int(part.judge_verdict.isin(["correct", "incorrect"]).sum())
+        row = tidy.pick(metrics, "judge", f"accuracy[category={category}]")
+        if valid:
+            assert (row["value"], row["n"]) == (pytest.approx(right / valid), valid)
+            assert (row["lo"], row["hi"]) == pytest.approx(proportion_confint(right, valid, method="wilson"), rel=1e-5)
+        em = tidy.pick(metrics, "exact_match", f"accuracy[category={category}]")
+        assert (em["value"], em["n"]) == (pytest.approx(part.exact_match.mean()), len(part))
+        assert pd.isna(em["judge"])  # no judge enters it: in the run's own metrics.csv, once
+    assert f"judge accuracy by category (95% Wilson): " in out.stdout
+    page = (folder / "report.html").read_text()
+    assert 'id="by-category"' in page and page.count("data-subset=") == samples.category.nunique()
+
+    out = run_cli("stage=report", "run_id=kept", "report.by=[topic]", f"runs_dir={runs}", "progress=false",
+                  "report.plots=false", cwd=tmp_path)
+    assert out.returncode == 2
+    line = one_error_line(out)
+    assert "report.by=[topic]" in line and "no column 'topic'" in line and "category" in line
+    assert "dataset.fields.keep=[topic]" in line
+
+
+def test_kept_columns_come_through_import_and_bad_ones_are_refused(tmp_path):
+    """import_fields.keep carries a file's columns (a latency, a topic) into the records; a kept column that holds a
+    list is refused naming its row; a kept column named like a samples.csv column is refused before anything runs."""
+    rows = [{"id": f"q{i}", "question": f"capital {i}?", "references": ["Paris"], "prediction": "paris" if i % 2 else "rome",
+             "latency_ms": 100 + i, "topic": "geo" if i < 3 else None} for i in range(6)]
+    (tmp_path / "answers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = run_cli("stage=import", "predictions=answers.jsonl", "run_id=imp", "import_fields.keep=[latency_ms,topic]",
+                  "progress=false", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    records = read_jsonl(tmp_path / "runs/imp/generate/generations.jsonl")
+    assert [r["meta"] for r in records[:4]] == [{"latency_ms": 100 + i, "topic": "geo" if i < 3 else None}
+                                               for i in range(4)]
+    rows[4]["topic"] = ["geo", "maths"]
+    (tmp_path / "bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = run_cli("stage=import", "predictions=bad.jsonl", "run_id=bad", "import_fields.keep=[topic]",
+                  "progress=false", cwd=tmp_path)
+    assert out.returncode == 2 and "row 5 (id q4): kept column 'topic' holds list" in one_error_line(out)
+    assert not (tmp_path / "runs/bad").exists()
+    out = run_cli("stage=import", "predictions=answers.jsonl", "run_id=clash", "import_fields.keep=[prediction]",
+                  "progress=false", cwd=tmp_path)
+    assert out.returncode == 2 and "import_fields.keep=[prediction] names 'prediction'" in one_error_line(out)

@@ -77,15 +77,20 @@ def load_samples(run_id: str | None = None, judge: str | None = None, runs_dir: 
     frames = []
     for folder in _judges(runs_dir, run_id, judge):
         frame = _read(folder / "samples.csv")
-        frame.insert(0, "run_id", folder.parents[1].name)
+        if "run_id" not in frame.columns:  # written by a version before samples.csv named its run
+            frame.insert(0, "run_id", folder.parents[1].name)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
 
 def load_metrics(run_id: str | None = None, judge: str | None = None, runs_dir: str | Path = "runs") -> pd.DataFrame:
-    """metrics.csv (the long table: run_id, judge, criterion, statistic, against, value, lo, hi, n, note) of one judge
-    or of every finished judge of the run."""
-    return pd.concat([_read(f / "metrics.csv") for f in _judges(runs_dir, run_id, judge)], ignore_index=True)
+    """metrics.csv (the long table: run_id, dataset, generator, judge, criterion, statistic, against, value, lo, hi,
+    n, note) of one judge or of every finished judge of the run, after the run's own rows that no judge enters (the
+    lexical criteria, the human labels: `judge` empty), each statistic once."""
+    folders = _judges(runs_dir, run_id, judge)
+    run_file = folders[0].parents[1] / "metrics.csv"
+    frames = ([_read(run_file)] if run_file.is_file() else []) + [_read(f / "metrics.csv") for f in folders]
+    return pd.concat(frames, ignore_index=True)
 
 
 def load_leaderboard(runs_dir: str | Path = "runs") -> pd.DataFrame:

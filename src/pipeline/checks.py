@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from .config import DEVICE_PATTERN, Config, check_name
 from .errors import PipelineError
 from .replicas import parse_requested
+from .rows import SAMPLE_COLUMNS
 
 
 def check(cfg: Config) -> None:
@@ -67,6 +68,14 @@ def check(cfg: Config) -> None:
     for key, sep in (("dataset.fields.answers_sep", cfg.dataset.fields.answers_sep),
                      ("import_fields.answers_sep", cfg.import_fields.answers_sep)):
         need(sep != "", f"{key}='' is no separator: give the text between references (e.g. '|'), or null for none")
+    for key, kept in (("dataset.fields.keep", cfg.dataset.fields.keep), ("import_fields.keep", cfg.import_fields.keep)):
+        clash = [c for c in kept if c in SAMPLE_COLUMNS]
+        need(not clash, f"{key}=[{','.join(kept)}] names {clash[0]!r}, a column samples.csv has already: keep your "
+             "own columns only (the question, references and id are kept anyway)" if clash else "")
+        need(len(set(kept)) == len(kept), f"{key}=[{','.join(kept)}] names a column twice")
+    need(all(str(c).strip() for c in cfg.report.by) and len(set(cfg.report.by)) == len(cfg.report.by),
+         f"report.by=[{','.join(cfg.report.by)}] must name each column once (a column of samples.csv kept with "
+         "dataset.fields.keep, or finish_reason)")
     modes = list(cfg.judge_prompt.modes)
     need(cfg.stage not in ("judge", "submit") or str(cfg.judge.mode) in modes,
          f"judge_prompt={cfg.judge_prompt.name}-v{cfg.judge_prompt.version} is written for judge.mode="

@@ -282,6 +282,10 @@ class DatasetFields:
     # Split each reference string at this separator ("|" for "William Shakespeare|Shakespeare"); pieces are
     # stripped and empty ones dropped. null: a string is one reference.
     answers_sep: Optional[str] = None
+    # Your own columns, carried with each answer into the records and samples.csv (by their names here, dotted
+    # paths as written) for breakdowns with report.by: [topic,difficulty]. Each must hold one value per row (text,
+    # a number, true/false, or empty).
+    keep: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -304,6 +308,8 @@ class ImportFields:
     verdict: Optional[str] = None
     p_correct: Optional[str] = None
     verdict_judge: str = "external"
+    # As dataset.fields.keep: columns of the file carried with each answer ([topic,latency_ms]).
+    keep: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -333,6 +339,10 @@ class ReportConfig:
     # use normal intervals, and a kappa or threshold from a handful of labels is noise (2 labels gave
     # [-0.19, 1.19], 3 gave a kappa of 1.000); about 30 is where a normal interval of a share starts to hold.
     min_labels: int = 30
+    # Break every result down by these columns of samples.csv (columns kept with dataset.fields.keep or
+    # import_fields.keep, or finish_reason): accuracy, agreement and kappa per value, and the stratified PPI++
+    # estimate when there are human labels. [topic] or [topic,difficulty]; empty: none.
+    by: List[str] = field(default_factory=list)
     # A judge whose share of invalid verdicts is above this is flagged (digest, report.html, summary.csv, the
     # leaderboard, where it ranks below the others): its accuracy rests on the few valid verdicts, so the report
     # also gives it with every invalid verdict counted wrong and counted right.

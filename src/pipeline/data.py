@@ -16,7 +16,7 @@ import json
 import logging
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -38,6 +38,9 @@ class QAItem:
     id: str
     question: str
     references: tuple[str, ...]
+    # The row's columns named by dataset.fields.keep ({column: value}); not part of what is evaluated, so not of the
+    # content hash either.
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
 
     def to_dict(self) -> dict:
         return {"id": self.id, "question": self.question, "references": list(self.references)}
@@ -197,11 +200,13 @@ class FieldMap:
     answers: tuple[str, ...]
     id: str | None = None  # None: the rows are numbered <name>-000000, ...
     sep: str | None = None  # splits each reference string (answers_sep); None: a string is one reference
+    keep: tuple[str, ...] = ()  # the user's own columns, carried with each answer (keep)
 
     def wanted(self) -> dict[str, str]:
         """{setting: dotted field} for require_fields."""
         out = {f"{self.setting}.question": self.question}
         out |= {f"{self.setting}.answers[{i}]": a for i, a in enumerate(self.answers)}
+        out |= {f"{self.setting}.keep[{i}]": k for i, k in enumerate(self.keep)}
         return out | ({f"{self.setting}.id": self.id} if self.id is not None else {})
 
 
@@ -220,7 +225,17 @@ def read_item(row: dict, i: int, fields: FieldMap, name: str, where: str) -> tup
                                        (not is_text, f"row {row_no} (id {rid}): {not_text(cell, fields)}"),
                                        (is_text and not question, f"row {row_no} (id {rid}): empty question"),
                                        (not refs, f"row {row_no} (id {rid}): no reference answers")) if bad]
-    return QAItem(rid, question, tuple(refs)), problems
+    meta = {}
+    for dotted in fields.keep:
+        value = get_field(row, dotted)
+        if isinstance(value, float) and math.isnan(value):
+            value = None
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            problems.append(f"row {row_no} (id {rid}): kept column {dotted!r} holds {type(value).__name__} "
+                            f"{value!r:.60}, not one value (text, a number, true/false or empty)")
+            value = None
+        meta[dotted] = value
+    return QAItem(rid, question, tuple(refs), meta), problems
 
 
 def not_text(cell, fields: FieldMap) -> str:
@@ -287,7 +302,7 @@ def load_items(cfg: DatasetConfig) -> tuple[list[QAItem], dict]:
     if len(ds) == 0:
         raise PipelineError(f"{where}: the data set is empty (0 rows); there is nothing to evaluate.")
     fields = FieldMap("dataset.fields", cfg.fields.question, tuple(cfg.fields.answers), cfg.fields.id,
-                      cfg.fields.answers_sep)
+                      cfg.fields.answers_sep, tuple(cfg.fields.keep))
     require_fields(ds, fields.wanted(), where)
     total = len(ds)
     if cfg.limit is not None:
@@ -305,6 +320,8 @@ def load_items(cfg: DatasetConfig) -> tuple[list[QAItem], dict]:
     warn_if_delimited(delimited, len(items), fields, where)
     description = {"name": cfg.name, "source": where, "rows_in_source": total, "rows_used": len(items),
                    "content_sha256": content_hash(items)}
+    if fields.keep:
+        description["kept_columns"] = list(fields.keep)
     return items, description
 
 

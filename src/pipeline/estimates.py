@@ -240,13 +240,13 @@ def labels_needed_classical(y, halfwidth: float, level: float = LEVEL) -> float:
 SUITED_HALFWIDTHS = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2)
 
 
-def suited_halfwidth(halfwidths: np.ndarray, target: float) -> float:
-    """`target` when labelling at most half the run's answers reaches it (the curve of ppi_halfwidths), else the
-    narrowest of SUITED_HALFWIDTHS wider than it that does; NaN when none does (a run too small to estimate from a
-    sample of its answers)."""
-    half = halfwidths[: max(1, len(halfwidths) // 2)]
+def suited_halfwidth(halfwidths: np.ndarray, target: float, labels: int = 0) -> float:
+    """`target` when a plan within reach gets there (labelling at most half the run's answers, or `labels` in all,
+    whichever is more; `halfwidths` the curve of ppi_halfwidths), else the narrowest of SUITED_HALFWIDTHS wider than
+    it that does; NaN when none does (a run too small to estimate from a sample of its answers)."""
+    reach = halfwidths[: max(1, len(halfwidths) // 2, min(labels, len(halfwidths)))]
     for h in (target, *(h for h in SUITED_HALFWIDTHS if h > target)):
-        if len(half) and half.min() <= h:
+        if len(reach) and reach.min() <= h:
             return h
     return math.nan
 

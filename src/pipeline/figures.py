@@ -61,9 +61,10 @@ def set_title(ax, title: str, what: str, fontsize: float = 10) -> None:
     ax.set_title("\n".join(lines), fontsize=fontsize)
 
 
-# Okabe-Ito sky blue and orange for the answers exact match calls right and wrong; black and reddish purple for
-# the thresholds.
-P_STYLE = {1: ("#56B4E9", "-", "exact match: right"), 0: ("#E69F00", "--", "exact match: wrong")}
+# Every answer as a grey fill; the labelled ones as outlines by their human label (Okabe-Ito bluish green and
+# vermillion); the judge's threshold in black and the max-kappa one in reddish purple.
+P_ALL = "#BBBBBB"
+P_STYLE = {1: ("#009E73", "-", "human label: correct"), 0: ("#D55E00", "--", "human label: incorrect")}
 
 
 def p_correct_figure(samples: pd.DataFrame, row: pd.Series, folder: Path, title: str,
@@ -78,24 +79,23 @@ def p_correct_figure(samples: pd.DataFrame, row: pd.Series, folder: Path, title:
 
 
 def draw_p_correct(ax, samples: pd.DataFrame, row: pd.Series, title: str, threshold: float | None) -> bool:
-    """The histogram of the judge's P(correct) (bins of 0.05 over [0, 1]) on `ax`, split by what exact match says
-    of the same answers (so the answers the judge rescues or rejects show where they lie), with the judge's
-    threshold and, when human labels calibrated one, the threshold that maximises kappa with them. False (nothing
-    drawn) when no answer has a P(correct) (a generate-mode judge)."""
+    """The histogram of the judge's P(correct) (bins of 0.05 over [0, 1]) on `ax`: every answer as a light fill,
+    and where there are human labels, the labelled answers as outlines by label (does the threshold part them?),
+    with the judge's threshold and, when the labels calibrated one, the threshold that maximises kappa with them.
+    False (nothing drawn) when no answer has a P(correct) (a generate-mode judge)."""
     p = pd.to_numeric(samples["judge_p_correct"], errors="coerce").astype(float)
     if not p.notna().any():
         return False
     bins = np.linspace(0, 1, 21)
-    em = pd.to_numeric(samples["exact_match"], errors="coerce")
-    tallest = 0
+    scored = p[p.notna()]
+    ax.hist(scored, bins=bins, histtype="stepfilled", color=P_ALL, alpha=0.6, linewidth=0,
+            label=f"every answer (n={len(scored)})")
+    human = pd.to_numeric(samples["human_label"], errors="coerce")
     for value, (color, style, label) in P_STYLE.items():
-        part = p[p.notna() & (em == value)]
-        if not len(part):
-            continue
-        tallest = max(tallest, np.histogram(part, bins=bins)[0].max())
-        ax.hist(part, bins=bins, histtype="stepfilled", color=color, alpha=0.2, linewidth=0)
-        ax.hist(part, bins=bins, histtype="step", color=color, linestyle=style, linewidth=2.2,
-                label=f"{label} (n={len(part)})")
+        part = p[p.notna() & (human == value)]
+        if len(part):
+            ax.hist(part, bins=bins, histtype="step", color=color, linestyle=style, linewidth=2.2,
+                    label=f"{label} (n={len(part)})")
     if threshold is not None:
         ax.axvline(float(threshold), color="black", linewidth=1.5, label=f"judge threshold {float(threshold):g}")
     calibrated = row.get("threshold_max_kappa", np.nan)
@@ -103,12 +103,12 @@ def draw_p_correct(ax, samples: pd.DataFrame, row: pd.Series, title: str, thresh
         ax.axvline(float(calibrated), color="#CC79A7", linestyle=":", linewidth=2,
                    label=f"max-kappa threshold {float(calibrated):.2f} (human labels)")
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, max(tallest, 1) * 1.7)  # room above the bars for the legend
+    ax.set_ylim(0, max(np.histogram(scored, bins=bins)[0].max(), 1) * 1.7)  # room above the bars for the legend
     ax.set_xlabel("judge P(correct)")
     ax.set_ylabel("answers")
     ax.yaxis.get_major_locator().set_params(integer=True)
     missing = int(p.isna().sum())
-    set_title(ax, title, f"P(correct) of {int(p.notna().sum())} answers"
+    set_title(ax, title, f"P(correct) of {len(scored)} answers"
               + (f" ({missing} without one left out)" if missing else ""))
     ax.legend(fontsize=8, loc="upper center")
     return True

@@ -106,7 +106,7 @@ def answer_row(item: QAItem, index: int, prompt: str, gen: Generation, tokenizer
         prediction=generated_text(tokenizer, gen, first_line_only), finish_reason=gen.finish_reason,
         num_generated_tokens=n, token_ids=gen.token_ids, tokens=tokenizer.convert_ids_to_tokens(gen.token_ids),
         token_logprobs=[round(x, 6) for x in gen.token_logprobs], sequence_nll=round(nll, 6),
-        mean_nll=round(nll / n, 6) if n else None,
+        mean_nll=round(nll / n, 6) if n else None, meta=item.meta or None,
     )
 
 
@@ -212,7 +212,8 @@ def run(cfg: Config) -> Path:
     items, data_info = load_items(cfg.dataset)
     run_dir, new_run = make_run(Path(cfg.runs_dir), cfg.run_id or new_run_id(g.name, cfg.dataset.name))
     fingerprint = {"generator": {k: getattr(g, k) for k in FINGERPRINT_KEYS}, **served_fingerprint(g),
-                   "dataset": {"name": cfg.dataset.name, "content_sha256": data_info["content_sha256"]}}
+                   "dataset": {"name": cfg.dataset.name, "content_sha256": data_info["content_sha256"],
+                               **({"keep": list(cfg.dataset.fields.keep)} if cfg.dataset.fields.keep else {})}}
     job = StageJob(cfg, run_dir, StageDir(run_dir / "generate", "generations.jsonl"), shard, fingerprint,
                    [it.id for it in items], also_replace=(run_dir / "judge",), new_run=new_run, points_latest=True)
     if job.finished():

@@ -101,7 +101,7 @@ def label_column(f, ds, where: str) -> str | None:
 def read_answers(cfg, ds, name: str, where: str) -> list[GenerationRow]:
     """Every row as an imported answer, checked like a data set's rows, plus its prediction and label."""
     f = cfg.import_fields
-    fields = FieldMap("import_fields", f.question, tuple(f.answers), f.id, f.answers_sep)
+    fields = FieldMap("import_fields", f.question, tuple(f.answers), f.id, f.answers_sep, tuple(f.keep))
     label_field = label_column(f, ds, where)
     require_fields(ds, fields.wanted() | ({"import_fields.prediction": f.prediction} |
                                           ({"import_fields.label": label_field} if label_field else {})), where)
@@ -123,7 +123,7 @@ def read_answers(cfg, ds, name: str, where: str) -> list[GenerationRow]:
                 bad_labels.append(f"row {i + 1} (id {item.id}): {get_field(row, label_field)!r}")
         items.append(item)
         problems += bad
-        rows.append(GenerationRow.answer(item.id, item.question, item.references, prediction, i, label))
+        rows.append(GenerationRow.answer(item.id, item.question, item.references, prediction, i, label, item.meta))
     if bad_labels:
         raise PipelineError(f"{where}: {plural(len(bad_labels), 'human label')} in column {label_field!r} not in a "
                             f"recognised form: {preview(bad_labels, 6)}. {ACCEPTED.format(empty='no label')}")
@@ -310,8 +310,9 @@ def import_onto(cfg, gen: StageDir, ds, where: str, source: dict) -> Path:
 def answers_fingerprint(cfg, source: dict) -> dict:
     """The generate stage's settings; they leave the verdict columns out, so that verdicts can be added later."""
     fields = {k: v for k, v in OmegaConf.to_container(cfg.import_fields).items() if k not in VERDICT_KEYS}
-    if fields.get("answers_sep") is None:  # unset: as in runs imported before the setting existed
-        fields.pop("answers_sep", None)
+    for key in ("answers_sep", "keep"):  # unset: as in runs imported before the setting existed
+        if not fields.get(key):
+            fields.pop(key, None)
     return {"import": {**source, "fields": fields}}
 
 

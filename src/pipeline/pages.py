@@ -20,6 +20,7 @@ import json
 import logging
 import math
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -29,13 +30,16 @@ from .config import ReportConfig
 from .errors import PipelineError
 from .metrics import CRITERIA
 from .runs import finished_judges
+from .tidy import paired_groups
 from .verdict import CORRECT, INCORRECT
-from .wording import PPI_ASSUMPTION, cite_line, invalid_warning
+from .wording import PPI_ASSUMPTION, cite_line, cut_line, invalid_warning, label_plan_line
 
 log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).parent / "templates"
 FIGURES = (("accuracy.png", "Accuracy by criterion, with 95% intervals"),
+           ("p_correct.png", "The judge's P(correct) of every answer (the labelled ones outlined by their label), with "
+            "the threshold its verdicts use"),
            ("nll.png", "The generator's NLL of answers the judge called correct and incorrect"),
            ("reliability.png", "The judge's P(correct) against the human labels"))
 LABELS = {"exact_match": "exact match", "token_f1": "token F1", "contains": "contains a reference",
@@ -176,7 +180,51 @@ def summary_tables(metrics: pd.DataFrame, s: ReportConfig) -> dict:
             "calibration": {r["statistic"]: r for r in rows_of(metrics, criterion="judge_p_correct")
                             if "[" in r["statistic"] or r["statistic"] in ("ece", "auroc", "brier")},
             "panel": rows_of(metrics, criterion="panel") +
-            [r for r in pairs if r["criterion"] not in CRITERIA and r["criterion"] != "judge_p_correct"]}
+            [r for r in pairs if r["criterion"] not in CRITERIA and r["criterion"] != "judge_p_correct"],
+            "by": subset_tables(metrics, s)}
+
+
+def subset_values(metrics: pd.DataFrame, column: str) -> list[str]:
+    """The values of a report.by column that metrics.csv breaks the answers down by, in its order."""
+    head = f"accuracy[{column}="
+    names = metrics["statistic"].astype(str)
+    return list(dict.fromkeys(n[len(head):-1] for n in names if n.startswith(head) and n.endswith("]")))
+
+
+def subset_tables(metrics: pd.DataFrame, s: ReportConfig) -> list[dict]:
+    """For each report.by column, one row per value: answers, the judge's and exact match's accuracy, their
+    agreement, the judge's kappa with the humans; and the stratified PPI++ estimate beside the plain one."""
+    def one(criterion: str, statistic: str, against: str = ""):
+        return next(iter(rows_of(metrics, criterion=criterion, statistic=statistic, against=against)), None)
+
+    tables = []
+    for column in s.by:
+        rows = []
+        for value in subset_values(metrics, column):
+            part = f"[{column}={value}]"
+            judge, em = one("judge", f"accuracy{part}"), one("exact_match", f"accuracy{part}")
+            rows.append({"value": value, "n": (judge or em or {}).get("n"), "judge": judge, "exact_match": em,
+                         "agreement": one("exact_match", f"agreement{part}", "judge"),
+                         "kappa_human": one("judge", f"kappa{part}", "human")})
+        tables.append({"column": column, "rows": rows, "stratified": one("judge", f"ppi_accuracy[by {column}]",
+                                                                         "human"),
+                       "plain": one("judge", "ppi_accuracy", "human")})
+    return tables
+
+
+CONFUSIONS = (("judge", "exact_match"), ("judge", "human"))  # the page's 2x2 tables: rows, columns
+
+
+def confusions(crit: pd.DataFrame) -> list[dict]:
+    """2x2 counts of the judge's valid verdicts against exact match and against the human labels, over the answers
+    where both are defined: cells[row][column] with 1 = correct, 0 = not."""
+    tables = []
+    for a, b in CONFUSIONS:
+        both = crit[[a, b]].dropna()
+        if len(both):
+            cells = {x: {y: int(((both[a] == x) & (both[b] == y)).sum()) for y in (1, 0)} for x in (1, 0)}
+            tables.append({"a": a, "b": b, "n": len(both), "cells": cells})
+    return tables
 
 
 def figures_inline(folder: Path) -> list[dict]:
@@ -192,8 +240,11 @@ def judge_page(*, run_id: str, judge: str, samples: pd.DataFrame, crit: pd.DataF
     return env.get_template("report.html.j2").render(
         run_id=run_id, judge=judge, row=summary, criteria=[c for c in CRITERIA if summary.get(f"n_{c}")],
         invalid_warning=invalid_warning(summary), min_labels=s.min_labels,
-        cite=cite_line(summary).removeprefix("to cite: "), siblings=sibling_differences(metrics),
-        tables=summary_tables(metrics, s), labels=labels, assumption=PPI_ASSUMPTION, target=s.target_halfwidth,
+        cite=cite_line(summary).removeprefix("to cite: "), cut=cut_line(summary),
+        siblings=sibling_differences(metrics), tables=summary_tables(metrics, s), confusions=confusions(crit),
+        labels=labels, assumption=PPI_ASSUMPTION, target=s.target_halfwidth,
+        label_plan="" if pd.isna(summary.get("ppi_acc_judge", float("nan"))) else
+        label_plan_line(summary, s.target_halfwidth).removeprefix("labels: "),
         mode=(manifest.get("judge") or {}).get("mode"), prompt=manifest.get("prompt") or {},
         dataset=(generation.get("dataset") or {}), generator=(generation.get("generator") or {}).get("name"),
         figures=figures_inline(folder), data=script_json(browser_data(samples, crit, others)),
@@ -202,18 +253,16 @@ def judge_page(*, run_id: str, judge: str, samples: pd.DataFrame, crit: pd.DataF
 
 def sibling_differences(metrics: pd.DataFrame) -> list[dict]:
     """This judge against each other judge of the run (metrics.csv's paired rows, criterion judge)."""
-    rows = metrics[(metrics["criterion"] == "judge") & metrics["against"].fillna("").astype(str).str.startswith("judge:")]
-    out = []
-    for against, part in rows.groupby("against", sort=True):
-        got = {r["statistic"]: r for r in part.to_dict("records")}
-        if "difference" in got:
-            out.append({"other": str(against).removeprefix("judge:"), **{k: got[k] for k in got}})
-    return out
+    against = metrics["against"].fillna("").astype(str)
+    groups = paired_groups(metrics[against.str.startswith("judge:")])
+    return [{"other": g["other"], **g["criteria"]["judge"]} for g in sorted(groups, key=lambda g: g["other"])
+            if "difference" in g["criteria"].get("judge", {})]
 
 
-def leaderboard_page(board: pd.DataFrame, out: Path, runs_dir: Path, compared: pd.DataFrame | None = None) -> str:
+def leaderboard_page(board: pd.DataFrame, out: Path, runs_dir: Path, compared: pd.DataFrame | None = None,
+                     disagreements: dict | None = None) -> str:
     """runs/leaderboard.html: one row per run x judge, grouped by data set, each linking to its report.html; under
-    each group, the paired comparisons of its runs (report.compare_runs)."""
+    each group, the paired comparisons of its runs (report.compare_runs), with the answers where they disagree."""
     shares = [c for c in board.columns if c.startswith(("acc_", "ppi_acc", "kappa_", "auroc_", "judge_invalid_share"))]
     board = board.astype({c: float for c in shares})  # read back from summary.csv, a 1 is an int: shown as 1.000
     groups = []
@@ -223,24 +272,28 @@ def leaderboard_page(board: pd.DataFrame, out: Path, runs_dir: Path, compared: p
             page = runs_dir / str(r["run_id"]) / "judge" / str(r["judge"]) / "report.html"
             hrefs[(str(r["run_id"]), str(r["judge"]))] = relative(page, out.parent) if page.is_file() else None
             rows.append({**r, "href": hrefs[(str(r["run_id"]), str(r["judge"]))]})
-        groups.append({"name": name, "sha": sha, "rows": rows, "pairs": paired_table(compared, part, hrefs)})
+        groups.append({"name": name, "sha": sha, "rows": rows,
+                       "pairs": paired_table(compared, part, hrefs, disagreements)})
     return environment().get_template("leaderboard.html.j2").render(
         groups=groups, style=(TEMPLATES / "report.css").read_text(), total=len(board))
 
 
-def paired_table(compared: pd.DataFrame | None, part: pd.DataFrame, hrefs: dict) -> list[dict]:
-    """One entry per (run, other run, judge) of a group: per criterion its difference, interval, McNemar p, wins."""
+def paired_table(compared: pd.DataFrame | None, part: pd.DataFrame, hrefs: dict,
+                 disagreements: dict | None = None) -> list[dict]:
+    """One entry per (run, other run, judge) of a group (tidy.paired_groups): per criterion its difference, interval,
+    McNemar p, wins; the links to both runs' pages, and the answers where their verdicts disagree, each linked to
+    its place in both pages' answer browsers."""
     if compared is None or not len(compared):
         return []
     mine = compared[compared["run_id"].astype(str).isin(set(part["run_id"].astype(str)))]
     out = []
-    for (run, judge, against), rows in mine.groupby(["run_id", "judge", "against"], sort=False):
-        other = str(against).removeprefix("run:")
-        crits = {}
-        for r in rows.to_dict("records"):
-            crits.setdefault(r["criterion"], {})[r["statistic"]] = r
-        out.append({"run": run, "other": other, "judge": judge, "href": hrefs.get((str(run), str(judge))),
-                    "other_href": hrefs.get((other, str(judge))), "criteria": crits})
+    for g in paired_groups(mine):
+        href, other_href = hrefs.get((g["run"], g["judge"])), hrefs.get((g["other"], g["judge"]))
+        split = (disagreements or {}).get((g["run"], g["other"], g["judge"]), {})
+        answers = [{"id": i, "right": side, "href": f"{href}#id={quote(i, safe='')}" if href else None,
+                    "other_href": f"{other_href}#id={quote(i, safe='')}" if other_href else None}
+                   for side in ("run", "other") for i in split.get(side, [])]
+        out.append({**g, "href": href, "other_href": other_href, "disagree": answers})
     return out
 
 

@@ -59,8 +59,9 @@ from .runs import StageDir, finished_judges, list_runs, find_run  # noqa: F401 (
 from .estimates import label_shortage
 from .labelset import load_labels, with_labels
 from .stats import agreement, auroc, cohen_kappa, proportion_interval
-from .tidy import metrics_table, paired_rows, pick
-from .wording import PPI_ASSUMPTION, cite_line, invalid_warning, text  # noqa: F401 (also report.<name>)
+from .tidy import COLUMNS, MORE_LABELS, Table, metrics_table, paired_groups, paired_rows, pick
+from .wording import (PPI_ASSUMPTION, cite_line, cut_line, invalid_warning, label_plan_line,  # noqa: F401
+                      text)
 from .verdict import CORRECT, INCORRECT, INVALID
 
 log = logging.getLogger(__name__)
@@ -72,24 +73,45 @@ def settings(cfg=None) -> ReportConfig:
 
 # ------------------------------------------------------------------------------------------- per sample
 
-def sample_rows(answers: list[GenerationRow], verdicts: list[VerdictRow], run_dir: Path, judge: str) -> pd.DataFrame:
-    """samples.csv: one rows.SampleRow per answer, in data set order (file order for answers without an index)."""
+def sample_rows(answers: list[GenerationRow], verdicts: list[VerdictRow], run_dir: Path, judge: str,
+                made: tuple[str, str] = ("", "")) -> pd.DataFrame:
+    """samples.csv: one rows.SampleRow per answer, in data set order (file order for answers without an index), then
+    the columns kept with the questions (GenerationRow.meta). `made`: the data set's and the generator's names."""
     by_id = {v.id: v for v in verdicts}
     missing = [a.id for a in answers if a.id not in by_id]
     if missing:
         raise PipelineError(f"run {run_dir.name}: judge {judge} has no verdict for {len(missing)} answers "
                             f"(first: {missing[:5]}); re-run stage=judge to finish it.")
-    rows = []
+    rows, kept = [], {}
     for a in sorted(answers, key=lambda a: a.index):
         scores = {"exact_match": exact_match(a.prediction, a.references),
                   "token_f1": token_f1(a.prediction, a.references),
                   "contains_reference": contains_reference(a.prediction, a.references),
                   "rouge_l": rouge_l(a.prediction, a.references)}
-        rows.append(asdict(SampleRow.of(a, by_id[a.id], scores)))
+        rows.append(asdict(SampleRow.of((run_dir.name, *made), a, by_id[a.id], scores)))
+        kept.update(dict.fromkeys(a.meta or {}))
     frame = pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
     for column in ("human_label", "num_generated_tokens"):  # whole numbers with gaps: 1, 0 or empty, never "1.0"
         frame[column] = frame[column].astype("Int64")
+    clash = [c for c in kept if c in frame.columns]
+    if clash:
+        raise PipelineError(f"run {run_dir.name}: a kept column is named like a column of samples.csv ({clash[0]!r}); "
+                            "rename it in the data (or keep another column).")
+    ordered = sorted(answers, key=lambda a: a.index)
+    for column in kept:
+        frame[column] = [(a.meta or {}).get(column) for a in ordered]
     return frame
+
+
+def check_by(samples: pd.DataFrame, run_id: str, s: ReportConfig) -> None:
+    """Every report.by column is a column of samples.csv; the error lists the ones a breakdown can use."""
+    usable = [c for c in samples.columns if c not in SAMPLE_COLUMNS] + ["finish_reason"]
+    for column in s.by:
+        if column not in samples.columns:
+            raise PipelineError(
+                f"report.by=[{','.join(s.by)}]: run {run_id} has no column {column!r} (it can break down by: "
+                f"{', '.join(usable)}). Keep the column with the questions when generating or importing "
+                f"(dataset.fields.keep=[{column}] or import_fields.keep=[{column}]), or leave it out of report.by.")
 
 
 def criteria(samples: pd.DataFrame, s: ReportConfig) -> pd.DataFrame:
@@ -119,6 +141,7 @@ def summarize(samples: pd.DataFrame, run_id: str, judge: str, s: ReportConfig | 
         "judge_accuracy": correct / (correct + incorrect) if correct + incorrect else np.nan,
         "judge_accuracy_all": correct / n if n else np.nan,
         **invalid_share(correct, invalid, n, s),
+        **cut_off(samples),
         "exact_match": samples["exact_match"].mean() if n else np.nan,
         "token_f1": samples["token_f1"].mean() if n else np.nan,
     }
@@ -155,6 +178,14 @@ def summarize(samples: pd.DataFrame, run_id: str, judge: str, s: ReportConfig | 
     return pd.DataFrame([row])
 
 
+def cut_off(samples: pd.DataFrame) -> dict:
+    """How many answers stopped at generator.max_new_tokens (finish_reason "length": possibly cut mid-answer), and
+    their share; the share is NaN where no answer has a finish reason (imported ones)."""
+    reasons = samples["finish_reason"]
+    cut = int((reasons == "length").sum())
+    return {"answers_cut": cut, "answers_cut_share": cut / len(samples) if reasons.notna().any() else np.nan}
+
+
 def invalid_share(correct: int, invalid: int, n: int, s: ReportConfig) -> dict:
     """The share of invalid verdicts, whether it is above report.max_invalid_share (then the judge is flagged), and
     the bounds of the judge's accuracy over all n answers: every invalid verdict counted wrong, and counted right."""
@@ -174,6 +205,15 @@ def with_estimates(summary: pd.DataFrame, metrics: pd.DataFrame, labels) -> pd.D
                 "ppi_lambda_judge": pick(metrics, "judge", "ppi_lambda", "human").get("value", np.nan),
                 "labels_needed_ppi_judge": pick(metrics, "judge", "labels_needed", "human").get("value", np.nan),
                 "labels_needed_human": pick(metrics, "human", "labels_needed").get("value", np.nan),
+                "halfwidth_ppi_judge_more": pick(metrics, "judge", f"halfwidth[labels+{MORE_LABELS}]",
+                                                 "human").get("value", np.nan),
+                "halfwidth_human_more": pick(metrics, "human", f"halfwidth[labels+{MORE_LABELS}]").get("value", np.nan),
+                "suited_halfwidth": (suited := pick(metrics, "judge", "suited_halfwidth", "human").get("value",
+                                                                                                      np.nan)),
+                "labels_needed_ppi_judge_suited": np.nan if pd.isna(suited) else pick(
+                    metrics, "judge", f"labels_needed[halfwidth={suited:g}]", "human").get("value", np.nan),
+                "labels_needed_human_suited": np.nan if pd.isna(suited) else pick(
+                    metrics, "human", f"labels_needed[halfwidth={suited:g}]").get("value", np.nan),
                 "labels_uniform": bool(labels.drawn_uniformly) if labels.by_id else np.nan,
                 "labels_source": labels.source if labels.by_id else "",
                 "labels_warnings": " | ".join(labels.warnings),
@@ -200,9 +240,7 @@ def label_lines(row: dict, target: float | None = None) -> list[str]:
                      f"{row['ppi_acc_judge_hi']:.3f}]; judge alone {row['acc_judge']:.3f}, humans alone "
                      f"{row['acc_human']:.3f} [{row['acc_human_lo']:.3f}, {row['acc_human_hi']:.3f}]. This "
                      + PPI_ASSUMPTION + ".")
-        need = f"labels for a +-{target:g} interval: " if target else "labels needed: "
-        lines.append(need + f"{fmt_count(row.get('labels_needed_ppi_judge'), row['n'])} with the judge (PPI++), "
-                     f"{fmt_count(row.get('labels_needed_human'), row['n'])} without")
+        lines.append(label_plan_line(row, target))
     if not pd.isna(row.get("threshold_max_kappa")):
         lines.append(f"calibrated P(correct) threshold: {row['threshold_max_kappa']:.3f} maximises kappa with humans "
                      f"(accuracy there {row['acc_judge_at_max_kappa']:.3f}), {row['threshold_equal_error']:.3f} "
@@ -211,10 +249,6 @@ def label_lines(row: dict, target: float | None = None) -> list[str]:
     if isinstance(warnings, str) and warnings:
         lines += [f"warning: {w}" for w in warnings.split(" | ")]
     return lines
-
-
-def fmt_count(value, answers: int) -> str:
-    return f"more than the run's {answers} answers" if value is None or pd.isna(value) else str(int(value))
 
 
 def digest(row: dict, target: float | None = None) -> str:
@@ -227,6 +261,7 @@ def digest(row: dict, target: float | None = None) -> str:
     lines = [f"{row['run_id']} / {row['judge']}: n={row['n']}, verdicts {row['judge_correct']} correct, "
              f"{row['judge_incorrect']} incorrect, {row['judge_invalid']} invalid (left out, never counted as wrong)",
              cite_line(row),
+             *([cut] if (cut := cut_line(row)) else []),
              "accuracy (95% Wilson interval): " + "; ".join(x for x in (acc(c) for c in CRITERIA) if x)]
     if warning := invalid_warning(row):
         lines.append(f"warning: {warning}")
@@ -257,19 +292,24 @@ def write(run_dir: Path, judge: str, s: ReportConfig | None = None) -> tuple[Pat
         answers = parse_rows(GenerationRow, gen.read_records(), gen.records_path)
         hashes = answer_hashes(answers)
         labels = load_labels(run_dir, answers)
-        samples = sample_rows(with_labels(answers, labels), read_verdicts(run_dir, judge, hashes), run_dir, judge)
+        made = gen.manifest()
+        samples = sample_rows(with_labels(answers, labels), read_verdicts(run_dir, judge, hashes), run_dir, judge,
+                              (made.get("dataset", {}).get("name") or "", made.get("generator", {}).get("name") or ""))
+        check_by(samples, run_dir.name, s)
         summary = summarize(samples, run_dir.name, judge, s)
         metrics = metrics_table(samples, criteria(samples, s), summary.iloc[0].to_dict(), s, labels.drawn_uniformly,
                                 stage.manifest().get("panel"))
         others = pages.other_judges(run_dir, judge, lambda name: read_verdicts(run_dir, name, hashes))
-        metrics = with_judges_compared(metrics, samples, summary.iloc[0].to_dict(), others)
+        metrics = with_judges_compared(metrics, samples, others)
         summary = with_engine(with_estimates(summary, metrics, labels), stage.manifest())
+        summary["max_new_tokens"] = made.get("fingerprint", {}).get("generator", {}).get("max_new_tokens")
         samples_path, summary_path = stage.path / "samples.csv", stage.path / "summary.csv"
         write_atomic(samples_path, cells.to_csv(samples))  # (text that would run as a formula gets a ')
         write_atomic(summary_path, cells.to_csv(summary, float_format="%.6g"))
-        write_atomic(stage.path / "metrics.csv", cells.to_csv(metrics, float_format="%.6g"))
+        write_metrics(run_dir, judge, metrics)
         if s.plots:
-            plot(samples, summary, stage.path, f"{run_dir.name} / {judge}")
+            plot(samples, summary, stage.path, f"{run_dir.name} / {judge}",
+                 threshold=(stage.manifest().get("judge") or {}).get("threshold"))
         write_atomic(stage.path / "report.html", pages.judge_page(
             run_id=run_dir.name, judge=judge, samples=samples, crit=criteria(samples, s),
             summary=summary.iloc[0].to_dict(), metrics=metrics, labels=labels, manifest=stage.manifest(),
@@ -277,15 +317,25 @@ def write(run_dir: Path, judge: str, s: ReportConfig | None = None) -> tuple[Pat
     return samples_path, summary_path
 
 
-def with_judges_compared(metrics: pd.DataFrame, samples: pd.DataFrame, summary: dict,
+def with_judges_compared(metrics: pd.DataFrame, samples: pd.DataFrame,
                          others: dict[str, dict[str, float | None]]) -> pd.DataFrame:
     """metrics.csv plus this judge's paired comparison with every other judge of the run, on the same answers."""
     mine = samples["judge_verdict"].map({CORRECT: 1.0, INCORRECT: 0.0}).astype(float).to_numpy()
-    rows = []
+    table = Table.of(samples, samples["judge"].iloc[0] if len(samples) else "")
     for name, verdicts in sorted(others.items()):
         theirs = np.array([np.nan if verdicts.get(i) is None else float(verdicts[i]) for i in samples["id"]])
-        rows += paired_rows(summary["run_id"], summary["judge"], "judge", f"judge:{name}", mine, theirs)
-    return pd.concat([metrics, pd.DataFrame(rows, columns=metrics.columns)], ignore_index=True) if rows else metrics
+        paired_rows(table, "judge", f"judge:{name}", mine, theirs)
+    return pd.concat([metrics, table.frame()], ignore_index=True) if table.rows else metrics
+
+
+def write_metrics(run_dir: Path, judge: str, metrics: pd.DataFrame) -> None:
+    """The judge's rows to its metrics.csv, the rows no judge enters (empty `judge`) to the run's: each judge of the
+    run writes the same ones there, so a concatenation of the run's files holds every statistic once."""
+    free = metrics["judge"].fillna("") == ""
+    write_atomic(run_dir / "judge" / judge / "metrics.csv", cells.to_csv(metrics[~free], float_format="%.6g"))
+    shared, text = run_dir / "metrics.csv", cells.to_csv(metrics[free], float_format="%.6g")
+    if not shared.is_file() or shared.read_text(encoding="utf-8") != text:  # the same for every judge: left be
+        write_atomic(shared, text)
 
 
 def write_and_print(run_dir: Path, judge: str, s: ReportConfig | None = None) -> tuple[Path, Path]:
@@ -293,8 +343,39 @@ def write_and_print(run_dir: Path, judge: str, s: ReportConfig | None = None) ->
     s = s or settings()
     samples, summary = write(run_dir, judge, s)
     log.info("run %s: results in %s and %s", run_dir.name, samples, summary)
-    print("\n" + digest(read_summary(summary), s.target_halfwidth), flush=True)
+    print("\n" + full_digest(run_dir, judge, summary, s), flush=True)
     return samples, summary
+
+
+def full_digest(run_dir: Path, judge: str, summary_path: Path, s: ReportConfig) -> str:
+    """The digest of a judge's summary.csv, then its breakdown by the report.by columns."""
+    lines = [digest(read_summary(summary_path), s.target_halfwidth)]
+    if s.by:
+        lines += subset_lines(read_metrics(run_dir, judge), s)
+    return "\n".join(lines)
+
+
+def read_metrics(run_dir: Path, judge: str) -> pd.DataFrame:
+    """Every statistic of a run's judge: the run's metrics.csv (what no judge enters) and the judge's."""
+    files = [run_dir / "metrics.csv", run_dir / "judge" / judge / "metrics.csv"]
+    return pd.concat([cells.read_csv(f) for f in files if f.is_file()], ignore_index=True)
+
+
+SUBSETS_SHOWN = 12  # the digest names this many values of a report.by column; metrics.csv has them all
+
+
+def subset_lines(metrics: pd.DataFrame, s: ReportConfig) -> list[str]:
+    """The digest's lines for each report.by column: the judge's accuracy in each subset, and PPI++ stratified by it."""
+    lines = []
+    for t in pages.subset_tables(metrics, s):
+        parts = [f"{r['value']} {r['judge']['value']:.3f} [{r['judge']['lo']:.3f}, {r['judge']['hi']:.3f}] "
+                 f"(n={int(r['judge']['n'])})" for r in t["rows"] if r["judge"]]
+        more = f"; and {len(parts) - SUBSETS_SHOWN} more in metrics.csv" if len(parts) > SUBSETS_SHOWN else ""
+        lines.append(f"judge accuracy by {t['column']} (95% Wilson): " + "; ".join(parts[:SUBSETS_SHOWN]) + more)
+        if (st := t["stratified"]) is not None:
+            lines.append(f"PPI++ stratified by {t['column']}: " + (
+                st["note"] if text(st.get("note")) else f"{st['value']:.3f} [{st['lo']:.3f}, {st['hi']:.3f}]"))
+    return lines
 
 
 RESULT_FILES = ("samples.csv", "summary.csv", "metrics.csv", "report.html")
@@ -346,8 +427,8 @@ def report_run(run_dir: Path, s: ReportConfig) -> list[dict]:
     for judge in judges:
         samples_path, summary_path = write(run_dir, judge, s)
         summary = read_summary(summary_path)
-        print(f"{digest(summary, s.target_halfwidth)}\nresults: {samples_path.parent}/{{samples,summary,metrics}}.csv, "
-              f"figures; to read: {samples_path.parent / 'report.html'}\n")
+        print(f"{full_digest(run_dir, judge, summary_path, s)}\nresults: {samples_path.parent}/"
+              f"{{samples,summary,metrics}}.csv, figures; to read: {samples_path.parent / 'report.html'}\n")
         judge_manifest = read_json(run_dir / "judge" / judge / "manifest.json")
         rows.append({"dataset": dataset.get("name"), "dataset_sha256": key,
                      "generator": gen_manifest.get("generator", {}).get("name"),
@@ -395,10 +476,10 @@ def run(cfg) -> list[Path]:
     board = board.sort_values(["dataset", "dataset_sha256", "judge_invalid_flagged", "acc_judge"],
                               ascending=[True, True, True, False])
     out = Path(cfg.report.leaderboard) if cfg.report.leaderboard else runs_dir / "leaderboard.csv"
-    compared = compare_runs(board, {r.name: r for r in run_dirs}, s)
+    compared, disagree = compare_runs(board, {r.name: r for r in run_dirs}, s)
     write_atomic(out.with_name("comparisons.csv"), cells.to_csv(compared, float_format="%.6g"))
     write_atomic(out, cells.to_csv(board, float_format="%.4g"))
-    write_atomic(out.with_suffix(".html"), pages.leaderboard_page(board, out, runs_dir, compared))
+    write_atomic(out.with_suffix(".html"), pages.leaderboard_page(board, out, runs_dir, compared, disagree))
     groups = board.groupby(["dataset", "dataset_sha256"], dropna=False).size()
     print(f"leaderboard: {out} and {out.with_suffix('.html')} ({len(board)} rows)")
     for line in paired_lines(compared):
@@ -412,57 +493,74 @@ def run(cfg) -> list[Path]:
     return [out]
 
 
-PAIRED_CRITERIA = ("judge", "exact_match", "token_f1", "contains", "rouge_l")
+LEXICAL = ("exact_match", "token_f1", "contains", "rouge_l")  # the criteria no judge enters
 
 
-def compare_runs(board: pd.DataFrame, run_dirs: dict[str, Path], s: ReportConfig) -> pd.DataFrame:
-    """Every two runs over the same questions (one dataset_sha256), for each judge both have: each criterion's paired
-    difference, McNemar p, wins and losses (tidy.paired_rows), from samples.csv. Added to both runs' metrics.csv
-    (against run:<the other>, replacing such rows of an earlier report); returned once per pair for comparisons.csv."""
-    from .tidy import COLUMNS
-
+def compare_runs(board: pd.DataFrame, run_dirs: dict[str, Path], s: ReportConfig) -> tuple[pd.DataFrame, dict]:
+    """Every two runs over the same questions (one dataset_sha256): the paired difference, McNemar p, wins and losses
+    (tidy.paired_rows) of each lexical criterion once, and of the verdicts of each judge both have, from samples.csv.
+    Added to both runs' metrics.csv files (against run:<the other>, replacing such rows of an earlier report: the
+    lexical ones to the run's own file, the judge's to the judge's); returned once per pair for comparisons.csv, with
+    the ids where the judge's verdicts part ({(run, other, judge): {"run": right only in run, "other": ...}})."""
     found: list[list] = []
     added: dict[Path, list[list]] = {}
-    read: dict[Path, pd.DataFrame] = {}
+    read: dict[Path, tuple[pd.DataFrame, pd.DataFrame]] = {}
+    disagree: dict[tuple[str, str, str], dict[str, list[str]]] = {}
 
-    def crit_of(folder: Path) -> pd.DataFrame:  # each samples.csv read once, however many pairs it is in
+    def of(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:  # each samples.csv read once, however many pairs
         if folder not in read:
             samples = cells.read_csv(folder / "samples.csv")
-            read[folder] = criteria(samples, s).set_index(samples["id"].astype(str))
+            read[folder] = samples, criteria(samples, s).set_index(samples["id"].astype(str))
         return read[folder]
 
+    def both_ways(a: str, b: str, folders: tuple[Path, Path], judge: str, compared: tuple[str, ...],
+                  into: tuple[Path, Path]) -> None:
+        """a against b and b against a under each of `compared`, from the samples in `folders`; the rows go to
+        the metrics files `into`, a's to a's comparisons."""
+        (sa, ca), (sb, cb) = of(folders[0]), of(folders[1])
+        ta, tb = Table.of(sa, judge), Table.of(sb, judge)
+        for c in compared:
+            theirs = cb.reindex(ca.index)[c]
+            found.extend(paired_rows(ta, c, f"run:{b}", ca[c].to_numpy(), theirs.to_numpy()))
+            paired_rows(tb, c, f"run:{a}", cb[c].to_numpy(), ca.reindex(cb.index)[c].to_numpy())
+            if c == "judge":  # the answers where the verdicts part, for the leaderboard's compare view
+                disagree[(a, b, judge)] = {"run": list(ca.index[(ca[c] == 1) & (theirs == 0)]),
+                                           "other": list(ca.index[(ca[c] == 0) & (theirs == 1)])}
+        added.setdefault(into[0], []).extend(ta.rows)
+        added.setdefault(into[1], []).extend(tb.rows)
+
     for _, group in board.groupby("dataset_sha256"):
-        judged = {run: set(part["judge"]) for run, part in group.groupby("run_id")}
+        judged = {run: sorted(set(part["judge"])) for run, part in group.groupby("run_id")}
         for a, b in combinations(sorted(judged), 2):
-            for judge in sorted(judged[a] & judged[b]):
-                fa, fb = run_dirs[a] / "judge" / judge, run_dirs[b] / "judge" / judge
-                ca = crit_of(fa)
-                cb = crit_of(fb).reindex(ca.index)
-                for c in PAIRED_CRITERIA:
-                    forward = paired_rows(a, judge, c, f"run:{b}", ca[c].to_numpy(), cb[c].to_numpy())
-                    found += forward
-                    added.setdefault(fa, []).extend(forward)
-                    added.setdefault(fb, []).extend(paired_rows(b, judge, c, f"run:{a}", cb[c].to_numpy(),
-                                                                ca[c].to_numpy()))
-    for folder in {run_dirs[r] / "judge" / j for r, j in zip(board["run_id"], board["judge"])}:
-        metrics = cells.read_csv(folder / "metrics.csv")
+            ra, rb = run_dirs[a], run_dirs[b]
+            # the lexical criteria do not depend on the judge: once, from the first judge's samples of each run
+            both_ways(a, b, (ra / "judge" / judged[a][0], rb / "judge" / judged[b][0]), "", LEXICAL,
+                      (ra / "metrics.csv", rb / "metrics.csv"))
+            for judge in sorted(set(judged[a]) & set(judged[b])):
+                fa, fb = ra / "judge" / judge, rb / "judge" / judge
+                both_ways(a, b, (fa, fb), judge, ("judge",), (fa / "metrics.csv", fb / "metrics.csv"))
+    files = {run_dirs[r] / "judge" / j / "metrics.csv" for r, j in zip(board["run_id"], board["judge"])}
+    for path in files | {run_dirs[r] / "metrics.csv" for r in board["run_id"]}:
+        metrics = cells.read_csv(path) if path.is_file() else pd.DataFrame(columns=COLUMNS)
         metrics = metrics[~metrics["against"].fillna("").astype(str).str.startswith("run:")]
-        if folder in added:
-            metrics = pd.concat([metrics, pd.DataFrame(added[folder], columns=COLUMNS)], ignore_index=True)
-        write_atomic(folder / "metrics.csv", cells.to_csv(metrics, float_format="%.6g"))
-    return pd.DataFrame(found, columns=COLUMNS)
+        if path in added:
+            metrics = pd.concat([metrics, pd.DataFrame(added[path], columns=COLUMNS)], ignore_index=True)
+        write_atomic(path, cells.to_csv(metrics, float_format="%.6g"))
+    return pd.DataFrame(found, columns=COLUMNS), disagree
 
 
 def paired_lines(compared: pd.DataFrame) -> list[str]:
     """The digest's lines: for each pair of runs and judge, the judge's accuracy difference, its interval, McNemar p
     and who wins where."""
     lines = []
-    rows = compared[compared["criterion"] == "judge"]
-    for (run, judge, against), part in rows.groupby(["run_id", "judge", "against"], sort=False):
-        got = {r["statistic"]: r for r in part.to_dict("records")}
-        d, other = got["difference"], against.removeprefix("run:")
-        lines.append(f"paired ({judge}, {d['n']} answers with a valid verdict in both): {run} - {other} = {d['value']:+.3f} "
-                     f"[{d['lo']:+.3f}, {d['hi']:+.3f}], McNemar p = {got['mcnemar_p']['value']:.3g}; {run} right "
-                     f"where {other} is wrong on {int(got['wins']['value'])}, the reverse on "
+    for g in paired_groups(compared):
+        got = g["criteria"].get("judge")
+        if not got or "difference" not in got:
+            continue
+        d, run, other = got["difference"], g["run"], g["other"]
+        lines.append(f"paired ({g['judge']}, {d['n']} answers with a valid verdict in both): {run} - {other} = "
+                     f"{d['value']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}], "
+                     f"McNemar p = {got['mcnemar_p']['value']:.3g}; "
+                     f"{run} right where {other} is wrong on {int(got['wins']['value'])}, the reverse on "
                      f"{int(got['losses']['value'])}")
     return lines

@@ -65,10 +65,11 @@ class GenerationRow(Row):
     """One answer to one question. The token fields are None for imported answers (no log-probabilities).
 
     Version 2 added `human_label` to every record (version 1 had it only on imported ones; a missing label reads as
-    None, so version 1 files are read unchanged)."""
+    None, so version 1 files are read unchanged). Version 3 added `meta`, the user's own columns (dataset.fields.keep,
+    import_fields.keep); older records read with None."""
 
-    SCHEMA: ClassVar[str] = "generation/2"
-    READS: ClassVar[tuple[str, ...]] = ("generation/1", "generation/2")
+    SCHEMA: ClassVar[str] = "generation/3"
+    READS: ClassVar[tuple[str, ...]] = ("generation/1", "generation/2", "generation/3")
 
     id: str
     index: int  # position in the data set (the import file)
@@ -84,6 +85,7 @@ class GenerationRow(Row):
     sequence_nll: Optional[float]
     mean_nll: Optional[float]
     human_label: Optional[bool] = None
+    meta: Optional[dict] = None  # {column: value} of the columns kept with the question; None: none kept
 
     @property
     def answer_sha256(self) -> str:
@@ -92,11 +94,11 @@ class GenerationRow(Row):
 
     @classmethod
     def answer(cls, id: str, question: str, references: list[str], prediction: str, index: int = 0,
-               human_label: Optional[bool] = None) -> "GenerationRow":
+               human_label: Optional[bool] = None, meta: Optional[dict] = None) -> "GenerationRow":
         """An answer made elsewhere (imported): no prompt, no tokens, no log-probabilities."""
         return cls(id=id, index=index, question=question, references=list(references), prompt=None,
                    prediction=prediction, finish_reason=None, num_generated_tokens=None, token_ids=None, tokens=None,
-                   token_logprobs=None, sequence_nll=None, mean_nll=None, human_label=human_label)
+                   token_logprobs=None, sequence_nll=None, mean_nll=None, human_label=human_label, meta=meta or None)
 
 
 @dataclass(frozen=True)
@@ -175,9 +177,13 @@ def parse_rows(row_type: type[R], records: Iterable[dict], where: object) -> lis
 
 @dataclass(frozen=True)
 class SampleRow:
-    """One line of samples.csv: the answer (from its GenerationRow), the lexical criteria, the human label and the
-    judge's verdict (from its VerdictRow, as judge_<field>). The CSV's columns are this class's fields, in order."""
+    """One line of samples.csv: which run, data set and generator, the answer (from its GenerationRow), the lexical
+    criteria, the human label and the judge's verdict (from its VerdictRow, as judge_<field>). The CSV's columns are
+    this class's fields, in order, then the user's kept columns (GenerationRow.meta) under their own names."""
 
+    run_id: str
+    dataset: str
+    generator: str
     id: str
     question: str
     references: str  # the JSON list, so that the cell reads back exactly
@@ -198,10 +204,13 @@ class SampleRow:
     judge_reply: str
 
     @classmethod
-    def of(cls, answer: GenerationRow, verdict: VerdictRow, scores: dict[str, float]) -> "SampleRow":
-        """`scores`: exact_match, token_f1, contains_reference, rouge_l of the prediction."""
+    def of(cls, run: tuple[str, str, str], answer: GenerationRow, verdict: VerdictRow, scores: dict[str, float]
+           ) -> "SampleRow":
+        """`run`: (run_id, data set name, generator name); `scores`: exact_match, token_f1, contains_reference,
+        rouge_l of the prediction."""
         return cls(
-            id=answer.id, question=answer.question, references=json.dumps(answer.references, ensure_ascii=False),
+            run_id=run[0], dataset=run[1], generator=run[2], id=answer.id, question=answer.question,
+            references=json.dumps(answer.references, ensure_ascii=False),
             prediction=answer.prediction, finish_reason=answer.finish_reason,
             num_generated_tokens=answer.num_generated_tokens, sequence_nll=answer.sequence_nll,
             mean_nll=answer.mean_nll, exact_match=int(scores["exact_match"]), token_f1=round(scores["token_f1"], 6),

@@ -1,10 +1,16 @@
-"""metrics.csv: every statistic of one (run, judge) as one row of a long table, the shape pandas filters and plots
-without reshaping.
+"""metrics.csv: every statistic of a run and its judges as one row of a long table, the shape pandas filters and
+plots without reshaping.
 
-    run_id, judge, criterion, statistic, against, value, lo, hi, n, note
-    nq, gpt-4, judge, kappa, human, 0.70, 0.66, 0.74, 1490,
-    nq, gpt-4, judge, ppi_accuracy, human, 0.61, 0.58, 0.64, 200,
-    nq, gpt-4, judge, kappa[words>5], human, , , , 12, too few labels (12): fewer than report.min_labels=30
+    run_id, dataset, generator, judge, criterion, statistic, against, value, lo, hi, n, note
+    nq, nq_open, llama-8b, gpt-4, judge, kappa, human, 0.70, 0.66, 0.74, 1490,
+    nq, nq_open, llama-8b, gpt-4, judge, ppi_accuracy, human, 0.61, 0.58, 0.64, 200,
+    nq, nq_open, llama-8b, gpt-4, judge, kappa[words>5], human, , , , 12, too few labels (12): fewer than ...
+    nq, nq_open, llama-8b, , exact_match, accuracy, , 0.45, 0.42, 0.48, 1490,
+
+A statistic that no judge enters (the lexical criteria, the human labels, the generator's NLL against them) has an
+empty `judge` and is written once per run, to runs/<run_id>/metrics.csv; the rest, to each judge's
+runs/<run_id>/judge/<judge>/metrics.csv. Concatenating the run's file with its judges' files gives every statistic
+once (pipeline.load_metrics does).
 
 `criterion` is what is measured (a criterion of report.py, `judge_p_correct`, `sequence_nll`, a jury member, or
 `panel`), `against` what it is compared with (empty for a criterion's own accuracy), `lo`/`hi` the 95% interval
@@ -17,10 +23,16 @@ value is empty and `note` says "too few labels (n): ..." (estimates.label_shorta
     ppi_accuracy             the human-label accuracy estimated from this criterion on every answer plus the labels
                              (PPI++; valid when the labels are a uniform random subset); `ppi_lambda` its weight
     labels_needed            labels for an interval of half-width report.target_halfwidth (criterion=human: with
-                             the labels alone)
+                             the labels alone); empty when labelling every answer would not reach it
+    halfwidth[labels+100]    the half-width 100 more labels would give (as many as the run has, at most)
+    suited_halfwidth, labels_needed[halfwidth=h]   when report.target_halfwidth is beyond labelling half the run's
+                             answers (or 100 more than it has): the narrowest of 0.01, 0.02, 0.03, 0.05, 0.075, 0.1,
+                             0.15, 0.2 that is not, and the labels it needs
     threshold[max_kappa], threshold[equal_error]   calibrated P(correct) thresholds against the labels, with
                              kappa[...], accuracy[...] and error_rate[equal_error] at each; ece the calibration error
     <statistic>[words<=5], <statistic>[words>5]    accuracy (Wilson interval), agreement and kappa by answer length
+    <statistic>[topic=x]     the same for each value of a column named by report.by (kept with dataset.fields.keep)
+    ppi_accuracy[by topic]   with human labels and report.by: PPI++ stratified by the column's values (StratPPI)
     auroc, brier             the generator's NLL or the judge's P(correct) as a score of a criterion
     labels_uniform           1 when the labels were drawn by stage=label (and labelled in draw order), else 0
     invalid_share            the share of the judge's verdicts that are invalid
@@ -46,19 +58,35 @@ from .metrics import CRITERIA
 from .paired import compare
 from .stats import agreement, auroc, cohen_kappa, proportion_interval
 
-COLUMNS = ["run_id", "judge", "criterion", "statistic", "against", "value", "lo", "hi", "n", "note"]
+COLUMNS = ["run_id", "dataset", "generator", "judge", "criterion", "statistic", "against", "value", "lo", "hi", "n",
+           "note"]
 PREDICTORS = CRITERIA[:-1]  # every criterion but the human label can stand in for it
+# What a statistic that no judge enters measures, and compares with (another run: "run:<id>").
+JUDGE_FREE = {c for c in CRITERIA if c != "judge"} | {"sequence_nll", "mean_nll", ""}
+
+
+def judge_free(criterion: str, against: str) -> bool:
+    return criterion in JUDGE_FREE and (against in JUDGE_FREE or against.startswith("run:"))
 
 
 class Table:
-    """The rows of one (run, judge), appended as they are computed."""
+    """The rows of one (run, judge), appended as they are computed; a row no judge enters gets an empty judge."""
 
-    def __init__(self, run_id: str, judge: str):
-        self.run_id, self.judge, self.rows = run_id, judge, []
+    def __init__(self, run_id: str, judge: str, dataset: str = "", generator: str = ""):
+        self.run_id, self.judge, self.dataset, self.generator, self.rows = run_id, judge, dataset, generator, []
+
+    @classmethod
+    def of(cls, samples: pd.DataFrame, judge: str) -> "Table":
+        """For the run, data set and generator samples.csv names (rows.SampleRow)."""
+        first = samples.iloc[0].to_dict() if len(samples) else {}
+        run_id, dataset, generator = (cell_text(first.get(k)) for k in ("run_id", "dataset", "generator"))
+        return cls(run_id, judge, dataset, generator)
 
     def add(self, criterion: str, statistic: str, against: str, value, lo=math.nan, hi=math.nan, n=0,
             note: str = "") -> None:
-        self.rows.append([self.run_id, self.judge, criterion, statistic, against, value, lo, hi, int(n), note])
+        judge = "" if judge_free(criterion, against) else self.judge
+        self.rows.append([self.run_id, self.dataset, self.generator, judge, criterion, statistic, against, value, lo,
+                          hi, int(n), note])
 
     def too_few(self, criterion: str, statistics: list[str], against: str, n: int, note: str) -> None:
         """Rows without a value for statistics whose labels are too few, saying why."""
@@ -114,14 +142,56 @@ def with_labels(table: Table, samples: pd.DataFrame, crit: pd.DataFrame, s: Repo
         for name in predictors:
             table.too_few(name, ["ppi_accuracy", "ppi_lambda", "labels_needed"], "human", len(y), note)
     else:
-        table.add("human", "labels_needed", "", estimates.labels_needed_classical(y, s.target_halfwidth), n=len(y))
+        curves = {name: estimates.ppi_halfwidths(y, f[labelled], f[~labelled]) for name, f in predictors.items()}
+        curves["human"] = estimates.classical_halfwidths(y, len(human))
+        table.add("human", "labels_needed", "", estimates.labels_for(curves["human"], s.target_halfwidth), n=len(y))
         for name, f in predictors.items():
             est = estimates.ppi_mean(y, f[labelled], f[~labelled])
             table.add(name, "ppi_accuracy", "human", est.value, est.lo, est.hi, len(y))
             table.add(name, "ppi_lambda", "human", est.lam if est.lam is not None else math.nan, n=len(y))
-            table.add(name, "labels_needed", "human",
-                      estimates.labels_needed_ppi(y, f[labelled], f[~labelled], s.target_halfwidth), n=len(y))
+            table.add(name, "labels_needed", "human", estimates.labels_for(curves[name], s.target_halfwidth),
+                      n=len(y))
+        label_plan(table, curves, len(y), s)
+    stratified(table, samples, predictors, labelled, y, s)
     calibration(table, samples, crit, s)
+
+
+MORE_LABELS = 100  # the "with this many more labels" of the label plan
+
+
+def label_plan(table: Table, curves: dict[str, np.ndarray], labels: int, s: ReportConfig) -> None:
+    """What more labels would buy, from each estimate's half-width curve (estimates.ppi_halfwidths; "human": the
+    labels alone): the half-width with MORE_LABELS more (all the answers at most), and, when report.target_halfwidth
+    is beyond what labelling half the run's answers (or MORE_LABELS more than now) reaches with the judge, the labels
+    for the narrowest half-width that is within it (suited_halfwidth: statistic `suited_halfwidth`, then `labels_needed[halfwidth=h]`)."""
+    suited = estimates.suited_halfwidth(curves["judge"], s.target_halfwidth, labels + MORE_LABELS) \
+        if len(curves["judge"]) else math.nan
+    for name, curve in curves.items():
+        against = "" if name == "human" else "human"
+        more = curve[min(labels + MORE_LABELS, len(curve)) - 1] if len(curve) else math.nan
+        table.add(name, f"halfwidth[labels+{MORE_LABELS}]", against, more, n=labels)
+        if not math.isnan(suited) and suited != s.target_halfwidth:
+            table.add(name, f"labels_needed[halfwidth={suited:g}]", against, estimates.labels_for(curve, suited),
+                      n=labels)
+    if not math.isnan(suited) and suited != s.target_halfwidth:
+        table.add("judge", "suited_halfwidth", "human", suited, n=labels)
+
+
+def stratified(table: Table, samples: pd.DataFrame, predictors: dict[str, np.ndarray], labelled: np.ndarray,
+               y: np.ndarray, s: ReportConfig) -> None:
+    """PPI++ stratified by each report.by column (estimates.stratified_ppi_mean), from the judge's verdicts and its
+    P(correct): statistic ppi_accuracy[by <column>]; empty, with the note, when a subset has too few labels."""
+    for column in s.by:
+        strata = subsets(samples, column).to_numpy()
+        note = estimates.stratum_shortage(y, strata[labelled], s.min_labels, strata)
+        for name in (n for n in predictors if n.startswith("judge")):
+            statistic = f"ppi_accuracy[by {column}]"
+            if note:
+                table.too_few(name, [statistic], "human", len(y), note)
+                continue
+            f = predictors[name]
+            est = estimates.stratified_ppi_mean(y, f[labelled], f[~labelled], strata[labelled], strata[~labelled])
+            table.add(name, statistic, "human", est.value, est.lo, est.hi, len(y))
 
 
 def calibration(table: Table, samples: pd.DataFrame, crit: pd.DataFrame, s: ReportConfig) -> None:
@@ -147,17 +217,45 @@ def calibration(table: Table, samples: pd.DataFrame, crit: pd.DataFrame, s: Repo
     table.add("judge_p_correct", "ece", "human", estimates.calibration_error(p, y, s.calibration_bins), n=len(y))
 
 
+def breakdown(table: Table, crit: pd.DataFrame, s: ReportConfig, name: str, mask) -> None:
+    """Accuracy of every criterion, agreement and kappa of every pair, over the answers of `mask` (`name`: the
+    subset, as the statistics' suffix shows it)."""
+    part = crit[np.asarray(mask, dtype=bool)]
+    for c in CRITERIA:
+        values = part[c].dropna()
+        if len(values):
+            table.accuracy(c, f"accuracy[{name}]", values)
+    pairs(table, part, s, suffix=f"[{name}]")
+
+
 def by_length(table: Table, samples: pd.DataFrame, crit: pd.DataFrame, s: ReportConfig) -> None:
     """Accuracy, agreement and kappa separately for short and long answers (lexical criteria fail on long ones)."""
     words = samples["prediction"].fillna("").astype(str).str.split().str.len().to_numpy()
-    for name, mask in ((f"words<={s.length_words}", words <= s.length_words),
-                       (f"words>{s.length_words}", words > s.length_words)):
-        part = crit[mask]
-        for c in CRITERIA:
-            values = part[c].dropna()
-            if len(values):
-                table.accuracy(c, f"accuracy[{name}]", values)
-        pairs(table, part, s, suffix=f"[{name}]")
+    breakdown(table, crit, s, f"words<={s.length_words}", words <= s.length_words)
+    breakdown(table, crit, s, f"words>{s.length_words}", words > s.length_words)
+
+
+EMPTY = "(empty)"  # how a subset of answers without a value in a report.by column is named
+
+
+def cell_text(value) -> str:
+    """A cell as text: "" for an empty one (None, NaN), whole numbers without ".0"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def subsets(samples: pd.DataFrame, column: str) -> pd.Series:
+    """Each answer's value of a report.by column as text (EMPTY where it has none)."""
+    return samples[column].map(lambda v: cell_text(v).strip() or EMPTY)
+
+
+def by_columns(table: Table, samples: pd.DataFrame, crit: pd.DataFrame, s: ReportConfig) -> None:
+    """The breakdown by every report.by column: each of its values a subset, in sorted order."""
+    for column in s.by:
+        values = subsets(samples, column)
+        for value in sorted(values.unique()):
+            breakdown(table, crit, s, f"{column}={value}", (values == value).to_numpy())
 
 
 def scores(table: Table, samples: pd.DataFrame, crit: pd.DataFrame, s: ReportConfig) -> None:
@@ -193,7 +291,7 @@ def metrics_table(samples: pd.DataFrame, crit: pd.DataFrame, summary: dict, s: R
                   labels_uniform: bool, panel: dict | None = None) -> pd.DataFrame:
     """Every statistic of one (run, judge): `crit` as report.criteria makes it, `summary` the summary.csv row
     (whose accuracies and intervals are reused)."""
-    table = Table(summary["run_id"], summary["judge"])
+    table = Table.of(samples, summary["judge"])
     for c in CRITERIA:
         if summary.get(f"n_{c}"):
             table.add(c, "accuracy", "", summary[f"acc_{c}"], summary[f"acc_{c}_lo"], summary[f"acc_{c}_hi"],
@@ -204,24 +302,45 @@ def metrics_table(samples: pd.DataFrame, crit: pd.DataFrame, summary: dict, s: R
     if crit["human"].notna().any():
         with_labels(table, samples, crit, s, labels_uniform)
     by_length(table, samples, crit, s)
+    by_columns(table, samples, crit, s)
     scores(table, samples, crit, s)
     if panel:
         panel_rows(table, panel)
     return table.frame()
 
 
-def paired_rows(run_id: str, judge: str, criterion: str, against: str, this, other) -> list[list]:
-    """metrics.csv's rows comparing `this` with `other` (1, 0 or NaN per id, in the same order) under `criterion`:
-    difference with its paired interval, mcnemar_p, wins, losses; none when no id has both."""
+def paired_rows(table: Table, criterion: str, against: str, this, other) -> list[list]:
+    """metrics.csv's rows comparing `this` with `other` (1, 0 or NaN per id, in the same order) under `criterion`,
+    added to `table`: difference with its paired interval, mcnemar_p, wins, losses; none when no id has both."""
     p = compare(this, other)
     if p is None:
         return []
-    table = Table(run_id, judge)
     table.add(criterion, "difference", against, p.difference, p.lo, p.hi, p.n)
     table.add(criterion, "mcnemar_p", against, p.mcnemar_p, n=p.n)
     table.add(criterion, "wins", against, p.only_a, n=p.n)
     table.add(criterion, "losses", against, p.only_b, n=p.n)
-    return table.rows
+    return table.rows[-4:]
+
+
+PAIRED = ("difference", "mcnemar_p", "wins", "losses")
+
+
+def paired_groups(rows: pd.DataFrame) -> list[dict]:
+    """metrics.csv's paired rows (statistics PAIRED) gathered per comparison: one entry per (run, against, judge) with
+    {criterion: {statistic: row}}. A row no judge enters (a lexical criterion against another run: `judge` empty)
+    belongs to every judge's entry of its (run, against), and makes an entry of its own (judge "") when no judge
+    of the two runs is shared."""
+    rows = rows[rows["statistic"].isin(PAIRED)].assign(judge=rows["judge"].fillna("").astype(str))
+    out = []
+    for (run, against), part in rows.groupby(["run_id", "against"], sort=False):
+        judges = sorted(set(part["judge"]) - {""}) or [""]
+        for judge in judges:
+            criteria: dict[str, dict[str, dict]] = {}
+            for r in part[part["judge"].isin([judge, ""])].to_dict("records"):
+                criteria.setdefault(r["criterion"], {})[r["statistic"]] = r
+            out.append({"run": str(run), "against": str(against), "other": str(against).split(":", 1)[-1],
+                        "judge": judge, "criteria": criteria})
+    return out
 
 
 def pick(metrics: pd.DataFrame, criterion: str, statistic: str, against: str = "") -> dict:

@@ -1,6 +1,7 @@
 // The answer browser of report.html: filters, sorting and pages over the answers embedded as JSON.
 // Every value from the data is inserted with textContent, never as markup. The state lives in the address's
-// hash (#verdict=invalid&a=judge&b=exact_match&q=paris&sort=p&dir=desc&size=50&page=2).
+// hash (#verdict=invalid&a=judge&b=exact_match&q=paris&sort=p&dir=desc&size=50&page=2); #id=<id> shows that one
+// answer (the leaderboard links each disagreeing answer so) until a filter is changed.
 (function () {
   "use strict";
   var started = performance.now();
@@ -13,6 +14,7 @@
   var haystack = null;  // lower-cased text of each answer, made on the first text search
   var $ = function (id) { return document.getElementById(id); };
   var controls = ["verdict", "a", "b", "q", "sort", "dir", "size"];
+  var onlyId = null;  // #id=<id>: that answer alone
 
   function option(select, value, text) {
     var o = document.createElement("option");
@@ -30,6 +32,7 @@
       var kv = part.split("=");
       state[decodeURIComponent(kv[0])] = decodeURIComponent((kv[1] || "").replace(/\+/g, " "));
     });
+    onlyId = state.id === undefined ? null : state.id;
     controls.forEach(function (id) {
       if (state[id] === undefined) return;
       var el = $(id);
@@ -45,6 +48,7 @@
       var v = $(id).value;
       if (v && !(id === "dir" && v === "asc") && !(id === "size" && v === "50")) parts.push(id + "=" + encodeURIComponent(v));
     });
+    if (onlyId !== null) parts.push("id=" + encodeURIComponent(onlyId));
     if (page > 1) parts.push("page=" + page);
     history.replaceState(null, "", parts.length ? "#" + parts.join("&") : location.pathname + location.search);
   }
@@ -61,6 +65,7 @@
     var out = [];
     for (var i = 0; i < rows.length; i++) {
       var r = rows[i];
+      if (onlyId !== null && r[F.id] !== onlyId) continue;
       if (verdict && r[F.verdict] !== verdict) continue;
       if (ia >= 0 && ib >= 0 && (r[ia] === null || r[ib] === null || r[ia] === r[ib])) continue;
       if (q && haystack[i].indexOf(q) < 0) continue;
@@ -133,7 +138,9 @@
     var table = $("answers");
     table.replaceChild(body, table.tBodies[0]);
     $("status").textContent = chosen.length ? "showing " + (from + 1) + "–" + to + " of " + chosen.length +
-      " answers" + (chosen.length < rows.length ? " (filtered from " + rows.length + ")" : "") : "no answer matches (of " + rows.length + ")";
+      " answers" + (chosen.length < rows.length ? " (filtered from " + rows.length + ")" : "") +
+      (onlyId !== null ? ": answer " + onlyId + " only (change a filter to see the others)" : "") :
+      (onlyId !== null ? "no answer " + onlyId + " in this run (of " + rows.length + ")" : "no answer matches (of " + rows.length + ")");
     $("status").dataset.shown = chosen.length;
     $("pageinfo").textContent = "page " + page + " of " + pages;
     $("prev").disabled = page <= 1; $("next").disabled = page >= pages;
@@ -146,7 +153,7 @@
   $("controls").hidden = false;
   document.querySelector(".pager").hidden = false;
   controls.forEach(function (id) {
-    $(id).addEventListener(id === "q" ? "input" : "change", function () { page = 1; render(); });
+    $(id).addEventListener(id === "q" ? "input" : "change", function () { page = 1; onlyId = null; render(); });
   });
   $("controls").addEventListener("submit", function (e) { e.preventDefault(); });
   $("prev").addEventListener("click", function () { page -= 1; render(); });
@@ -154,7 +161,10 @@
   window.addEventListener("hashchange", function () { page = readHash(); render(); });
   render();
   // a link that carries a view of the answers (#verdict=invalid&...) opens at the answers, not at the top
-  if (/(^#|&)(verdict|a|b|q|sort|dir|size|page)=/.test(location.hash)) $("samples").scrollIntoView();
+  if (/(^#|&)(verdict|a|b|q|sort|dir|size|page|id)=/.test(location.hash)) {
+    $("samples").scrollIntoView();
+    document.body.dataset.opened = "samples";
+  }
   document.body.dataset.readyMs = (performance.now() - started).toFixed(1);  // the script's own work
   document.body.dataset.interactiveMs = performance.now().toFixed(1);  // since the page was opened
 })();
