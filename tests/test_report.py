@@ -357,6 +357,39 @@ def test_two_runs_over_the_same_questions_are_one_group_with_a_paired_difference
     again = pd.read_csv(runs / "there/judge/smollm2-135m/metrics.csv")
     assert len(again[again.against == "run:here"]) == len(judged_there[judged_there.against == "run:here"])
 
+    # one run reported again alone, its results unchanged: the comparisons stand
+    out = run_cli("stage=report", "run_id=here", f"runs_dir={runs}", "progress=false", "report.plots=false",
+                  cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    here = pd.read_csv(runs / "here/judge/smollm2-135m/metrics.csv")
+    assert (here.against == "run:there").sum() == 4 and (pd.read_csv(runs / "here/metrics.csv").against
+                                                         == "run:there").sum() == 4 * 4
+    # the other run judged anew (other verdicts): every comparison of its verdicts goes, here, there and in
+    # comparisons.csv; the lexical ones, of answers that did not change, stay
+    out = run_cli("stage=judge", "run_id=there", "overwrite=true", "judge.threshold=0.95", f"runs_dir={runs}",
+                  "progress=false", "report.plots=false", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert not (pd.read_csv(runs / "here/judge/smollm2-135m/metrics.csv").against == "run:there").any()
+    assert not (pd.read_csv(runs / "there/judge/smollm2-135m/metrics.csv").against == "run:here").any()
+    compared = pd.read_csv(runs / "comparisons.csv")
+    assert set(compared.criterion) == set(report.LEXICAL)  # the judge's rows gone, the lexical ones kept
+    assert (pd.read_csv(runs / "here/metrics.csv").against == "run:there").sum() == 4 * 4
+
+
+def test_answers_made_again_take_the_runs_own_metrics_aside_with_the_judges(judged_run, tmp_path):
+    """runs/<id>/metrics.csv holds statistics of the answers (exact match, the labels, comparisons with other runs):
+    generating them again with overwrite=true moves it to replaced/ with the judges' results, so no statistic of
+    the old answers is read with the new ones."""
+    run = copy_run(judged_run, tmp_path, "again")
+    before = (run / "metrics.csv").read_bytes()
+    out = run_cli("stage=generate", "run_id=again", "overwrite=true", "dataset.limit=16", "generator.max_new_tokens=3",
+                  f"runs_dir={run.parent}", "progress=false", "threads=1", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert not (run / "metrics.csv").exists() and not (run / "judge").exists()
+    moved = list((run / "replaced").glob("*/metrics.csv"))
+    assert len(moved) == 1 and moved[0].read_bytes() == before
+    assert (moved[0].parent / "judge/smollm2-135m/metrics.csv").is_file()
+
 
 def test_two_judges_on_the_same_answers_are_compared_paired(judged_run, tmp_path):
     """Each judge's metrics.csv compares it with every other judge of the run on the same answers: difference of

@@ -215,7 +215,7 @@ def run(cfg: Config) -> Path:
                    "dataset": {"name": cfg.dataset.name, "content_sha256": data_info["content_sha256"],
                                **({"keep": list(cfg.dataset.fields.keep)} if cfg.dataset.fields.keep else {})}}
     job = StageJob(cfg, run_dir, StageDir(run_dir / "generate", "generations.jsonl"), shard, fingerprint,
-                   [it.id for it in items], also_replace=(run_dir / "judge",), new_run=new_run, points_latest=True)
+                   [it.id for it in items], also_replace=(run_dir / "judge", run_dir / "metrics.csv"), new_run=new_run, points_latest=True)
     if job.finished():
         return job.root.path if job.sharded else job.stage.path
     with job.attempt() as attempt:

@@ -407,7 +407,7 @@ def run(cfg) -> Path:
                  "content_sha256": content_hash(items)}
     run_dir, new_run = make_run(Path(cfg.runs_dir), cfg.run_id or new_run_id("import", path.stem))
     job = StageJob(cfg, run_dir, StageDir(run_dir / "generate", "generations.jsonl"), Shard(0, 1),
-                   answers_fingerprint(cfg, source), [a.id for a in answers], also_replace=(run_dir / "judge",),
+                   answers_fingerprint(cfg, source), [a.id for a in answers], also_replace=(run_dir / "judge", run_dir / "metrics.csv"),
                    new_run=new_run, points_latest=True)
     judged = verdicts_job(cfg, run_dir, source, verdicts) if verdicts is not None else None
     answers_done = job.finished()  # each refuses a finished stage made with other settings, before any writing

@@ -304,9 +304,11 @@ def write(run_dir: Path, judge: str, s: ReportConfig | None = None) -> tuple[Pat
         summary = with_engine(with_estimates(summary, metrics, labels), stage.manifest())
         summary["max_new_tokens"] = made.get("fingerprint", {}).get("generator", {}).get("max_new_tokens")
         samples_path, summary_path = stage.path / "samples.csv", stage.path / "summary.csv"
-        write_atomic(samples_path, cells.to_csv(samples))  # (text that would run as a formula gets a ')
+        text = cells.to_csv(samples)  # (text that would run as a formula gets a ')
+        same = samples_path.is_file() and samples_path.read_bytes() == text.encode("utf-8")
+        write_atomic(samples_path, text)
         write_atomic(summary_path, cells.to_csv(summary, float_format="%.6g"))
-        write_metrics(run_dir, judge, metrics)
+        write_metrics(run_dir, judge, metrics, same)
         if s.plots:
             plot(samples, summary, stage.path, f"{run_dir.name} / {judge}",
                  threshold=(stage.manifest().get("judge") or {}).get("threshold"))
@@ -328,14 +330,55 @@ def with_judges_compared(metrics: pd.DataFrame, samples: pd.DataFrame,
     return pd.concat([metrics, table.frame()], ignore_index=True) if table.rows else metrics
 
 
-def write_metrics(run_dir: Path, judge: str, metrics: pd.DataFrame) -> None:
+def write_metrics(run_dir: Path, judge: str, metrics: pd.DataFrame, same_samples: bool = False) -> None:
     """The judge's rows to its metrics.csv, the rows no judge enters (empty `judge`) to the run's: each judge of the
-    run writes the same ones there, so a concatenation of the run's files holds every statistic once."""
+    run writes the same ones there, so a concatenation of the run's files holds every statistic once.
+
+    The paired comparisons with other runs (against run:<id>, written by a report over several runs) stay while what
+    they were computed from stands: in the judge's file while its samples.csv is unchanged (`same_samples`), in the
+    run's file while it exists (generating the answers again moves it aside). Otherwise they go, and so do the other
+    runs' rows against this one and comparisons.csv's rows of it: a report over both runs computes them again."""
     free = metrics["judge"].fillna("") == ""
-    write_atomic(run_dir / "judge" / judge / "metrics.csv", cells.to_csv(metrics[~free], float_format="%.6g"))
-    shared, text = run_dir / "metrics.csv", cells.to_csv(metrics[free], float_format="%.6g")
-    if not shared.is_file() or shared.read_text(encoding="utf-8") != text:  # the same for every judge: left be
+    own, shared = run_dir / "judge" / judge / "metrics.csv", run_dir / "metrics.csv"
+    kept_own = paired_with_runs(own) if same_samples else None
+    kept_shared = paired_with_runs(shared)
+    write_atomic(own, cells.to_csv(pd.concat([metrics[~free], kept_own]) if kept_own is not None and len(kept_own)
+                                   else metrics[~free], float_format="%.6g"))
+    text = cells.to_csv(pd.concat([metrics[free], kept_shared]) if kept_shared is not None and len(kept_shared)
+                        else metrics[free], float_format="%.6g")
+    if not shared.is_file() or shared.read_bytes() != text.encode("utf-8"):  # the same for every judge: left be
         write_atomic(shared, text)
+    if not same_samples:
+        forget_comparisons(run_dir, judge)
+    if kept_shared is None:
+        forget_comparisons(run_dir, "")
+
+
+def paired_with_runs(path: Path) -> pd.DataFrame | None:
+    """The rows of a metrics.csv against another run (run:<id>); None when there is no such file."""
+    if not path.is_file():
+        return None
+    metrics = cells.read_csv(path)
+    return metrics[metrics["against"].fillna("").astype(str).str.startswith("run:")]
+
+
+def forget_comparisons(run_dir: Path, judge: str) -> None:
+    """Drop every other run's rows against this one (for `judge`, or "" for the criteria no judge enters) and
+    comparisons.csv's rows of this run: they were computed from results that have just changed."""
+    runs_dir, me = run_dir.parent, run_dir.name
+    files = [d / "judge" / judge / "metrics.csv" if judge else d / "metrics.csv"
+             for d in runs_dir.iterdir() if d.is_dir() and not d.is_symlink() and d.name != me]
+    for path in [f for f in files if f.is_file()] + [runs_dir / "comparisons.csv"] * (
+            runs_dir / "comparisons.csv").is_file():
+        metrics = cells.read_csv(path)
+        stale = (metrics["judge"].fillna("").astype(str) == judge) & (
+            (metrics["against"] == f"run:{me}") | ((metrics["run_id"].astype(str) == me)
+                                                   & metrics["against"].fillna("").astype(str).str.startswith("run:")))
+        if stale.any():
+            write_atomic(path, cells.to_csv(metrics[~stale], float_format="%.6g"))
+            log.info("%s: dropped %d paired comparison rows with run %s%s, whose results changed; a report over "
+                     "both runs (report.runs=[...]) computes them again", path, int(stale.sum()), me,
+                     f" (judge {judge})" if judge else "")
 
 
 def write_and_print(run_dir: Path, judge: str, s: ReportConfig | None = None) -> tuple[Path, Path]:
