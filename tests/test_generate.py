@@ -20,7 +20,7 @@ from conftest import SMALL, copy_run, make_cfg, read_jsonl, run_cli
 
 RECORD_KEYS = {"schema", "id", "index", "question", "references", "prompt", "prediction", "finish_reason",
                "num_generated_tokens", "token_ids", "tokens", "token_logprobs", "sequence_nll", "mean_nll",
-               "human_label"}
+               "human_label", "meta"}
 
 
 @pytest.mark.slow
@@ -30,7 +30,8 @@ def test_generation_records(judged_run):
     assert sorted(r["id"] for r in records) == sorted(f["id"] for f in factoids)
     assert {r["id"]: r["index"] for r in records} == {f["id"]: i for i, f in enumerate(factoids)}
     for r in records:
-        assert set(r) == RECORD_KEYS and r["schema"] == "generation/2" and r["human_label"] is None
+        assert set(r) == RECORD_KEYS and r["schema"] == "generation/3" and r["human_label"] is None
+        assert r["meta"] == {"category": factoids[r["index"]]["category"]}  # (the shared run keeps it)
         n = r["num_generated_tokens"]
         assert n == len(r["token_ids"]) == len(r["tokens"]) == len(r["token_logprobs"]) > 0
         assert all(lp <= 0 for lp in r["token_logprobs"])

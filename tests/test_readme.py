@@ -169,7 +169,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dataset.fields.question=text 'dataset.fields.answers=[gold,aliases]'":
         ("a small qa.jsonl with those fields", "test_own_data"),
     "python -m pipeline stage=generate 'dataset.fields.keep=[category]' run_id=by-topic":
-        ("+ dataset.limit=40", "test_own_columns_and_a_breakdown_by_them"),
+        ("+ dataset.limit=20", "test_own_columns_and_a_breakdown_by_them"),
     "python -m pipeline stage=judge run_id=by-topic 'report.by=[category]'":
         ("the embedded judge", "test_own_columns_and_a_breakdown_by_them"),
     # Rescore answers made anywhere
@@ -670,7 +670,7 @@ def test_own_data(work):
 @pytest.mark.slow
 def test_own_columns_and_a_breakdown_by_them(work):
     pipeline(work, "python -m pipeline stage=generate 'dataset.fields.keep=[category]' run_id=by-topic",
-             "dataset.limit=40")
+             "dataset.limit=20")
     out = pipeline(work, "python -m pipeline stage=judge run_id=by-topic 'report.by=[category]'")
     run = work / "runs/by-topic"
     assert all(set(r["meta"]) == {"category"} for r in read_jsonl(run / "generate/generations.jsonl"))
