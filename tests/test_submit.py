@@ -90,6 +90,33 @@ def task_process(run_id, task_id):
     return None
 
 
+def test_a_served_judge_runs_as_a_sharded_chain_and_agrees_with_the_hf_engine(cluster, vllm_server, tmp_path,
+                                                                                model_dir):
+    """judge.engine=openai on the real SLURM: the judge tasks ask for no GPU, each shard sends its answers to the
+    tests' vLLM server, the shards merge with their token counts added up, and the verdicts are the hf engine's on the
+    same answers (judged here afterwards)."""
+    jobs, out = submit(cluster, tmp_path, "served", "slurm.generate_shards=2", "slurm.judge_shards=2",
+                       "slurm.judge_gpus=null", "judge.engine=openai", f"judge.api.base_url={vllm_server}",
+                       "report.plots=false")
+    states = states_of(cluster, jobs)
+    assert set(states.values()) == {"COMPLETED"}, states
+    commands = json.loads((tmp_path / "runs/served/slurm/submit.json").read_text())["commands"]
+    assert "--gres" not in commands["judge"] and "--gres=gpu:1" in commands["generate"]
+    folder = tmp_path / "runs/served/judge/smollm2-135m"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["merged_from"]["shard_count"] == 2 and manifest["judge"]["engine"] == "openai"
+    shards = [json.loads(m.read_text())["engine"]["usage"] for m in sorted(folder.glob("shards/*/manifest.json"))]
+    assert len(shards) == 2 and manifest["engine"]["usage"]["prompt_tokens"] == sum(u["prompt_tokens"] for u in shards)
+    served = {v["id"]: v for v in read_jsonl(folder / "verdicts.jsonl")}
+    assert len(served) == 16
+    out = run_cli("stage=judge", "run_id=served", "judge.name=local", f"runs_dir={tmp_path}/runs", "threads=1",
+                  "progress=false", "report.plots=false", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    local = {v["id"]: v for v in read_jsonl(tmp_path / "runs/served/judge/local/verdicts.jsonl")}
+    assert {i: v["verdict"] for i, v in served.items()} == {i: v["verdict"] for i, v in local.items()}
+    assert max(abs(served[i]["p_correct"] - local[i]["p_correct"]) for i in served) < 1e-4
+
+
 def test_a_killed_task_cancels_its_dependents_and_a_resubmit_completes(cluster, tmp_path, model_dir):
     chain = ("slurm.generate_shards=4", "slurm.judge_shards=2", "generator.batch_size=1", "dataset.limit=24")
     jobs, _ = submit(cluster, tmp_path, "killed", *chain)
@@ -263,6 +290,34 @@ def test_dry_run_gives_judge_tasks_with_more_gpus_than_a_copy_needs_one_replica_
     out = run_cli("stage=submit", "slurm.dry_run=true", "judge=llama70b", "hardware=8xH100-80GB",
                   "slurm.judge_gpus=4", "judge.placement.replicas=3", f"runs_dir={tmp_path}/runs", cwd=tmp_path)
     assert "3 copies of judge llama70b need 6 GPUs (2 each" in one_error_line(out)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_sizes_each_task_by_its_engine(tmp_path):
+    """A judge behind an API asks for no GPU (its tasks only send requests), nor does a served generator; a vLLM
+    judge asks for the fewest GPUs that hold a copy and divide its attention heads (gemma3-27b on 24 GiB cards: 3
+    hold it, 32 heads make it 4), runs no replicas of its own, and is refused in one line where no count divides."""
+    def judge_line(*args):
+        out = run_cli("stage=submit", "slurm.dry_run=true", *args, f"runs_dir={tmp_path}/runs", cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        return out, [x for x in out.stdout.splitlines() if x.startswith("sbatch")]
+
+    out, (gen, jud, _) = judge_line("judge=llama70b-8bit", "hardware=4xA100-40GB", "judge.engine=openai",
+                                    "judge.api.base_url=http://gpu-node-3:8000/v1")
+    assert "--gres" not in jud and "--gres=gpu:1" in gen and "judge.engine=openai" in jud
+    assert "judge.engine=openai (the tasks only send requests to judge.api.base_url)" in out.stdout
+    _, (gen, jud, _) = judge_line("generator.engine=openai", "generator.api.base_url=http://gpu-node-3:8000/v1",
+                                  "generator.api.model=llama", "judge=llama70b-8bit", "hardware=4xA100-40GB")
+    assert "--gres" not in gen and "--gres=gpu:3" in jud
+    _, (_, hf, _) = judge_line("judge=gemma3-27b", "hardware=4xRTX4090-24GB")
+    _, (_, vllm, _) = judge_line("judge=gemma3-27b", "hardware=4xRTX4090-24GB", "judge.engine=vllm")
+    assert "--gres=gpu:3" in hf and "--gres=gpu:4" in vllm
+    _, (_, vllm, _) = judge_line("judge=llama70b", "hardware=8xH100-80GB", "slurm.judge_gpus=8", "judge.engine=vllm")
+    assert "--gres=gpu:8" in vllm and "replicas" not in vllm  # vLLM's own data parallelism fills the task's GPUs
+    out = run_cli("stage=submit", "slurm.dry_run=true", "judge=gemma3-27b", "hardware=3xRTX3090-24GB",
+                  "judge.engine=vllm", f"runs_dir={tmp_path}/runs", cwd=tmp_path)
+    line = one_error_line(out)
+    assert out.returncode == 2 and "divides its 32 attention heads, and none from 3 to 3 does" in line
     assert not (tmp_path / "runs").exists()
 
 

@@ -82,11 +82,13 @@ def gpus_per_copy(cfg, hardware) -> int | None:
 
 
 def judge_gpus(cfg) -> int:
-    """GPUs per judge task: slurm.judge_gpus, else the fewest GPUs of the hardware profile's kind that fit."""
+    """GPUs per judge task: slurm.judge_gpus, else none for a served judge (engine=openai: the task only sends
+    requests), else the fewest GPUs of the hardware profile's kind that fit (engine=vllm: and divide the model's
+    attention heads, as its tensor parallelism needs)."""
     if cfg.slurm.judge_gpus is not None:
         return cfg.slurm.judge_gpus
     j = cfg.judge
-    if j.placement.devices == "cpu":
+    if j.placement.devices == "cpu" or j.engine == "openai":
         return 0
     hardware = for_profile(cfg.hardware)
     if not hardware.gpus:
@@ -96,10 +98,33 @@ def judge_gpus(cfg) -> int:
             "or slurm.judge_gpus=N."
         )
     n = gpus_per_copy(cfg, hardware)
+    if n is not None and n <= len(hardware.gpus) and j.engine == "vllm":
+        heads = tensor_parallel_heads(cfg)
+        tp = next((t for t in range(n, len(hardware.gpus) + 1) if heads % t == 0), None)
+        if tp is None:
+            raise PipelineError(
+                f"judge.engine=vllm: a copy of judge {j.name!r} needs {n} GPUs of {hardware.describe()}, but vLLM's "
+                f"tensor parallelism needs a count that divides its {heads} attention heads, and none from {n} to "
+                f"{len(hardware.gpus)} does. Use judge.engine=hf (it places layers over any count) or a node with "
+                "more GPUs.")
+        n = tp
     if n is None or n > len(hardware.gpus):
         raise PipelineError(f"judge {j.name!r} does not fit on one node of {hardware.describe()}; see "
                             f"`python -m pipeline stage=plan judge={j.name} hardware={cfg.hardware.name}`.")
     return n
+
+
+def tensor_parallel_heads(cfg) -> int:
+    """The judge's attention heads, which vLLM's tensor parallelism must divide evenly."""
+    from .placement import load_model_config
+
+    j = cfg.judge
+    return int(load_model_config(j.model, j).get_text_config().num_attention_heads)
+
+
+def generate_gpus(cfg) -> int:
+    """GPUs per generate task: none for a served generator (engine=openai), else slurm.generate_gpus."""
+    return 0 if cfg.generator.engine == "openai" else cfg.slurm.generate_gpus
 
 
 def replicas_per_task(cfg, gpus: int) -> tuple[int, str | None]:
@@ -107,6 +132,8 @@ def replicas_per_task(cfg, gpus: int) -> tuple[int, str | None]:
     slurm.judge_gpus is more than one copy needs on the hardware profile, as many copies as fit; else 1."""
     from .replicas import AUTO, parse_requested
 
+    if cfg.judge.engine != "hf":  # vLLM runs its own copies (data parallelism); a served judge has none
+        return 1, None
     given = parse_requested(cfg.judge.placement.replicas)
     on_gpus = gpus > 0 and cfg.judge.placement.devices != "cpu"
     usable = min(gpus, cfg.judge.placement.gpus or gpus)  # judge.placement.gpus: only the first ones
@@ -139,6 +166,8 @@ def sizing(cfg, gpus: int, replicas: int = 1) -> dict:
         source = "slurm.judge_gpus"
     elif cfg.judge.placement.devices == "cpu":
         source = "judge.placement.devices=cpu"
+    elif cfg.judge.engine == "openai":
+        source = "judge.engine=openai (the tasks only send requests to judge.api.base_url)"
     else:
         source = f"placement plan of judge {cfg.judge.name} on hardware={cfg.hardware.name}"
     return {
@@ -257,7 +286,7 @@ def chain(cfg, run_id: str, run_dir: Path, gpus: int | None = None,
     signal = [f"--signal=B:USR1@{s.signal_seconds}", "--requeue"]
     scripts = slurm_dir()
     gen = ["sbatch", "--parsable", array(s.generate_shards, s.max_parallel), *signal,
-           *common_args(s, "generate", f"gen-{run_id}", s.generate_time, s.cpus_per_task, s.mem, s.generate_gpus,
+           *common_args(s, "generate", f"gen-{run_id}", s.generate_time, s.cpus_per_task, s.mem, generate_gpus(cfg),
                         logs / "generate-%A_%a.out", setup),
            str(scripts / "generate.sbatch"), *tail]
     jud = ["sbatch", "--parsable", array(s.judge_shards, s.max_parallel), *signal,
@@ -314,7 +343,7 @@ def run(cfg) -> dict[str, str]:
     run_dir = create_run(Path(cfg.runs_dir), run_id)
     if cfg.overwrite:  # done here, once, so that no array task has to touch what the others share
         judge_dir = run_dir / "judge" / cfg.judge.name
-        move_aside(run_dir, [p for p in (run_dir / "generate", judge_dir) if p.exists()])
+        move_aside(run_dir, [p for p in (run_dir / "generate", judge_dir, run_dir / "metrics.csv") if p.exists()])
     (run_dir / "slurm").mkdir(exist_ok=True)
     if cfg.slurm.setup:
         write_atomic(run_dir / "slurm" / "setup.sh", setup_script(cfg, run_id))
