@@ -128,7 +128,7 @@ def test_nothing_left_to_do_loads_no_model(judged_run, tmp_path, monkeypatch):
         raise AssertionError("a model was loaded with nothing left to generate")
 
     monkeypatch.setattr(generate, "load_planned", no_load)
-    generate.run(make_cfg(run.parent, "run_id=copy", "dataset.limit=16"))
+    generate.run(make_cfg(run.parent, "run_id=copy", "dataset.limit=16", "dataset.fields.keep=[category]"))
     assert stage.is_complete() and len(stage.read_records()) == 16
 
 
