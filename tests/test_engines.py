@@ -204,6 +204,64 @@ def test_kill_9_mid_stage_then_the_same_command_gives_each_verdict_once(api_run,
     assert same_records({r["id"]: r for r in rows}, verdicts(run48, "api"))  # as the uninterrupted run's
 
 
+def test_kill_9_on_engine_vllm_takes_its_server_down_and_the_same_command_finishes_the_rest(api_run, run48):
+    """engine=vllm end to end: the stage (which started its own vLLM server) killed with SIGKILL after its first
+    verdicts; every process of that server ends (it runs in a session of its own, so only the kernel's SIGTERM on the
+    stage's death can reach it); the same command then starts a new server and judges only the rest, giving the
+    records of an uninterrupted run (the session server's, same model and dtype)."""
+    args = ["stage=judge", f"runs_dir={run48}", "run_id=r", "judge.name=killed-vllm", "progress=false",
+            "judge.engine=vllm", "judge.batch_size=2", "judge.api.concurrency=1", "judge.vllm.start_timeout_s=1500",
+            "judge.vllm.extra_args=[--enforce-eager]"]
+    partial = run48 / "r/judge/killed-vllm/verdicts.jsonl.partial"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 1500
+        while time.monotonic() < deadline and proc.poll() is None and (
+                not partial.is_file() or len(partial.read_text().splitlines()) < 2):
+            time.sleep(0.05)
+        servers = [p for p in children(proc.pid) if session_of(p) == p]
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    done_before = len(read_jsonl(partial))
+    assert 2 <= done_before < N, done_before  # killed mid-stage
+    assert len(servers) == 1, servers  # the stage's vLLM server, in a session of its own
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and in_session(servers[0]):
+        time.sleep(0.2)
+    left = in_session(servers[0])
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"the killed stage's vLLM server left processes running: {left}"
+
+    out = run_cli(*args, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"judging {N - done_before} answers with" in out.stderr, out.stderr[-2000:]  # only the rest asked for
+    rows = read_jsonl(run48 / "r/judge/killed-vllm/verdicts.jsonl")
+    assert sorted(r["id"] for r in rows) == sorted(verdicts(run48, HF))  # 0 lost, 0 twice
+    assert same_records({r["id"]: r for r in rows}, verdicts(run48, "api"))  # as the uninterrupted run's
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def in_session(sid: int) -> list[int]:
+    """The live processes of session `sid`."""
+    return [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat")
+            if session_of(int(stat.parent.name)) == sid and alive(int(stat.parent.name))]
+
+
 def session_of(pid: int) -> int | None:
     try:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
