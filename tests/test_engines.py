@@ -244,36 +244,36 @@ def test_kill_9_on_engine_vllm_takes_its_server_down_and_the_same_command_finish
     assert same_records({r["id"]: r for r in rows}, verdicts(run48, "api"))  # as the uninterrupted run's
 
 
+def stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state, parent, group, session, ...); None if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+
+
 def children(pid: int) -> list[int]:
     """The processes whose parent is `pid`."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
+    return [p for p in pids() if (f := stat_fields(p)) and f[1] == str(pid)]
 
 
 def in_session(sid: int) -> list[int]:
     """The live processes of session `sid`."""
-    return [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat")
-            if session_of(int(stat.parent.name)) == sid and alive(int(stat.parent.name))]
+    return [p for p in pids() if (f := stat_fields(p)) and f[3] == str(sid) and f[0] != "Z"]
 
 
 def session_of(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
-    except (OSError, IndexError, ValueError):
-        return None
+    f = stat_fields(pid)
+    return int(f[3]) if f else None
 
 
 def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    f = stat_fields(pid)
+    return bool(f) and f[0] != "Z"
 
 
 @pytest.mark.parametrize("armed", [True, False])
