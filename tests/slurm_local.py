@@ -376,21 +376,22 @@ class LocalSlurm:
     def job_states(self, job_id) -> dict[str, str]:
         """Current state of a job, or of each task of an array job: {"12": "RUNNING"} or {"12_0": ..., "12_1": ...}.
 
-        slurmctld is asked first; a job it has already forgotten (MinJobAge after it ended) is read from the
-        jobcomp file. Returns {} for a job id neither knows.
+        The jobcomp file gives what has ended; slurmctld's live records override it. slurmctld forgets each
+        record MinJobAge after it ended, array tasks one by one, so on a slow machine it may still show an array's
+        last tasks when it has forgotten the first ones: both sources are needed for the whole array. Returns {}
+        for a job id neither knows.
         """
         job = str(job_id)
+        states = self.jobcomp_states(job)
         result = self.run("scontrol", "show", "job", "-o", job, check=False)
         if result.returncode == 0:
-            states: dict[str, str] = {}
             for line in result.stdout.splitlines():
                 if line.strip():
                     states.update(_record_states(_fields(line)))
-            return states
-        if "Invalid job id" not in result.stderr:
+        elif "Invalid job id" not in result.stderr:
             raise SlurmCommandError(result.returncode, ["scontrol", "show", "job", "-o", job], result.stdout,
                                     result.stderr)
-        return self.jobcomp_states(job)
+        return states
 
     def jobcomp_states(self, job_id) -> dict[str, str]:
         """Final states of a job (or its array tasks) as logged in the jobcomp file; {} when not logged."""
