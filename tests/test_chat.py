@@ -10,7 +10,7 @@ import math
 import pytest
 
 from conftest import make_cfg
-from pipeline.engines.chat import ChatEngine, markup_in, verdict_position
+from pipeline.engines.chat import ChatEngine, answer_of, markup_in, verdict_position
 from pipeline.engines.settings import ApiConfig
 from pipeline.errors import PipelineError
 from pipeline.judges import make_chat_judge
@@ -134,11 +134,33 @@ def test_what_chat_style_cannot_do_is_refused_before_anything_runs(tmp_path):
     cfg = make_cfg(tmp_path / "runs", "judge.engine=vllm", "judge.api.style=chat")
     with pytest.raises(PipelineError, match="engine=vllm sends the prompts as token ids"):
         check_served(cfg.judge, "judge t")
-    cfg = make_cfg(tmp_path / "runs", "generator.engine=openai", "generator.api.style=chat",
-                   "generator.api.base_url=http://unused/v1")
-    with pytest.raises(PipelineError, match="api.style=chat is for a judge"):
-        check_served(cfg.generator, "generator t")
     chat = make_cfg(tmp_path / "runs", "judge.engine=openai", "judge.api.style=chat").judge
     completions = make_cfg(tmp_path / "runs", "judge.engine=openai").judge
     assert served_fingerprint(chat) != served_fingerprint(completions)  # never resumed in the other style
     assert served_fingerprint(completions) == {"engine": {"name": "openai", "served_model": None}}  # as before
+
+
+@pytest.mark.parametrize("content, tokens, finish, answer", [
+    # cut at the first newline after text, the newline's token kept (the hf engine's rule); the server said "stop"
+    ("Paris\nIt is the capital.", ["Paris", "\n", "It", " is"], "stop", ("Paris", "newline", 2)),
+    # blank lines before the answer do not end it
+    ("\n\n Paris.\nMore", ["\n\n", " Paris", ".\n", "More"], "stop", ("Paris.", "newline", 3)),
+    ("Paris", ["Paris"], "stop", ("Paris", "eos", 1)),  # the server ended the reply
+    ("The city of", ["The", " city", " of"], "length", ("The city of", "length", 3)),
+    ("", [], "content_filter", ("", "content_filter", 0)),  # a reason of the server's own is kept
+])
+def test_a_generators_chat_reply_is_cut_as_the_hf_engine_cuts(content, tokens, finish, answer):
+    engine = ChatEngine(ApiConfig(base_url="http://unused/v1"), "m", None, "generator t")
+    got = engine.read(reply(content, [[(t, -0.5)] for t in tokens], finish), logprobs=True, required=False)
+    assert answer_of(got, first_line_only=True) == answer
+    assert got.logprobs == [-0.5] * len(tokens) and got.written == len(tokens)
+    assert engine.verdict_logprobs is None  # a generator asks for no top 20
+
+
+def test_a_generators_reply_without_log_probabilities_is_an_answer_without_tokens():
+    engine = ChatEngine(ApiConfig(base_url="http://unused/v1"), "m", None, "generator t")
+    got = engine.read({"choices": [{"message": {"content": "Paris\nMore"}, "finish_reason": "stop"}]},
+                      logprobs=True, required=False)
+    assert answer_of(got, first_line_only=True) == ("Paris", "newline", None)
+    assert answer_of(got, first_line_only=False) == ("Paris\nMore", "eos", None)
+    assert got.logprobs is None and got.written is None

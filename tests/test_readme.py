@@ -94,6 +94,8 @@ SUBSTITUTIONS: dict[str, list[str]] = {
     "judge.api.base_url=http://gpu-node-3:8000/v1": ["judge.api.base_url={vllm_url}", "judge.name=smollm2-135m-api"],
     "judge.api.base_url=https://api.openai.com/v1": ["judge.api.base_url={vllm_url}"],  # no API: the tests' server
     "judge.api.model=gpt-4o": ["judge.api.model=smollm2-135m"],
+    "generator.api.base_url=https://api.openai.com/v1": ["generator.api.base_url={vllm_url}"],
+    "generator.api.model=gpt-4o-mini": ["generator.api.model=smollm2-135m"],
 }
 
 # Commands that run exactly as written (a cwd or environment of the test's choosing, nothing added).
@@ -198,6 +200,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "judge.api.base_url=https://api.openai.com/v1 judge.api.model=gpt-4o judge.api.key_env=OPENAI_API_KEY":
         ("the tests' vLLM server in place of the API (api.model smollm2-135m), a made-up key in OPENAI_API_KEY",
          "test_judge_on_a_hosted_api_in_chat_style"),
+    "python -m pipeline stage=generate dataset=nq_open run_id=nq-4o-mini generator.name=gpt-4o-mini "
+    "generator.engine=openai generator.api.style=chat generator.api.base_url=https://api.openai.com/v1 "
+    "generator.api.model=gpt-4o-mini generator.api.key_env=OPENAI_API_KEY":
+        ("the tests' vLLM server in place of the API (api.model smollm2-135m), a made-up key in OPENAI_API_KEY",
+         "test_generate_with_a_hosted_model_in_chat_style"),
     "python -m pipeline stage=fetch generator=llama31-8b judge=llama70b-8bit":
         ("the embedded generator and judge (converted once into the cache)", "test_fetch_the_chains_models"),
     "apptainer build pipeline.sif containers/pipeline.def":
@@ -1021,6 +1028,35 @@ def test_judge_on_a_hosted_api_in_chat_style(nq_run, vllm_server, monkeypatch):
     assert engine["usage"]["requests"] == len(NQ_ROWS) + 1  # one per answer, and /v1/models
     assert manifest["judge"]["chat_template"] == "server" and manifest["judge"]["spec"] is None
     assert all(r["invalid_reason"] for r in rows if r["verdict"] == "invalid")
+    leaked = [p for p in (work / "runs").rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
+    assert not leaked
+
+
+@pytest.mark.slow
+def test_generate_with_a_hosted_model_in_chat_style(nq_run, vllm_server, monkeypatch):
+    """The hosted-generator command against the tests' vLLM server: messages, a key from the environment. The server
+    applies the model's own chat template, so the answers are the hf engine's (nq-8b, the same model); the records
+    keep the messages as the prompt and the server's log-probabilities; the key is in no file."""
+    key = "sk-hosted-generator-never-written"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    work = nq_run.parents[1]
+    pipeline(work, "python -m pipeline stage=generate dataset=nq_open run_id=nq-4o-mini generator.name=gpt-4o-mini "
+                   "generator.engine=openai generator.api.style=chat generator.api.base_url=https://api.openai.com/v1 "
+                   "generator.api.model=gpt-4o-mini generator.api.key_env=OPENAI_API_KEY", vllm_url=vllm_server)
+    hf = {r["id"]: r for r in read_jsonl(nq_run / "generate/generations.jsonl")}
+    chat = {r["id"]: r for r in read_jsonl(work / "runs/nq-4o-mini/generate/generations.jsonl")}
+    assert chat.keys() == hf.keys() and len(chat) == len(NQ_ROWS)
+    assert [k for k in hf if chat[k]["prediction"] != hf[k]["prediction"]] == []
+    for k, r in chat.items():
+        assert r["token_ids"] is None and r["tokens"] and len(r["token_logprobs"]) == r["num_generated_tokens"]
+        sent = json.loads(r["prompt"])  # the messages, as sent
+        assert sent[-1]["role"] == "user" and r["question"] in sent[-1]["content"]
+        if hf[k]["finish_reason"] == "newline":  # the same tokens, newline included: the same NLL
+            assert r["finish_reason"] == "newline" and abs(r["sequence_nll"] - hf[k]["sequence_nll"]) < 0.05, (r, hf[k])
+    manifest = json.loads((work / "runs/nq-4o-mini/generate/manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["records"] == len(NQ_ROWS)
+    assert manifest["generator"]["chat_template"] == "server" and manifest["engine"]["style"] == "chat"
+    assert manifest["engine"]["usage"]["requests"] == len(NQ_ROWS) + 1  # one per question, and /v1/models
     leaked = [p for p in (work / "runs").rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
     assert not leaked
 

@@ -11,6 +11,7 @@ where it stopped when the same command is run again.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from . import shards
 from .config import Config
 from .data import QAItem, load_items
 from .decoding import Generation, PrefixCache, context_length, generated_text, length_batches
+from .engines.chat import answer_of, markup_in
 from .engines.hf import HfEngine
 from .engines.served import check_served, served_engine, served_fingerprint
 from .errors import PipelineError, plural, preview
@@ -124,6 +126,8 @@ class Generator:
         g = cfg.generator
         if g.engine != "hf":
             check_served(g, f"generator {g.name}")
+            if chat_style(g):  # a hosted model: nothing of it is here, not even its tokenizer
+                return cls(None, None, "")
             source = model_folder(g.model, cache_root(cfg.cache_dir))
             return cls(None, context_length(model_config(source, g)), source)
         device = pick_device(g.device)
@@ -132,11 +136,62 @@ class Generator:
         return cls(single_device(g, precision, str(device), source), context_length(model_config(source, g)), source)
 
 
+def chat_style(g) -> bool:
+    return g.engine == "openai" and str(g.api.style) == "chat"
+
+
+def answer_by_chat(cfg: Config, attempt: Attempt, todo: list[QAItem], position: dict) -> dict:
+    """generator.api.style=chat: each question's turns as messages to the server, which applies its own chat
+    template; the reply cut to its first line here as the hf engine cuts it (engines/chat.answer_of). The questions
+    cannot be fitted to a context this side does not know: one the server refuses stops the stage in one line."""
+    g = cfg.generator
+    info = {"chat_template": "server", "truncated": [], "load_s": 0.0, "new_tokens": 0}
+    if not todo:
+        return info
+    messages = {it.id: generator_messages(cfg, it.question, markup_in(it.question)) for it in todo}
+    t0 = time.perf_counter()
+    with served_engine(g, "", None, None, g.stop_at_newline, 0, cache_root(cfg.cache_dir),
+                       f"{attempt.job.run_dir.name}--{g.name}", f"generator {g.name}") as engine:
+        info["load_s"] = round(time.perf_counter() - t0, 3)
+
+        def rows_of(batch: list[QAItem]) -> list[GenerationRow]:
+            replies = engine.replies([messages[it.id] for it in batch], "", g.max_new_tokens, False, True, top=0,
+                                     required=False)
+            return [chat_row(it, position[it.id], messages[it.id], reply, g.stop_at_newline, info)
+                    for it, reply in zip(batch, replies)]
+
+        size = max(g.batch_size, engine.concurrency)  # a batch keeps every request slot busy
+        try:
+            attempt.write((todo[i:i + size] for i in range(0, len(todo), size)), rows_of,
+                          desc=f"generate {g.name}", unit="q")
+        finally:
+            info["engine"] = engine.describe()
+    return info
+
+
+def chat_row(item: QAItem, index: int, messages: list[dict], reply, first_line_only: bool, info: dict
+             ) -> GenerationRow:
+    """One answer from a chat reply: the prompt is the messages sent (JSON); tokens and log-probabilities are the
+    server's, as far as the answer goes (none when it gives none); no token ids (no tokenizer here)."""
+    text, reason, kept = answer_of(reply, first_line_only)
+    logprobs = [round(x, 6) for x in reply.logprobs[:kept]] if kept is not None else None
+    nll = -sum(logprobs) if logprobs is not None else None
+    info["new_tokens"] += reply.written if reply.written is not None else len(reply.tokens)
+    return GenerationRow(
+        id=item.id, index=index, question=item.question, references=list(item.references),
+        prompt=json.dumps(messages, ensure_ascii=False), prediction=text, finish_reason=reason,
+        num_generated_tokens=kept, token_ids=None, tokens=reply.tokens[:kept] if kept is not None else None,
+        token_logprobs=logprobs, sequence_nll=round(nll, 6) if nll is not None else None,
+        mean_nll=round(nll / kept, 6) if nll is not None and kept else None, meta=item.meta or None)
+
+
 def answer_questions(cfg: Config, attempt: Attempt, gen: Generator, items: list[QAItem]) -> dict:
     """Prompt, load and answer every question left; what the manifest records of it."""
     g = cfg.generator
     position = {it.id: i for i, it in enumerate(items)}
     todo = [items[position[rid]] for rid in attempt.todo]
+    if chat_style(g):
+        return answer_by_chat(cfg, attempt, todo, position)
     t0 = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -191,10 +246,11 @@ def details(cfg: Config, attempt: Attempt, gen: Generator, data_info: dict, info
         "expected_total": total,
         "dataset": data_info,
         "generator": {"name": g.name, "engine": str(g.engine),
-                      "precision": gen.plan.precision.describe() if gen.plan else str(g.precision),
+                      "precision": gen.plan.precision.describe() if gen.plan else
+                      str(g.precision) if gen.source else "server's",
                       "device": gen.plan.device_map[""] if gen.plan else "server",
                       "chat_template": info["chat_template"], "context_length": gen.limit,
-                      **source_info(g.model, gen.source)},
+                      **(source_info(g.model, gen.source) if gen.source else {"spec": g.api.model, "resolved": None})},
         **({"engine": info["engine"]} if info.get("engine") else {}),
         "truncated_questions": info["truncated"],
         "timings": {"load_s": info["load_s"], "generate_s": round(attempt.seconds, 3),

@@ -65,6 +65,8 @@ class Reply:
     finish_reason: str | None
     tokens: list[str]
     top: list[dict[str, float]]  # per token: text -> log P (the top `TOP_K`; repeated texts keep the largest)
+    logprobs: list[float] | None = None  # per token: log P of the token written (None: the server gave none)
+    written: int | None = None  # tokens the server says it wrote (its usage.completion_tokens)
 
 
 class ChatEngine:
@@ -89,9 +91,10 @@ class ChatEngine:
         return self.server_model
 
     def replies(self, conversations: list[list[dict]], prefix: str, max_tokens: int, stop_at_newline: bool,
-                logprobs: bool) -> list[Reply]:
+                logprobs: bool, top: int = TOP_K, required: bool = True) -> list[Reply]:
         """Greedy replies, in order. `prefix` (with api.prefill) is the start of the reply, continued by the server;
-        the replies' text and tokens are what the server wrote after it."""
+        the replies' text and tokens are what the server wrote after it. With `logprobs` each token's log P is asked
+        for, with the `top` alternatives; a server that gives none is refused when they are `required`."""
         def send(messages: list[dict]) -> Reply:
             body = {"model": self.model_name, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
                     "seed": 0}
@@ -101,12 +104,12 @@ class ChatEngine:
             if stop_at_newline:
                 body["stop"] = ["\n"]
             if logprobs:
-                body.update(logprobs=True, top_logprobs=TOP_K)
-            return self.read(self.client.request("chat/completions", body), logprobs)
+                body.update(logprobs=True, **({"top_logprobs": top} if top else {}))
+            return self.read(self.client.request("chat/completions", body), logprobs, required)
 
         return list(self.pool.map(send, conversations))
 
-    def read(self, reply: dict, logprobs: bool) -> Reply:
+    def read(self, reply: dict, logprobs: bool, required: bool = True) -> Reply:
         choices = reply.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise PipelineError(f"{self.client.what}: the server's chat reply holds no choices: it may not be a "
@@ -114,25 +117,59 @@ class ChatEngine:
         c = choices[0]
         text = str((c.get("message") or {}).get("content") or "")
         content = (c.get("logprobs") or {}).get("content")
-        if logprobs and not isinstance(content, list):
+        if logprobs and required and not isinstance(content, list):
             raise PipelineError(
                 f"{self.client.what}: the server returned no log-probabilities, which judge.mode=logprob needs; use "
                 "judge.mode=generate with this server (a verdict parsed from the reply).")
-        tokens, top = [], []
+        tokens, top, chosen = [], [], []
         for entry in content or []:
             tokens.append(str(entry.get("token", "")))
+            lp = entry.get("logprob")
+            chosen.append(float(lp) if isinstance(lp, (int, float)) and math.isfinite(float(lp)) else None)
             seen: dict[str, float] = {}
             for t in entry.get("top_logprobs") or []:
                 tok, lp = str(t.get("token", "")), t.get("logprob")
                 if lp is not None and math.isfinite(float(lp)):
                     seen[tok] = max(seen.get(tok, -math.inf), float(lp))
             top.append(seen)
-        if logprobs:
+        if logprobs and required:
             self.verdict_logprobs = f"top {TOP_K}"
-        return Reply(text, c.get("finish_reason"), tokens, top)
+        usable = isinstance(content, list) and None not in chosen
+        written = (reply.get("usage") or {}).get("completion_tokens")
+        return Reply(text, c.get("finish_reason"), tokens, top, chosen if usable else None,
+                     written if isinstance(written, int) else None)
 
     def describe(self) -> dict:
         return {"engine": "vllm" if self.server else self.name, **({"server": self.server} if self.server else {}),
                 "style": "chat", "prefill": self.prefill, "base_url": self.client.base_url, "model": self.model_name,
                 "server_model": self.server_model, "verdict_logprobs": self.verdict_logprobs,
                 "usage": self.client.usage.to_dict()}
+
+
+def first_line_end(tokens: list[str]) -> int | None:
+    """Index of the token that ends a reply's first line under the hf engine's stop rule (a newline once non-blank
+    text has been written, so blank lines before the answer do not end it); None when no token does."""
+    seen_text = False
+    for k, tok in enumerate(tokens):
+        if "\n" in tok and (seen_text or tok.split("\n", 1)[0].strip()):
+            return k
+        seen_text |= bool(tok.strip())
+    return None
+
+
+def answer_of(reply: Reply, first_line_only: bool) -> tuple[str, str | None, int | None]:
+    """A generator's reply as an answer: (text, finish reason, how many of its tokens the answer holds).
+
+    The reply is cut here, not by a stop string sent to the server, so that the cut is the hf engine's: at the first
+    newline after non-blank text. Finish reasons are the hf engine's words: "newline" (cut there), "eos" (the server
+    ended the reply: "stop"), "length" (max_new_tokens); any other the server gives ("content_filter") is kept."""
+    text, reason = reply.text, {"stop": "eos", "length": "length"}.get(str(reply.finish_reason),
+                                                                        reply.finish_reason)
+    kept = len(reply.tokens) if reply.logprobs is not None else None
+    if first_line_only:
+        body = text.lstrip()
+        if "\n" in body:
+            text, reason = body.split("\n", 1)[0], "newline"
+            end = first_line_end(reply.tokens) if kept is not None else None
+            kept = end + 1 if end is not None else kept
+    return text.strip(), reason, kept

@@ -52,9 +52,6 @@ def check_served(model_cfg, what: str) -> None:
             raise PipelineError(f"{what}: engine=vllm sends the prompts as token ids (the hf engine's own); "
                                 "api.style=chat is for engine=openai: drop api.style, or serve the model yourself "
                                 "and use engine=openai.")
-    if str(model_cfg.api.style) == "chat" and not hasattr(model_cfg, "placement"):
-        raise PipelineError(f"{what}: api.style=chat is for a judge; a generator on a served engine sends token-id "
-                            "prompts (api.style=completions), so that its answers are the hf engine's.")
 
 
 def served_fingerprint(model_cfg) -> dict:
