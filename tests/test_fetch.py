@@ -53,3 +53,22 @@ def test_fetch_reports_each_model_and_submit_refuses_a_chain_whose_models_are_mi
                   "slurm.dry_run=true", f"runs_dir={tmp_path}/runs", cwd=tmp_path, env=env)
     assert out.returncode == 0 and "not in the cache" not in out.stdout, out.stderr
     assert all("HF_HUB_OFFLINE=1" in x for x in out.stdout.splitlines() if x.startswith("sbatch"))
+
+
+def test_a_served_judge_is_fetched_as_its_tokenizer_and_a_hosted_one_not_at_all(tmp_path, model_dir):
+    """engine=openai sends token ids of the judge's own tokenizer, so the jobs need it offline, but not its weights;
+    in chat style the server applies its own template and nothing of the model is needed here."""
+    env = offline_env(tmp_path / "hf")
+    hub_cache(tmp_path / "hf", "acme/served-judge", model_dir, weights=False)
+    served = ["judge.engine=openai", "judge.api.base_url=http://127.0.0.1:9/v1", "slurm.dry_run=true",
+              f"runs_dir={tmp_path}/runs"]
+    out = run_cli("stage=fetch", "judge.model=acme/served-judge", *served, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "judge acme/served-judge: in the cache (its tokenizer: it is served elsewhere), " in out.stdout
+    out = run_cli("stage=submit", "run_id=served", "judge.model=acme/served-judge", *served, cwd=tmp_path, env=env)
+    assert out.returncode == 0 and "not in the cache" not in out.stdout, out.stderr
+    out = run_cli("stage=submit", "run_id=served", "judge.model=acme/absent", *served, cwd=tmp_path, env=env)
+    assert out.returncode == 0 and "not in the cache yet (the jobs run offline): judge acme/absent" in out.stdout
+    out = run_cli("stage=submit", "run_id=hosted", "judge.model=acme/absent", "judge.api.style=chat", *served,
+                  cwd=tmp_path, env=env)
+    assert out.returncode == 0 and "not in the cache" not in out.stdout, out.stderr
