@@ -376,6 +376,43 @@ def test_two_runs_over_the_same_questions_are_one_group_with_a_paired_difference
     assert (pd.read_csv(runs / "here/metrics.csv").against == "run:there").sum() == 4 * 4
 
 
+def waiting_for_a_lock(pid: int) -> bool:
+    """Whether process `pid` is blocked waiting for a file lock (a "->" line of /proc/locks names the waiter)."""
+    lines = Path("/proc/locks").read_text().splitlines()
+    return any("->" in line and line.split("->", 1)[1].split()[3] == str(pid) for line in lines)
+
+
+def test_a_report_over_runs_waits_while_another_process_rewrites_their_shared_results(judged_run, tmp_path):
+    """Comparisons between runs live in every run's metrics.csv and in comparisons.csv; a judge's report drops the
+    ones its new verdicts undo. A report over several runs that wrote between those steps would put back rows of
+    the old verdicts, so both hold runs/.results.lock: here the test holds it (as a judge's report would), and the
+    report over two runs waits in the kernel, writes nothing meanwhile, and finishes once it is let go."""
+    import fcntl
+    import os
+    import sys
+    import time
+
+    runs = copy_run(judged_run, tmp_path, "a").parent
+    copy_run(judged_run, tmp_path, "b")
+    fd = os.open(runs / ".results.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "stage=report", "report.runs=[a,b]",
+                             f"runs_dir={runs}", "progress=false", "report.plots=false"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not waiting_for_a_lock(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert waiting_for_a_lock(proc.pid), f"the report did not wait for the lock (status {proc.poll()})"
+        assert not (runs / "comparisons.csv").exists() and not (runs / "leaderboard.csv").exists()
+    finally:
+        os.close(fd)  # let it go
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    compared = pd.read_csv(runs / "comparisons.csv")
+    assert set(compared["against"]) == {"run:b"} and (compared["statistic"] == "difference").any()
+
+
 def test_answers_made_again_take_the_runs_own_metrics_aside_with_the_judges(judged_run, tmp_path):
     """runs/<id>/metrics.csv holds statistics of the answers (exact match, the labels, comparisons with other runs):
     generating them again with overwrite=true moves it to replaced/ with the judges' results, so no statistic of

@@ -1,4 +1,5 @@
-"""The exclusive lock one process holds on a stage for the stage's whole life (runs/<id>/.locks/<stage>.lock)."""
+"""The exclusive lock one process holds on a stage for the stage's whole life (runs/<id>/.locks/<stage>.lock), and the
+short one over the result files that several runs share (runs/.results.lock)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import platform
 import sys
 import time
 import fcntl
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from .errors import PipelineError
 
@@ -126,3 +129,36 @@ class StageLock:
             return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
         except (ValueError, OSError):
             return {}
+
+
+_results_held: dict[str, int] = {}  # lock path -> depth, for this process
+
+
+@contextmanager
+def results_lock(runs_dir: Path) -> Iterator[None]:
+    """Waits for, then holds, the lock over the results that several runs share: each run's paired comparisons with
+    other runs (rows against run:<id> in its metrics.csv files) and runs/comparisons.csv. A report over several runs
+    holds it from reading their samples to its last write, and a judge's report while it rewrites its metrics and
+    drops the comparisons its new results undo; so neither can write back what the other has just replaced (rows
+    computed from verdicts that a judge run again has made stale). Held for seconds, so it waits rather than
+    refuses; re-entrant within one process."""
+    path = Path(runs_dir) / ".results.lock"
+    key = str(path.resolve())
+    if key in _results_held:
+        _results_held[key] += 1
+        try:
+            yield
+        finally:
+            _results_held[key] -= 1
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _results_held[key] = 1
+        try:
+            yield
+        finally:
+            del _results_held[key]
+    finally:
+        os.close(fd)  # releases the flock

@@ -58,6 +58,7 @@ from .rows import SAMPLE_COLUMNS, GenerationRow, SampleRow, VerdictRow, parse_ro
 from .runs import StageDir, finished_judges, list_runs, find_run  # noqa: F401 (also report.finished_judges)
 from .estimates import label_shortage
 from .labelset import load_labels, with_labels
+from .locks import results_lock
 from .stats import agreement, auroc, cohen_kappa, proportion_interval
 from .tidy import COLUMNS, MORE_LABELS, Table, metrics_table, paired_groups, paired_rows, pick
 from .wording import (PPI_ASSUMPTION, cite_line, cut_line, invalid_warning, label_plan_line,  # noqa: F401
@@ -308,7 +309,8 @@ def write(run_dir: Path, judge: str, s: ReportConfig | None = None) -> tuple[Pat
         same = samples_path.is_file() and samples_path.read_bytes() == text.encode("utf-8")
         write_atomic(samples_path, text)
         write_atomic(summary_path, cells.to_csv(summary, float_format="%.6g"))
-        write_metrics(run_dir, judge, metrics, same)
+        with results_lock(run_dir.parent):
+            write_metrics(run_dir, judge, metrics, same)
         if s.plots:
             plot(samples, summary, stage.path, f"{run_dir.name} / {judge}",
                  threshold=(stage.manifest().get("judge") or {}).get("threshold"))
@@ -519,8 +521,9 @@ def run(cfg) -> list[Path]:
     board = board.sort_values(["dataset", "dataset_sha256", "judge_invalid_flagged", "acc_judge"],
                               ascending=[True, True, True, False])
     out = Path(cfg.report.leaderboard) if cfg.report.leaderboard else runs_dir / "leaderboard.csv"
-    compared, disagree = compare_runs(board, {r.name: r for r in run_dirs}, s)
-    write_atomic(out.with_name("comparisons.csv"), cells.to_csv(compared, float_format="%.6g"))
+    with results_lock(runs_dir):  # from reading the runs' samples to the last file their comparisons go to
+        compared, disagree = compare_runs(board, {r.name: r for r in run_dirs}, s)
+        write_atomic(out.with_name("comparisons.csv"), cells.to_csv(compared, float_format="%.6g"))
     write_atomic(out, cells.to_csv(board, float_format="%.4g"))
     write_atomic(out.with_suffix(".html"), pages.leaderboard_page(board, out, runs_dir, compared, disagree))
     groups = board.groupby(["dataset", "dataset_sha256"], dropna=False).size()
