@@ -84,8 +84,8 @@ def check_folder(spec: str, folder: Path, weights: bool = True) -> tuple[int, in
     return len(files), sum(p.stat().st_size for p in files)
 
 
-def locate(spec: str, revision: str | None, cache_dir: Path, download: bool, weights: bool = True
-           ) -> tuple[Path, str] | None:
+def locate(spec: str, revision: str | None, cache_dir: Path, download: bool, weights: bool = True,
+           cached: bool = True) -> tuple[Path, str] | None:
     """Where the model is (and how it got there), downloading or converting it when `download`; None when it is
     not here and `download` is false. Without `weights` a Hub model is its tokenizer and config only."""
     from .models import COMPLETE_MARKER, locate_gguf, materialize_gguf
@@ -106,11 +106,13 @@ def locate(spec: str, revision: str | None, cache_dir: Path, download: bool, wei
 
     patterns = WANTED if weights else TOKENIZER
     try:
-        return Path(snapshot_download(spec, revision=revision, allow_patterns=patterns, local_files_only=True)), \
-            "in the cache"
+        if cached:  # `cached` false: the cache's copy is known to be short of files
+            return Path(snapshot_download(spec, revision=revision, allow_patterns=patterns, local_files_only=True)), \
+                "in the cache"
     except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
-        if not download:
-            return None
+        pass
+    if not download:
+        return None
     try:
         return Path(snapshot_download(spec, revision=revision, allow_patterns=patterns)), "downloaded"
     except Exception as e:  # the Hub unreachable, a gated or unknown repo: one line with the Hub's words
@@ -138,7 +140,17 @@ def run(cfg) -> list[Fetched]:
     done = []
     for spec, revision, who, weights in wanted_models(cfg):
         folder, how = locate(spec, revision, cache_dir, download=True, weights=weights)
-        files, size = check_folder(spec, folder, weights)
+        try:
+            files, size = check_folder(spec, folder, weights)
+        except PipelineError as short:
+            if how != "in the cache":  # a local folder, or what was just downloaded: as it is
+                raise
+            # in the cache, but not all of it (its tokenizer only, fetched for a served model): download the rest
+            try:
+                folder, how = locate(spec, revision, cache_dir, download=True, weights=weights, cached=False)
+            except PipelineError as e:
+                raise PipelineError(f"{str(short).rstrip('.')}; downloading the rest failed: {e}") from None
+            files, size = check_folder(spec, folder, weights)
         how += "" if weights else " (its tokenizer: it is served elsewhere)"
         done.append(Fetched(spec, folder, files, size, how))
         print(f"{who} {done[-1].line()}", flush=True)

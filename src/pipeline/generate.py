@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 FINGERPRINT_KEYS = ("model", "revision", "precision", "compute_dtype", "double_quant", "use_chat_template",
                     "max_new_tokens", "system_prompt", "prompt_template", "stop_at_newline")
+# A hosted model (api.style=chat): what of the generator's settings reaches it (the served model is the engine's).
+CHAT_FINGERPRINT_KEYS = ("max_new_tokens", "system_prompt", "prompt_template", "stop_at_newline")
 
 
 def pick_device(setting: str) -> torch.device:
@@ -250,7 +252,8 @@ def details(cfg: Config, attempt: Attempt, gen: Generator, data_info: dict, info
                       str(g.precision) if gen.source else "server's",
                       "device": gen.plan.device_map[""] if gen.plan else "server",
                       "chat_template": info["chat_template"], "context_length": gen.limit,
-                      **(source_info(g.model, gen.source) if gen.source else {"spec": g.api.model, "resolved": None})},
+                      **(source_info(g.model, gen.source) if gen.source else  # a hosted model: the name it answered to
+                         {"spec": (info.get("engine") or {}).get("model") or g.api.model, "resolved": None})},
         **({"engine": info["engine"]} if info.get("engine") else {}),
         "truncated_questions": info["truncated"],
         "timings": {"load_s": info["load_s"], "generate_s": round(attempt.seconds, 3),
@@ -267,7 +270,8 @@ def run(cfg: Config) -> Path:
     gen = Generator.prepare(cfg)
     items, data_info = load_items(cfg.dataset)
     run_dir, new_run = make_run(Path(cfg.runs_dir), cfg.run_id or new_run_id(g.name, cfg.dataset.name))
-    fingerprint = {"generator": {k: getattr(g, k) for k in FINGERPRINT_KEYS}, **served_fingerprint(g),
+    keys = CHAT_FINGERPRINT_KEYS if chat_style(g) else FINGERPRINT_KEYS
+    fingerprint = {"generator": {k: getattr(g, k) for k in keys}, **served_fingerprint(g),
                    "dataset": {"name": cfg.dataset.name, "content_sha256": data_info["content_sha256"],
                                **({"keep": list(cfg.dataset.fields.keep)} if cfg.dataset.fields.keep else {})}}
     job = StageJob(cfg, run_dir, StageDir(run_dir / "generate", "generations.jsonl"), shard, fingerprint,

@@ -138,10 +138,11 @@ _results_held: dict[str, int] = {}  # lock path -> depth, for this process
 def results_lock(runs_dir: Path) -> Iterator[None]:
     """Waits for, then holds, the lock over the results that several runs share: each run's paired comparisons with
     other runs (rows against run:<id> in its metrics.csv files) and runs/comparisons.csv. A report over several runs
-    holds it from reading their samples to its last write, and a judge's report while it rewrites its metrics and
-    drops the comparisons its new results undo; so neither can write back what the other has just replaced (rows
-    computed from verdicts that a judge run again has made stale). Held for seconds, so it waits rather than
-    refuses; re-entrant within one process."""
+    holds it from reading their samples to its last write; a judge's report while it rewrites its metrics and drops
+    the comparisons its new results undo; a stage that moves results aside while it moves them. So none can write
+    back what another has just replaced (rows computed from verdicts that a judge run again has made stale), or
+    read a folder that is moved away under it. Held for the length of a report at most, so it waits (saying so)
+    rather than refuses; re-entrant within one process."""
     path = Path(runs_dir) / ".results.lock"
     key = str(path.resolve())
     if key in _results_held:
@@ -154,7 +155,11 @@ def results_lock(runs_dir: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("%s: another process is writing results these runs share (a report); waiting for it", path)
+            fcntl.flock(fd, fcntl.LOCK_EX)
         _results_held[key] = 1
         try:
             yield

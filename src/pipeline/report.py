@@ -501,6 +501,12 @@ def run(cfg) -> list[Path]:
         run_dir = find_run(runs_dir, cfg.run_id)
         report_run(run_dir, s)
         return [run_dir / "judge"]
+    with results_lock(runs_dir):  # from the first samples read to the last file written: no run changes meanwhile
+        return report_runs(runs_dir, names, cfg, s)
+
+
+def report_runs(runs_dir: Path, names: list[str], cfg, s: ReportConfig) -> list[Path]:
+    """stage=report over several runs: each run's reports, the leaderboard and the paired comparisons."""
     rows, skipped = [], []
     run_dirs = [find_run(runs_dir, n) for n in names]
     for run_dir in run_dirs:
@@ -521,9 +527,8 @@ def run(cfg) -> list[Path]:
     board = board.sort_values(["dataset", "dataset_sha256", "judge_invalid_flagged", "acc_judge"],
                               ascending=[True, True, True, False])
     out = Path(cfg.report.leaderboard) if cfg.report.leaderboard else runs_dir / "leaderboard.csv"
-    with results_lock(runs_dir):  # from reading the runs' samples to the last file their comparisons go to
-        compared, disagree = compare_runs(board, {r.name: r for r in run_dirs}, s)
-        write_atomic(out.with_name("comparisons.csv"), cells.to_csv(compared, float_format="%.6g"))
+    compared, disagree = compare_runs(board, {r.name: r for r in run_dirs}, s)
+    write_atomic(out.with_name("comparisons.csv"), cells.to_csv(compared, float_format="%.6g"))
     write_atomic(out, cells.to_csv(board, float_format="%.4g"))
     write_atomic(out.with_suffix(".html"), pages.leaderboard_page(board, out, runs_dir, compared, disagree))
     groups = board.groupby(["dataset", "dataset_sha256"], dropna=False).size()

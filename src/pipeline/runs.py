@@ -35,7 +35,7 @@ from typing import Any, Iterator
 
 from .config import NAME_LIMIT, check_name
 from .errors import PipelineError, plural, preview
-from .locks import StageLock
+from .locks import StageLock, results_lock
 from .rows import check_versions
 from .files import (JsonlAppender, fsync_dir, parse_jsonl, read_checked_jsonl, read_json, repair_jsonl_tail,
                     sha256_file, write_atomic, write_json, write_sums)
@@ -153,10 +153,16 @@ def point_latest(runs_dir: Path, run_id: str) -> None:
 
 
 def move_aside(run_dir: Path, paths: list[Path]) -> Path | None:
-    """Move finished outputs into run_dir/replaced/<time>/ so that an overwrite never destroys results."""
+    """Move finished outputs into run_dir/replaced/<time>/ so that an overwrite never destroys results; not while
+    a report reads or writes the results runs share (locks.results_lock)."""
     paths = [p for p in paths if p.exists()]
     if not paths:
         return None
+    with results_lock(run_dir.parent):
+        return _move_aside(run_dir, paths)
+
+
+def _move_aside(run_dir: Path, paths: list[Path]) -> Path:
     dest_root = run_dir / "replaced" / time.strftime("%Y%m%d-%H%M%S")
     for p in paths:
         dest = dest_root / p.relative_to(run_dir)
