@@ -147,7 +147,7 @@ def answer_by_chat(cfg: Config, attempt: Attempt, todo: list[QAItem], position: 
     template; the reply cut to its first line here as the hf engine cuts it (engines/chat.answer_of). The questions
     cannot be fitted to a context this side does not know: one the server refuses stops the stage in one line."""
     g = cfg.generator
-    info = {"chat_template": "server", "truncated": [], "load_s": 0.0, "new_tokens": 0}
+    info = {"chat_template": "server", "truncated": {}, "load_s": 0.0, "new_tokens": 0}
     if not todo:
         return info
     messages = {it.id: generator_messages(cfg, it.question, markup_in(it.question)) for it in todo}
