@@ -1006,6 +1006,11 @@ def test_judge_on_vllm_and_on_a_served_judge(nq_run, vllm_server):
     assert left.stdout.strip() == "", "the stage left its vLLM server running"
 
 
+def files_holding(root: Path, text: str) -> list[Path]:
+    """Every file under `root` whose bytes contain `text` (an API key must be in none)."""
+    return [p for p in root.rglob("*") if p.is_file() and text.encode() in p.read_bytes()]
+
+
 @pytest.mark.slow
 def test_judge_on_a_hosted_api_in_chat_style(nq_run, vllm_server, monkeypatch):
     """The hosted-API command against the tests' vLLM server: messages, no prefill, a key from the environment.
@@ -1028,8 +1033,7 @@ def test_judge_on_a_hosted_api_in_chat_style(nq_run, vllm_server, monkeypatch):
     assert engine["usage"]["requests"] == len(NQ_ROWS) + 1  # one per answer, and /v1/models
     assert manifest["judge"]["chat_template"] == "server" and manifest["judge"]["spec"] is None
     assert all(r["invalid_reason"] for r in rows if r["verdict"] == "invalid")
-    leaked = [p for p in (work / "runs").rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
-    assert not leaked
+    assert files_holding(work / "runs", key) == []
 
 
 @pytest.mark.slow
@@ -1057,8 +1061,7 @@ def test_generate_with_a_hosted_model_in_chat_style(nq_run, vllm_server, monkeyp
     assert manifest["status"] == "complete" and manifest["records"] == len(NQ_ROWS)
     assert manifest["generator"]["chat_template"] == "server" and manifest["engine"]["style"] == "chat"
     assert manifest["engine"]["usage"]["requests"] == len(NQ_ROWS) + 1  # one per question, and /v1/models
-    leaked = [p for p in (work / "runs").rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
-    assert not leaked
+    assert files_holding(work / "runs", key) == []
 
 
 def test_setup_for_gpu_nodes_from_a_machine_without_one():

@@ -21,6 +21,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from .engines.settings import chat_style
 from .errors import PipelineError, plural
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,8 @@ def wanted_models(cfg) -> list[tuple[str, str | None, str, bool]]:
         return [(str(m), None, "fetch.models", True) for m in listed]
     out = []
     for who, m in (("generator", cfg.generator), ("judge", cfg.judge)):
-        served = str(m.engine) == "openai"
-        if not (served and str(m.api.style) == "chat"):
-            out.append((str(m.model), getattr(m, "revision", None), who, not served))
+        if not chat_style(m):
+            out.append((str(m.model), getattr(m, "revision", None), who, str(m.engine) != "openai"))
     return out
 
 
@@ -69,8 +69,7 @@ def check_folder(spec: str, folder: Path, weights: bool = True) -> tuple[int, in
                 not any(folder.glob("*.tiktoken")):
             raise PipelineError(f"model {spec}: no tokenizer (tokenizer.json) in {folder}; fetch it again "
                                 "(stage=fetch).")
-        files = [p for p in folder.rglob("*") if p.is_file()]
-        return len(files), sum(p.stat().st_size for p in files)
+        return folder_size(folder)
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
@@ -80,6 +79,11 @@ def check_folder(spec: str, folder: Path, weights: bool = True) -> tuple[int, in
                                 f"{folder} ({', '.join(missing[:3])}...); fetch it again (stage=fetch).")
     elif not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
         raise PipelineError(f"model {spec}: no weights (*.safetensors) in {folder}; fetch it again (stage=fetch).")
+    return folder_size(folder)
+
+
+def folder_size(folder: Path) -> tuple[int, int]:
+    """(files, bytes) under `folder`."""
     files = [p for p in folder.rglob("*") if p.is_file()]
     return len(files), sum(p.stat().st_size for p in files)
 

@@ -26,6 +26,7 @@ from .decoding import Generation, PrefixCache, context_length, generated_text, l
 from .engines.chat import answer_of, markup_in
 from .engines.hf import HfEngine
 from .engines.served import check_served, served_engine, served_fingerprint
+from .engines.settings import chat_style
 from .errors import PipelineError, plural, preview
 from .models import (cache_root, encode_chat, load_planned, load_tokenizer, model_config, model_folder,
                      choose_precision, source_info, use_chat_template)
@@ -136,10 +137,6 @@ class Generator:
         precision = choose_precision(g, on_gpu=device.type == "cuda")
         source = model_folder(g.model, cache_root(cfg.cache_dir))
         return cls(single_device(g, precision, str(device), source), context_length(model_config(source, g)), source)
-
-
-def chat_style(g) -> bool:
-    return g.engine == "openai" and str(g.api.style) == "chat"
 
 
 def answer_by_chat(cfg: Config, attempt: Attempt, todo: list[QAItem], position: dict) -> dict:

@@ -36,6 +36,7 @@ from .hardware import GiB, allocator_setting, detect, expandable_segments
 from .engines.chat import markup_in
 from .engines.hf import HfEngine
 from .engines.served import check_served, served_engine, served_fingerprint
+from .engines.settings import chat_style
 from .judges import make_chat_judge, make_judge
 from .models import cache_root, load_planned, load_tokenizer, model_config, model_folder, source_info, \
     use_chat_template
@@ -335,7 +336,7 @@ def run_served(cfg: Config, job: StageJob, answers: list[GenerationRow], digest:
     """stage=judge with engine=openai or vllm: no placement plan (the server places the model); the same prompts,
     records, resume, shards and reports as engine=hf."""
     check_served(cfg.judge, f"judge {cfg.judge.name}")
-    if cfg.judge.engine == "openai" and cfg.judge.api.style == "chat":
+    if chat_style(cfg.judge):
         return run_chat(cfg, job, answers, digest)
     source = model_folder(cfg.judge.model, cache_root(cfg.cache_dir))  # its tokenizer (and for vllm its weights)
     prompts = Prompts.build(cfg, source, answers)

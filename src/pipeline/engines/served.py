@@ -22,7 +22,7 @@ from ..decoding import StopRule, context_length, eos_ids
 from ..errors import PipelineError
 from .chat import ChatEngine
 from .openai import OpenAIEngine
-from .settings import ApiConfig
+from .settings import ApiConfig, chat_style
 from .vllm import VllmServer, server_dtype, vllm_python
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def checked(engine: OpenAIEngine | ChatEngine) -> Iterator[OpenAIEngine | ChatEn
 @contextmanager
 def served_engine(model_cfg, source: str, tokenizer, config, stop_at_newline: bool, longest: int, cache: Path,
                   log_name: str, what: str) -> Iterator[OpenAIEngine | ChatEngine]:
-    if model_cfg.engine == "openai" and str(model_cfg.api.style) == "chat":  # messages: no tokenizer, no stop rule
+    if chat_style(model_cfg):  # messages: no tokenizer, no stop rule
         with checked(ChatEngine(plain_api(model_cfg.api), model_cfg.api.model, api_key(model_cfg.api, what),
                                 what)) as engine:
             yield engine

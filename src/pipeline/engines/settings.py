@@ -15,6 +15,12 @@ DEFAULT_GPU_SHARE = 0.9  # vLLM's own default gpu_memory_utilization, where the 
 ApiStyle = Choice("ApiStyle", [(e, e) for e in ("completions", "chat")])
 
 
+def chat_style(model_cfg) -> bool:
+    """Whether a generator or judge is a model behind a chat-completions endpoint (engine=openai api.style=chat):
+    messages out, no tokenizer or weights of it here."""
+    return str(model_cfg.engine) == "openai" and str(model_cfg.api.style) == "chat"
+
+
 @dataclass
 class ApiConfig:
     """engine=openai: an OpenAI-compatible server or API. style=completions sends the prompts as token ids of the
