@@ -1,5 +1,5 @@
 # make demo   set up (first time only) and run the whole pipeline on the embedded default: generate -> judge -> CSVs
-# make test   set up (first time only) and run the test suite
+# make test   set up (first time only) and run the test suite, on TEST_WORKERS=2 pytest-xdist workers (tests/conftest.py)
 # make test-fast  set up (first time only) and run the fast tests: no real model, no whole stage (-m "not slow", ~1 min)
 # make bench  speed benchmarks (the generate stage's decoding vs one prompt at a time, and vs lm-eval run beside it)
 # make bench-peers  the peer tools make bench measures against, each in a scratch venv (lm-eval[hf] into
@@ -13,6 +13,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 RUN_ID ?= demo-$(shell date +%Y%m%d-%H%M%S)
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo test test-fast bench bench-peers clean-venv gpu-kit gpu-check vllm
 setup:
@@ -25,7 +26,7 @@ demo: setup
 	@echo "Open in a browser: $(CURDIR)/runs/$(RUN_ID)/judge/smollm2-135m/report.html"
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -111,10 +111,11 @@ def ensure_chromium() -> str:
 def install_packages() -> None:
     """apt-get install chromium (no recommends); on failure refresh the index and retry once."""
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES]
+    wait = ["-o", "DPkg::Lock::Timeout=900"]  # another apt-get at work (the local SLURM's install): wait for it
+    install = ["apt-get", *wait, "install", "-y", "--no-install-recommends", *PACKAGES]
     result = subprocess.run(install, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if result.returncode != 0:
-        subprocess.run(["apt-get", "update"], env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        subprocess.run(["apt-get", *wait, "update"], env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         result = subprocess.run(install, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if result.returncode != 0 or not _which(BINARY):
         raise RuntimeError(f"could not install {' '.join(PACKAGES)} (apt-get status {result.returncode}):\n"

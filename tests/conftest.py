@@ -286,3 +286,26 @@ def vllm_server(vllm_python, model_dir, tmp_path_factory) -> str:
                         "the tests' vLLM server")
     with server as base_url:
         yield base_url
+
+
+# ------------------------------------------------------------------------------------------------ two workers
+# `make test` runs the suite on two pytest-xdist workers (--dist loadgroup): most tests wait on a subprocess, a server
+# or SLURM with one core, so one worker alone leaves the other core idle about half the time. Each module goes to
+# one worker whole (its module fixtures are made once, its tests keep their order); the modules that use the tests'
+# vLLM server go to the same worker, so that one server is started, not two. The workers take the longest groups
+# first (measured on 2 cores, seconds), so that neither is left alone with a long one at the end.
+SAME_WORKER = {"test_readme.py": "vllm", "test_engines.py": "vllm", "test_submit.py": "vllm"}
+LONGEST_FIRST = ("vllm",)
+
+
+def worker_group(item) -> str:
+    return SAME_WORKER.get(item.path.name, item.path.name)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(worker_group(item)))
+    if hasattr(config, "workerinput"):  # an xdist worker: hand the groups out longest first
+        rank = {group: i for i, group in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(worker_group(item), len(rank)))

@@ -29,6 +29,7 @@ Only the standard library is used, so the module can be copied or run on its own
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import random
 import re
@@ -39,6 +40,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,6 +52,8 @@ SOCKET_PATH_LIMIT = 107  # sun_path holds 108 bytes, one of which is the termina
 PORT_RANGE = (20000, 32000)  # below Linux's ephemeral range, so client connections never take them
 DEFAULT_PORTS = {6817, 6818, 6819}
 STOP_ORDER = ("slurmd", "slurmctld", "munged")
+INSTALL_LOCK = Path(tempfile.gettempdir()) / "tests-slurm-install.lock"
+APT_LOCK_WAIT_S = 900
 
 # Job states after which a job will not run again. Anything else (PENDING, RUNNING, COMPLETING, CONFIGURING,
 # SUSPENDED, REQUEUED, ...) counts as still active.
@@ -101,11 +105,17 @@ def install_packages() -> None:
     if not _missing_binaries():
         return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES]
-    result = subprocess.run(install, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    if result.returncode != 0:
-        subprocess.run(["apt-get", "update"], env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    wait = ["-o", f"DPkg::Lock::Timeout={APT_LOCK_WAIT_S}"]  # another apt-get at work (a browser's install): wait
+    install = ["apt-get", *wait, "install", "-y", "--no-install-recommends", *PACKAGES]
+    with open(INSTALL_LOCK, "w") as lock:  # two test processes at once: one installs, the other waits and finds it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _missing_binaries():
+            return
         result = subprocess.run(install, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if result.returncode != 0:
+            subprocess.run(["apt-get", *wait, "update"], env=env, capture_output=True, text=True,
+                           stdin=subprocess.DEVNULL)
+            result = subprocess.run(install, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     missing = _missing_binaries()
     if result.returncode != 0 or missing:
         output = _last_lines(f"{result.stdout}\n{result.stderr}")
