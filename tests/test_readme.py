@@ -360,6 +360,20 @@ def test_ci_runs_make_test():
     assert re.search(r"^test: setup\n\t\$\(PY\) -m pytest", makefile, flags=re.M), "make test no longer runs pytest"
 
 
+def test_make_test_runs_two_workers_and_one_vllm_server():
+    """`make test` hands whole modules to two xdist workers; every module that asks for the tests' vLLM server is in
+    the one group that gets it, so a session starts one server, not one per worker."""
+    from conftest import LONGEST_FIRST, SAME_WORKER
+
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^test: setup\n\t\$\(PY\) -m pytest -n \$\(TEST_WORKERS\) --dist loadgroup "
+                     r"--no-loadscope-reorder \$\(PYTEST_ARGS\)$", makefile, flags=re.M)
+    assert re.search(r"^TEST_WORKERS \?= 2$", makefile, flags=re.M)
+    users = {p.name for p in (REPO / "tests").glob("test_*.py") if re.search(r"\bvllm_server\b", p.read_text())}
+    assert users and {SAME_WORKER.get(name) for name in users} == {"vllm"}, users
+    assert LONGEST_FIRST[0] == "vllm"
+
+
 def test_make_bench_target():
     import importlib.util
 
