@@ -26,7 +26,7 @@ demo: setup
 	@echo "Open in a browser: $(CURDIR)/runs/$(RUN_ID)/judge/smollm2-135m/report.html"
 
 test: setup
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

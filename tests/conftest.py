@@ -289,23 +289,40 @@ def vllm_server(vllm_python, model_dir, tmp_path_factory) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ two workers
-# `make test` runs the suite on two pytest-xdist workers (--dist loadgroup): most tests wait on a subprocess, a server
-# or SLURM with one core, so one worker alone leaves the other core idle about half the time. Each module goes to
-# one worker whole (its module fixtures are made once, its tests keep their order); the modules that use the tests'
-# vLLM server go to the same worker, so that one server is started, not two. That group goes out first: it is about
-# half the suite (1542 of 3113 s on one worker, 2026-12-06), so neither worker is left alone with it at the end.
+# `make test` runs the suite on two pytest-xdist workers (--dist loadscope): most tests wait on a subprocess, a server
+# or SLURM with one core, so one worker alone leaves the other core idle about half the time. The scheduler below
+# hands each module to one worker whole (its module fixtures are made once, its tests keep their order), and the
+# modules that use the tests' vLLM server to the same worker, so that one server is started, not two. That group goes
+# out first: it is about half the suite (1542 of 3113 s on one worker, 2026-12-06), so neither worker is left alone
+# with it at the end. The groups come from the node ids alone: xdist's own xdist_group marks rename the node ids, which
+# pytest 9.2 no longer lets a plugin do (there the marks were silently ignored and a module's tests were spread over
+# both workers, each building the module's fixtures and starting a vLLM server).
 SAME_WORKER = {"test_readme.py": "vllm", "test_engines.py": "vllm", "test_submit.py": "vllm"}
 LONGEST_FIRST = ("vllm",)
 
 
-def worker_group(item) -> str:
-    return SAME_WORKER.get(item.path.name, item.path.name)
+def worker_group(nodeid: str) -> str:
+    """The module's group in SAME_WORKER, else the module's file name."""
+    name = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+    return SAME_WORKER.get(name, name)
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroups(LoadScopeScheduling):
+        """loadscope with a module, or its SAME_WORKER group, as the unit of work."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return worker_group(nodeid)
+
+    return ModuleGroups(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(worker_group(item)))
-    if hasattr(config, "workerinput"):  # an xdist worker: hand the groups out longest first
+    if hasattr(config, "workerinput"):  # an xdist worker: the scheduler hands the groups out in this order
         rank = {group: i for i, group in enumerate(LONGEST_FIRST)}
-        items.sort(key=lambda item: rank.get(worker_group(item), len(rank)))
+        items.sort(key=lambda item: rank.get(worker_group(item.nodeid), len(rank)))

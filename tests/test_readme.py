@@ -362,16 +362,30 @@ def test_ci_runs_make_test():
 
 def test_make_test_runs_two_workers_and_one_vllm_server():
     """`make test` hands whole modules to two xdist workers; every module that asks for the tests' vLLM server is in
-    the one group that gets it, so a session starts one server, not one per worker."""
+    the one group that gets it, so a session starts one server, not one per worker. Checked by running a few quick
+    tests of four modules the way `make test` does: each module on one worker, the two vLLM modules on the same."""
     from conftest import LONGEST_FIRST, SAME_WORKER
 
     makefile = (REPO / "Makefile").read_text()
-    assert re.search(r"^test: setup\n\t\$\(PY\) -m pytest -n \$\(TEST_WORKERS\) --dist loadgroup "
+    assert re.search(r"^test: setup\n\t\$\(PY\) -m pytest -n \$\(TEST_WORKERS\) --dist loadscope "
                      r"--no-loadscope-reorder \$\(PYTEST_ARGS\)$", makefile, flags=re.M)
     assert re.search(r"^TEST_WORKERS \?= 2$", makefile, flags=re.M)
     users = {p.name for p in (REPO / "tests").glob("test_*.py") if re.search(r"\bvllm_server\b", p.read_text())}
     assert users and {SAME_WORKER.get(name) for name in users} == {"vllm"}, users
     assert LONGEST_FIRST[0] == "vllm"
+    quick = ["test_retry_after_is_read_as_seconds_or_a_date", "test_every_readme_command_has_a_test",
+             "test_ci_runs_make_test", "test_make_bench_target", "test_a_row_reads_back_exactly_what_it_wrote",
+             "test_the_csv_columns_are_the_sample_rows_fields", "test_exact_match_takes_any_reference",
+             "test_token_f1_hand_computed"]
+    modules = ["test_engines.py", "test_readme.py", "test_rows.py", "test_metrics.py"]
+    out = sh([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2", "--dist", "loadscope",
+              "--no-loadscope-reorder", "-v", "-k", " or ".join(quick), *(f"tests/{m}" for m in modules)], cwd=REPO)
+    ran = re.findall(r"^\[(gw\d)\] \[ *\d+%\] PASSED tests/(test_\w+\.py)::", out.stdout, flags=re.M)
+    assert len(ran) == len(quick), out.stdout
+    workers = {m: {w for w, module in ran if module == m} for m in modules}
+    assert all(len(w) == 1 for w in workers.values()), workers  # a module on one worker
+    assert workers["test_engines.py"] == workers["test_readme.py"], workers  # the vLLM group on one
+    assert workers["test_rows.py"] | workers["test_metrics.py"] != workers["test_readme.py"], workers  # the rest
 
 
 def test_make_bench_target():
