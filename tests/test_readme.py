@@ -364,7 +364,7 @@ def test_make_test_runs_two_workers_and_one_vllm_server():
     """`make test` hands whole modules to two xdist workers; every module that asks for the tests' vLLM server is in
     the one group that gets it, so a session starts one server, not one per worker. Checked by running a few quick
     tests of four modules the way `make test` does: each module on one worker, the two vLLM modules on the same."""
-    from conftest import LONGEST_FIRST, SAME_WORKER
+    from conftest import LONGEST_FIRST, SAME_WORKER, WORKER_THREADS
 
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"^test: setup\n\t\$\(PY\) -m pytest -n \$\(TEST_WORKERS\) --dist loadscope "
@@ -386,6 +386,11 @@ def test_make_test_runs_two_workers_and_one_vllm_server():
     assert all(len(w) == 1 for w in workers.values()), workers  # a module on one worker
     assert workers["test_engines.py"] == workers["test_readme.py"], workers  # the vLLM group on one
     assert workers["test_rows.py"] | workers["test_metrics.py"] != workers["test_readme.py"], workers  # the rest
+    if WORKER_THREADS:  # on a worker, torch has the worker's share of the cores
+        import torch
+
+        share = len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+        assert torch.get_num_threads() == WORKER_THREADS == max(1, share), WORKER_THREADS
 
 
 def test_make_bench_target():
