@@ -363,7 +363,8 @@ def test_ci_runs_make_test():
 def test_make_test_runs_two_workers_and_one_vllm_server():
     """`make test` hands whole modules to two xdist workers; every module that asks for the tests' vLLM server is in
     the one group that gets it, so a session starts one server, not one per worker. Checked by running a few quick
-    tests of four modules the way `make test` does: each module on one worker, the two vLLM modules on the same."""
+    tests of four modules the way `make test` does: each module on one worker, the two vLLM modules on the same. On a
+    worker, torch has the worker's share of the cores (tests/conftest.py)."""
     from conftest import LONGEST_FIRST, SAME_WORKER, WORKER_THREADS
 
     makefile = (REPO / "Makefile").read_text()
@@ -373,8 +374,8 @@ def test_make_test_runs_two_workers_and_one_vllm_server():
     users = {p.name for p in (REPO / "tests").glob("test_*.py") if re.search(r"\bvllm_server\b", p.read_text())}
     assert users and {SAME_WORKER.get(name) for name in users} == {"vllm"}, users
     assert LONGEST_FIRST[0] == "vllm"
-    modules = {p.name for p in (REPO / "tests").glob("test_*.py")}
-    assert set(LONGEST_FIRST) <= modules | set(SAME_WORKER.values()), set(LONGEST_FIRST) - modules  # none renamed
+    files = {p.name for p in (REPO / "tests").glob("test_*.py")}
+    assert set(LONGEST_FIRST) <= files | set(SAME_WORKER.values()), set(LONGEST_FIRST) - files  # none renamed
     quick = ["test_retry_after_is_read_as_seconds_or_a_date", "test_every_readme_command_has_a_test",
              "test_ci_runs_make_test", "test_make_bench_target", "test_a_row_reads_back_exactly_what_it_wrote",
              "test_the_csv_columns_are_the_sample_rows_fields", "test_exact_match_takes_any_reference",
