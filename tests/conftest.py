@@ -26,6 +26,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # the cores, not all of them: two processes that each run torch's OpenMP threads on every core spin on each other's
 # cores. Measured on 2 cores: two 24-question generate stages at once took 192 s with 2 threads each and 29 s with 1
 # (one alone: 26 s). Set before torch is imported; a value the caller set is kept (then WORKER_THREADS is None).
+# The share is replicas.threads_per_replica's, written out here: importing pipeline.replicas imports torch.
 WORKER_THREADS = None
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and "OMP_NUM_THREADS" not in os.environ:
     WORKER_THREADS = max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))

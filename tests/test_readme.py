@@ -392,8 +392,10 @@ def test_make_test_runs_two_workers_and_one_vllm_server():
     if WORKER_THREADS:  # on a worker, torch has the worker's share of the cores
         import torch
 
-        share = len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
-        assert torch.get_num_threads() == WORKER_THREADS == max(1, share), WORKER_THREADS
+        from pipeline.replicas import threads_per_replica
+
+        share = threads_per_replica(None, int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))  # the CPUs, shared out
+        assert torch.get_num_threads() == WORKER_THREADS == share, WORKER_THREADS
 
 
 def test_make_bench_target():
